@@ -20,6 +20,9 @@ import os
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -68,6 +71,32 @@ def make(out_dir, layers=2, hidden=64, heads=4, kv_heads=2, intermediate=None,
     model.save_pretrained(out_dir)  # safetensors by default
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+# Real Qwen2.5 shapes, for speed and memory measurements with random weights (throughput and
+# memory do not depend on the weights). Numbers from the models' published config.json files.
+QWEN25_SHAPES = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                       num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+}
+
+
+def random_real(shape, device="cpu", dtype=torch.float32, seed=0):
+    """(model, tokenizer): random weights in a real Qwen2.5 shape with the byte tokenizer."""
+    tokenizer = make_tokenizer()
+    config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
+                         eos_token_id=tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]),
+                         pad_token_id=tokenizer.pad_token_id, **QWEN25_SHAPES[shape])
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen2ForCausalLM(config).to(dtype)
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model.eval(), tokenizer
 
 
 def main(argv=None):
