@@ -179,6 +179,18 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
 
 # --- teacher-forced log-probs --------------------------------------------------------
 
+def pack(pairs, pad_id, device):
+    """Right-padded (ids, attention mask, completion mask), each (B, T), from (prompt, completion) id lists."""
+    width = max(len(p) + len(c) for p, c in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    attn, comp = torch.zeros_like(ids), torch.zeros_like(ids)
+    for i, (p, c) in enumerate(pairs):
+        ids[i, :len(p) + len(c)] = torch.tensor(list(p) + list(c), dtype=torch.long)
+        attn[i, :len(p) + len(c)] = 1
+        comp[i, len(p):len(p) + len(c)] = 1
+    return ids.to(device), attn.to(device), comp.to(device)
+
+
 def _chunk_logprobs(hidden, weight, targets, temperature):
     """log_softmax(hidden @ weight.T / temperature)[targets] in fp32, for one chunk of tokens."""
     logits = F.linear(hidden.float(), weight.float()) / temperature  # (chunk, V)

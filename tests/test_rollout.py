@@ -12,16 +12,7 @@ def chat_ids(tokenizer):
 
 
 def pack(samples):
-    """Right-padded (ids, attention mask, completion mask) of prompt + completion rows."""
-    seqs = [s.prompt_ids + s.completion_ids for s in samples]
-    width = max(map(len, seqs))
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    attn, comp = torch.zeros_like(ids), torch.zeros_like(ids)
-    for i, (s, seq) in enumerate(zip(samples, seqs)):
-        ids[i, :len(seq)] = torch.tensor(seq)
-        attn[i, :len(seq)] = 1
-        comp[i, len(s.prompt_ids):len(seq)] = 1
-    return ids, attn, comp
+    return rollout.pack([(s.prompt_ids, s.completion_ids) for s in samples], pad_id=0, device="cpu")
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_model):

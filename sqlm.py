@@ -1,0 +1,543 @@
+"""Self-Questioning Language Models (SQLM, arXiv 2508.03682): the CLI and the training loop.
+
+One model plays two roles. As proposer it reads a topic prompt and writes a problem; as
+solver it answers each problem n times. With no labels, the solver's reward is agreement
+with the majority of its own answers (arith, algebra) or the share of the proposer's unit
+tests its program passes (code); the proposer is rewarded when its problem is neither
+trivial nor impossible for the current solver (Sec. 3). Both roles are trained with the
+same critic-free clipped policy gradient and GRPO group advantages.
+
+One step, in the order the functions below run:
+  1. proposer rollout: batch x n problems from the topic prompt      (propose)
+  2. parse proposals; invalid ones are masked out of both updates    (rewards.parse_proposal)
+  3. solver rollout: n answers per valid problem                     (solve)
+  4. rewards: majority vote or unit tests; proposer reward           (score)
+  5. GRPO advantages per group                                        (grpo_advantages)
+  6. old log-probs (training model) and KL-reference log-probs       (prepare)
+  7. solver update; proposer update every `proposer_every` steps    (policy_update)
+  8. refresh the bf16 sampling copy (GPU)
+
+Simplifications, stated up front: no learned critic (the released code used PPO with a
+critic for code; we use this update for all three tasks), one GPU (no distribution), no
+sequence packing, one epoch per batch.
+
+    python sqlm.py --task arith                                   # Qwen2.5-3B-Instruct, one GPU
+    python sqlm.py --task arith --model /tmp/tiny --batch 4 ...   # offline, CPU
+"""
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+import prompts
+import rewards
+import rollout
+
+# --- config: every default is the paper's released setting unless its comment says otherwise ---
+
+DEFAULT_MODELS = {"arith": "Qwen/Qwen2.5-3B-Instruct", "algebra": "Qwen/Qwen2.5-3B-Instruct",
+                  "code": "Qwen/Qwen2.5-Coder-3B-Instruct"}
+MAX_RESPONSE = {"arith": 1024, "algebra": 3072, "code": 512}
+
+
+@dataclass
+class Config:
+    task: str = "arith"               # arith | algebra | code
+    model: str = ""                   # hub id or local dir; "" = the paper's model for the task
+    device: str = ""                  # "" = cuda if available, else cpu
+    steps: int = 100                  # training steps
+    batch: int = 64                   # proposer prompts per step
+    n: int = 4                        # proposals per prompt, and answers per problem
+    minibatch: int = 32               # groups (prompts/problems) per optimizer step -> 32 x 4 = 128 sequences
+    microbatch: int = 8               # sequences per forward/backward (memory only; gradient unchanged)
+    lr: float = 1e-6                  # AdamW learning rate
+    weight_decay: float = 0.01        # AdamW weight decay (verl actor default)
+    grad_clip: float = 1.0            # global grad-norm clip
+    clip_low: float = 0.2             # PPO ratio clip, lower side
+    clip_high: float = 0.2            # PPO ratio clip, upper side
+    clip_c: float = 3.0               # dual-clip bound for negative advantages; 0 disables
+    kl: float = 0.001                 # k3 KL-to-initial-model coefficient; 0 drops the reference model
+    adv_norm: str = "std"             # std (GRPO) | none (Dr. GRPO: no division by the group std)
+    proposer_every: int = 5           # proposer update period in steps; 0 = never
+    proposer_reward: str = "sqlm"     # sqlm | azr | rzero
+    solver_reward: str = ""           # "" = majority (arith, algebra) / tests (code); format = format-only baseline
+    cat: bool = False                 # Code-as-Task filter: reference passes, wrong solution fails
+    max_prompt: int = 512             # longer solver prompts count as invalid proposals
+    max_response: int = 0             # 0 = per task: 1024 arith, 3072 algebra, 512 code
+    temperature: float = 1.0          # sampling temperature (log-probs use the same)
+    top_p: float = 1.0                # no top-k anywhere: the sampled policy is the trained one
+    rollout_rows: int = 256           # most sequences per generate call (bounds KV-cache memory)
+    seed: int = 0
+    eval_every: int = 5               # greedy eval at step 0 and every k steps; 0 = never
+    eval_limit: int = 0               # 0 = the whole held-out set
+    save_every: int = 0               # 0 = save at the end only
+    out: str = ""                     # run directory; "" = runs/<task>-<time>
+    resume: str = ""                  # run directory to continue from its last complete checkpoint
+    grad_checkpointing: bool = False  # recompute activations in backward (memory for speed)
+
+    def resolve(self):
+        """Fill the task-dependent defaults and check values; ValueError is one line for the CLI."""
+        if self.task not in MAX_RESPONSE:
+            raise ValueError(f"unknown task '{self.task}' (arith, algebra, code)")
+        self.model = self.model or DEFAULT_MODELS[self.task]
+        self.max_response = self.max_response or MAX_RESPONSE[self.task]
+        self.solver_reward = self.solver_reward or ("tests" if self.task == "code" else "majority")
+        self.out = self.out or os.path.join("runs", f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+        checks = [(self.adv_norm in ("std", "none"), "--adv-norm must be std or none"),
+                  (self.proposer_reward in ("sqlm", "azr", "rzero"), "--proposer-reward must be sqlm, azr or rzero"),
+                  (self.solver_reward in ("majority", "format", "tests"), "--solver-reward must be majority or format"),
+                  ((self.solver_reward == "tests") == (self.task == "code") or self.solver_reward == "format",
+                   f"--solver-reward {self.solver_reward} does not fit --task {self.task}"),
+                  (not self.cat or self.task == "code", "--cat applies to --task code only"),
+                  (self.n >= 2, "--n must be at least 2 (groups of one carry no signal)"),
+                  (min(self.batch, self.minibatch, self.microbatch, self.steps, self.rollout_rows) > 0,
+                   "--batch, --minibatch, --microbatch, --steps, --rollout-rows must be positive"),
+                  (self.lr > 0 and self.temperature > 0 and 0 < self.top_p <= 1, "bad --lr, --temperature or --top-p"),
+                  (min(self.clip_low, self.clip_high, self.kl, self.proposer_every, self.eval_every) >= 0,
+                   "clip, kl and period values must be >= 0"),
+                  (self.clip_c == 0 or self.clip_c > 1, "--clip-c must be > 1 (or 0 to disable)")]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        return self
+
+
+# --- the method, one function per equation -------------------------------------------
+
+def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6, valid=None):
+    """GRPO advantage per sample: A_i = (r_i - mean(r_group)) / (std(r_group) + eps).
+
+    rewards_: (N,) with N = groups * group_size, group g at [g*k:(g+1)*k]. std is the
+    unbiased (n-1) estimate, as the released code computes it; a group with one valid
+    member gets 0. norm="none" drops the division (Dr. GRPO). Invalid members
+    (valid=False) are left out of their group's statistics and get advantage 0.
+    """
+    r = torch.as_tensor(rewards_, dtype=torch.float64).view(-1, group_size)
+    v = torch.ones_like(r, dtype=torch.bool) if valid is None else torch.as_tensor(valid).view(-1, group_size)
+    count = v.sum(1, keepdim=True)
+    mean = (r * v).sum(1, keepdim=True) / count.clamp(min=1)
+    adv = (r - mean) * v
+    if norm == "std":
+        std = ((adv ** 2).sum(1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+        adv = adv / (std + eps)
+    adv = torch.where(count > 1, adv, torch.zeros_like(adv))
+    return adv.view(-1).float()
+
+
+def clipped_pg_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2, clip_c=3.0, normalizer=None):
+    """PPO-clip policy-gradient loss, token-mean over the mini-batch (Sec. 3, GRPO objective).
+
+    per token: l = -min(r*A, clip(r, 1-clip_low, 1+clip_high)*A), r = exp(logp - old_logp);
+    dual clip (A < 0 only): l = min(l, -clip_c*A), so a huge ratio on a bad token cannot blow up.
+    loss = sum(l * mask) / normalizer, normalizer = mask.sum() by default; pass the token
+    count of the whole mini-batch so that micro-batches sum to the mini-batch's gradient.
+    logp, old_logp, mask: (B, T); advantages: (B,) or (B, T).
+    """
+    mask = mask.float()
+    adv = advantages[:, None] if advantages.dim() == 1 else advantages  # (B, 1) or (B, T)
+    log_ratio = (logp - old_logp).clamp(-20.0, 20.0)  # exp() stays finite
+    ratio = log_ratio.exp()
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_low, 1 + clip_high)
+    per_token = torch.maximum(unclipped, clipped)
+    if clip_c:
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -adv * clip_c), per_token)
+    normalizer = mask.sum() if normalizer is None else normalizer
+    loss = (per_token * mask).sum() / normalizer
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1)
+        stats = {"clip_frac": ((clipped > unclipped).float() * mask).sum().item() / tokens.item(),
+                 "approx_kl": (-log_ratio * mask).sum().item() / tokens.item(),
+                 "ratio": (ratio * mask).sum().item() / tokens.item()}
+    return loss, stats
+
+
+def kl_penalty(logp, ref_logp, mask, normalizer=None):
+    """k3 estimator of KL(pi || pi_ref), token-mean: exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10]."""
+    delta = ref_logp - logp
+    k3 = (delta.exp() - delta - 1).clamp(-10.0, 10.0)
+    normalizer = mask.sum() if normalizer is None else normalizer
+    return (k3 * mask).sum() / normalizer
+
+
+# --- rollouts ------------------------------------------------------------------------
+
+@dataclass
+class Seq:
+    """One trained sequence: a prompt, its sampled completion, and the completion's advantage."""
+    prompt_ids: list
+    completion_ids: list
+    advantage: float
+    old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model before the update
+    ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
+
+
+def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
+    """n samples per prompt, in generate calls of at most `rollout_rows` sequences."""
+    per_call = max(1, cfg.rollout_rows // n)
+    out = []
+    for start in range(0, len(prompt_ids), per_call):
+        out += rollout.generate(sampler, tokenizer, prompt_ids[start:start + per_call], n=n,
+                                max_new_tokens=cfg.max_response, temperature=cfg.temperature,
+                                top_p=cfg.top_p, seed=seed + start)
+    return out
+
+
+def propose(sampler, tokenizer, cfg, seed):
+    """Steps 1-2: batch x n proposals from the topic prompt, parsed; returns (samples, problems, reasons)."""
+    topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
+    proposals = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed)
+    problems, reasons = [], []
+    for s in proposals:
+        problem, reason = rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat)  # truncated text is parsed too, as in the released code
+        if problem is not None and cfg.cat:
+            ok, reason = rewards.cat_filter(problem)
+            problem = problem if ok else None
+        problems.append(problem)
+        reasons.append(reason)
+    return proposals, problems, reasons
+
+
+def solve(sampler, tokenizer, cfg, problems, reasons, seed):
+    """Step 3: n answers per valid problem; too-long solver prompts invalidate their proposal."""
+    valid, prompt_ids = [], []
+    for i, problem in enumerate(problems):
+        if problem is None:
+            continue
+        ids = rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, problem.text))
+        if len(ids) > cfg.max_prompt:
+            problems[i], reasons[i] = None, "prompt too long"
+            continue
+        valid.append(i)
+        prompt_ids.append(ids)
+    return valid, sample(sampler, tokenizer, prompt_ids, cfg.n, cfg, seed)
+
+
+def score(cfg, problems, valid, answers):
+    """Step 4: solver rewards (n per valid problem) and one proposer reward per valid problem.
+
+    majority: solver sample scores 1 iff its answer equals the non-None majority;
+    tests: the fraction of the proposer's tests its program passes (sandboxed);
+    format: 1 for a parseable answer. Proposer: rewards.proposer_reward (sqlm: 1 < m < n).
+    """
+    n, solver_r, proposer_r, votes = cfg.n, [], [], []
+    texts = [s.text for s in answers]
+    if cfg.solver_reward == "tests":
+        programs = [rewards.extract_program(t) for t in texts]
+        for k, i in enumerate(valid):
+            solver_r += rewards.test_solver_rewards(programs[k * n:(k + 1) * n], problems[i].tests)
+    for k in range(len(valid)):
+        group = texts[k * n:(k + 1) * n]
+        extracted = [rewards.extract_answer(t) for t in group]
+        votes.append((extracted, *rewards.majority_vote(extracted)))
+        if cfg.solver_reward == "majority":
+            solver_r += rewards.majority_solver_rewards(extracted)
+        elif cfg.solver_reward == "format":
+            solver_r += rewards.format_solver_rewards(group, cfg.task)
+        kind = "tests" if cfg.task == "code" else "majority"
+        proposer_r.append(rewards.proposer_reward(solver_r[k * n:(k + 1) * n], rule=cfg.proposer_reward, kind=kind))
+    return solver_r, proposer_r, votes
+
+
+# --- old / reference log-probs and the update ----------------------------------------
+
+def autocast(device):
+    """bf16 autocast over fp32 master weights on GPU; plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def micro_logprobs(model, seqs, cfg, device):
+    """(B, T) completion log-probs of a micro-batch under `model`, and its completion mask."""
+    ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs],
+                                   pad_id=0, device=device)
+    with autocast(device):
+        logp = rollout.token_logprobs(model, ids, attn, comp, temperature=cfg.temperature)
+    return logp, comp
+
+
+@torch.no_grad()
+def prepare(model, ref_model, seqs, cfg, device):
+    """Step 6: old log-probs from the training model (so the first ratio is exactly 1) and reference log-probs."""
+    for start in range(0, len(seqs), cfg.microbatch):
+        micro = seqs[start:start + cfg.microbatch]
+        for name, net in (("old_logp", model), ("ref_logp", ref_model)):
+            if net is None:
+                continue
+            logp, comp = micro_logprobs(net, micro, cfg, device)
+            for s, row, m in zip(micro, logp, comp.bool()):
+                setattr(s, name, row[m])
+
+
+def accumulate_gradients(model, ref_model, minibatch, cfg, device):
+    """Backward of one mini-batch's loss in micro-batches; returns token-weighted stats.
+
+    Every micro-batch divides by the token count of the whole mini-batch, so the summed
+    gradient is the same however the mini-batch is split (a per-micro-batch normaliser
+    would weight short micro-batches' tokens more).
+    """
+    tokens = sum(len(s.completion_ids) for s in minibatch)
+    totals = {}
+    for start in range(0, len(minibatch), cfg.microbatch):
+        micro = minibatch[start:start + cfg.microbatch]
+        logp, comp = micro_logprobs(model, micro, cfg, device)
+        mask = comp.bool()
+        old = torch.zeros_like(logp).masked_scatter(mask, torch.cat([s.old_logp for s in micro]))
+        adv = torch.tensor([s.advantage for s in micro], device=device)
+        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, cfg.clip_c, tokens)
+        stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
+        stats["pg_loss"] = loss.item() * tokens
+        if cfg.kl and ref_model is not None:
+            ref = torch.zeros_like(logp).masked_scatter(mask, torch.cat([s.ref_logp for s in micro]))
+            kl = kl_penalty(logp, ref, comp, tokens)
+            loss = loss + cfg.kl * kl
+            stats["kl"] = kl.item() * tokens
+        loss.backward()
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value / tokens
+    return totals
+
+
+def policy_update(model, ref_model, optimizer, seqs, cfg, device):
+    """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of minibatch x n sequences.
+
+    loss = clipped_pg_loss + kl * kl_penalty, AdamW after a global grad-norm clip.
+    Returns the mean of each statistic over the mini-batches.
+    """
+    model.train()
+    size = cfg.minibatch * cfg.n
+    minibatches = [seqs[i:i + size] for i in range(0, len(seqs), size)]
+    totals = {}
+    for minibatch in minibatches:
+        optimizer.zero_grad(set_to_none=True)
+        stats = accumulate_gradients(model, ref_model, minibatch, cfg, device)
+        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        optimizer.step()
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value / len(minibatches)
+    model.eval()
+    return totals
+
+
+# --- one step ------------------------------------------------------------------------
+
+def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device):
+    """Steps 1-8 of the module docstring; returns the step's metrics and per-proposal records."""
+    seed = cfg.seed * 1_000_003 + step * 2  # per-step seeds: a resumed run samples what it would have
+    update_proposer = cfg.proposer_every > 0 and step % cfg.proposer_every == 0
+    t0 = time.perf_counter()
+    proposals, problems, reasons = propose(sampler, tokenizer, cfg, seed)
+    t1 = time.perf_counter()
+    valid, answers = solve(sampler, tokenizer, cfg, problems, reasons, seed + 1)
+    t2 = time.perf_counter()
+    solver_r, proposer_r, votes = score(cfg, problems, valid, answers)
+    t3 = time.perf_counter()
+
+    # step 5: advantages. Solver groups: the n answers to one problem; proposer groups: the
+    # n proposals from one prompt, with invalid proposals outside their group's statistics.
+    solver_adv = grpo_advantages(solver_r, cfg.n, cfg.adv_norm) if valid else torch.zeros(0)
+    per_proposal = torch.zeros(len(proposals))
+    per_proposal[valid] = torch.tensor(proposer_r, dtype=torch.float32)
+    is_valid = torch.tensor([p is not None for p in problems])
+    proposer_adv = grpo_advantages(per_proposal, cfg.n, cfg.adv_norm, valid=is_valid)
+    solver_seqs = [Seq(s.prompt_ids, s.completion_ids, a) for s, a in zip(answers, solver_adv.tolist())]
+    proposer_seqs = [Seq(proposals[i].prompt_ids, proposals[i].completion_ids, proposer_adv[i].item())
+                     for i in valid] if update_proposer else []
+
+    # steps 6-8: the proposer's old log-probs are taken before the solver update changes the weights
+    prepare(model, ref_model, solver_seqs + proposer_seqs, cfg, device)
+    solver_stats = policy_update(model, ref_model, optimizer, solver_seqs, cfg, device) if solver_seqs else {}
+    proposer_stats = policy_update(model, ref_model, optimizer, proposer_seqs, cfg, device) if proposer_seqs else {}
+    if sampler is not model:
+        with torch.no_grad():
+            for p_sample, p_train in zip(sampler.parameters(), model.parameters()):
+                p_sample.copy_(p_train)
+    t4 = time.perf_counter()
+
+    groups = [solver_r[k * cfg.n:(k + 1) * cfg.n] for k in range(len(valid))]
+    metrics = {
+        "step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2, "t_update": t4 - t3,
+        "valid_rate": len(valid) / len(proposals),
+        "proposer_reward": float(np.mean(proposer_r)) if valid else 0.0,
+        "solver_reward": float(np.mean(solver_r)) if valid else 0.0,
+        "majority_share": float(np.mean([v[2] / cfg.n for v in votes])) if valid else 0.0,
+        "zero_signal": float(np.mean([len(set(g)) == 1 for g in groups])) if valid else 1.0,
+        "response_len": float(np.mean([len(s.completion_ids) for s in answers])) if answers else 0.0,
+        "proposal_len": float(np.mean([len(s.completion_ids) for s in proposals])),
+        **{f"solver_{k}": v for k, v in solver_stats.items()},
+        **{f"proposer_{k}": v for k, v in proposer_stats.items()},
+    }
+    records, truths, slot = [], [], {i: j for j, i in enumerate(valid)}
+    for i, proposal in enumerate(proposals):
+        rec = {"step": step, "proposal": proposal.text, "valid": problems[i] is not None, "reason": reasons[i]}
+        if i in slot:
+            j = slot[i]
+            extracted, majority, count = votes[j]
+            rec.update(problem=problems[i].text, answers=extracted, majority=majority, majority_count=count,
+                       solver_rewards=solver_r[j * cfg.n:(j + 1) * cfg.n], proposer_reward=proposer_r[j])
+            if cfg.task == "arith":  # label-quality diagnostic only, never a reward
+                rec["truth"] = rewards.arith_truth(problems[i].text)
+                if rec["truth"] is not None and majority is not None:
+                    truths.append(majority == rec["truth"])
+        records.append(rec)
+    if cfg.task == "arith":
+        metrics["majority_correct"] = float(np.mean(truths)) if truths else None
+    return metrics, records
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+def save_checkpoint(run, step, model, tokenizer, optimizer, cfg):
+    """run/step-NNNNNN: save_pretrained model + tokenizer, optimizer, step, RNG states, config.
+
+    Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint.
+    """
+    final = os.path.join(run, f"step-{step:06d}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
+               os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def last_checkpoint(run):
+    """The newest complete step-* directory of a run, or None."""
+    done = sorted(d for d in os.listdir(run) if d.startswith("step-") and not d.endswith(".tmp")
+                  and os.path.exists(os.path.join(run, d, "trainer_state.pt"))) if os.path.isdir(run) else []
+    return os.path.join(run, done[-1]) if done else None
+
+
+# --- the run -------------------------------------------------------------------------
+
+def log(run, name, record):
+    with open(os.path.join(run, name), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def format_line(m):
+    """One human line per step; the full record goes to metrics.jsonl."""
+    fields = [f"step {m['step']:4d}",
+              f"t {m['t_propose']:.1f}/{m['t_solve']:.1f}/{m['t_rewards']:.1f}/{m['t_update']:.1f}s",
+              f"valid {m['valid_rate']:.2f}", f"r_prop {m['proposer_reward']:.3f}", f"r_solve {m['solver_reward']:.3f}",
+              f"maj {m['majority_share']:.2f}", f"zero {m['zero_signal']:.2f}",
+              f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}", f"len {m['response_len']:.0f}"]
+    if m.get("majority_correct") is not None:
+        fields.append(f"maj_ok {m['majority_correct']:.2f}")
+    if "eval_accuracy" in m:
+        fields.append(f"eval {m['eval_accuracy']:.3f}")
+    return " | ".join(fields)
+
+
+def run_eval(sampler, tokenizer, cfg):
+    import eval as heldout
+    result = heldout.evaluate(sampler, tokenizer, cfg.task, limit=cfg.eval_limit or None,
+                              max_new_tokens=cfg.max_response)
+    return {f"eval_{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+
+
+def train(cfg):
+    """The whole run: load, (resume), step loop with eval, logging and checkpoints. Returns the run dir."""
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    resume_from = last_checkpoint(cfg.resume) if cfg.resume else None
+    run = cfg.resume or cfg.out
+    os.makedirs(run, exist_ok=True)
+    model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
+    ref_model = None
+    if cfg.kl:  # the frozen *initial* model, also after a resume
+        ref_model = model if resume_from is None else rollout.load(cfg.model, device=device)[0]
+        ref_model = copy.deepcopy(ref_model).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
+        ref_model.requires_grad_(False)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy.
+    sampler = copy.deepcopy(model).to(torch.bfloat16) if device.type == "cuda" else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if resume_from:
+        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        print(f"resumed from {resume_from} at step {start}", flush=True)
+    with open(os.path.join(run, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+    print("config " + json.dumps(dataclasses.asdict(cfg)), flush=True)
+
+    for step in range(start, cfg.steps + 1):
+        metrics = {}
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            metrics.update(run_eval(sampler, tokenizer, cfg))
+        if step == cfg.steps:  # the last iteration only evaluates the final weights
+            if metrics:
+                log(run, "metrics.jsonl", {"step": step, **metrics})
+                print(f"step {step:4d} | eval {metrics.get('eval_accuracy', float('nan')):.3f}", flush=True)
+            break
+        step_metrics, records = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device)
+        metrics = {**step_metrics, **metrics}
+        log(run, "metrics.jsonl", metrics)
+        for rec in records:
+            log(run, "samples.jsonl", rec)
+        print(format_line(metrics), flush=True)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save_checkpoint(run, step + 1, model, tokenizer, optimizer, cfg)
+    if last_checkpoint(run) != os.path.join(run, f"step-{cfg.steps:06d}"):
+        save_checkpoint(run, cfg.steps, model, tokenizer, optimizer, cfg)
+    return run
+
+
+# --- CLI -----------------------------------------------------------------------------
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Self-Questioning Language Models: train a model on problems it writes.")
+    p.error = lambda message: (print(f"sqlm.py: error: {message}", file=sys.stderr), sys.exit(2))
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            p.add_argument(flag, action="store_true")
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=kind, default=f.default)
+    return Config(**vars(p.parse_args(argv)))
+
+
+def main(argv=None):
+    """CLI entry: bad input (flag, value, task, model) is one line on stderr and exit code 2."""
+    try:
+        cfg = parse_args(argv).resolve()
+        if cfg.resume and last_checkpoint(cfg.resume) is None:
+            raise ValueError(f"no complete checkpoint in {cfg.resume}")
+    except ValueError as e:
+        print(f"sqlm.py: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        train(cfg)
+    except rollout.LoadError as e:
+        print(f"sqlm.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""sqlm.py: the clipped policy gradient, GRPO advantages, KL, and the update machinery."""
+import dataclasses
+
+import pytest
+import torch
+
+import rollout
+import sqlm
+
+
+# --- the loss against a float64 reference ---------------------------------------------
+
+def reference_loss(logp, old, adv, mask, lo, hi, clip_c):
+    """Token by token in float64, straight from the formula."""
+    total, count = 0.0, 0.0
+    for b in range(logp.shape[0]):
+        for t in range(logp.shape[1]):
+            if not mask[b, t]:
+                continue
+            a = float(adv[b])
+            r = float(torch.exp(logp[b, t].double() - old[b, t].double()))
+            loss = max(-a * r, -a * min(max(r, 1 - lo), 1 + hi))
+            if clip_c and a < 0:
+                loss = min(loss, -a * clip_c)
+            total += loss
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("clip_c", [3.0, 0])
+def test_clipped_pg_loss_matches_float64_formula(clip_c):
+    """Both clip sides, dual clip and masked tokens, against a per-token float64 loop."""
+    gen = torch.Generator().manual_seed(0)
+    logp = -torch.rand(6, 9, generator=gen) * 3
+    old = logp + torch.randn(6, 9, generator=gen) * 0.8  # ratios far outside [0.8, 1.2], and beyond clip_c
+    adv = torch.tensor([2.0, -1.5, 0.5, -0.3, 0.0, 1.0])
+    mask = torch.rand(6, 9, generator=gen) > 0.3
+    loss, stats = sqlm.clipped_pg_loss(logp, old, adv, mask, 0.2, 0.28, clip_c)
+    assert abs(loss.item() - reference_loss(logp, old, adv, mask, 0.2, 0.28, clip_c)) < 1e-5
+    assert 0 < stats["clip_frac"] < 1
+
+
+def test_dual_clip_binds_for_negative_advantage():
+    """With A < 0 and a huge ratio the loss is capped at -A * clip_c, and its gradient is zero."""
+    logp = torch.tensor([[2.0]], requires_grad=True)
+    loss, _ = sqlm.clipped_pg_loss(logp, torch.zeros(1, 1), torch.tensor([-1.0]), torch.ones(1, 1), clip_c=3.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(3.0) and logp.grad.item() == 0
+
+
+def test_loss_gradient_pushes_logp_along_advantage():
+    """The sign: a positive advantage must raise the token's log-prob, a negative one lower it."""
+    for a in (1.0, -1.0):
+        logp = torch.zeros(1, 3, requires_grad=True)
+        loss, _ = sqlm.clipped_pg_loss(logp, torch.zeros(1, 3), torch.tensor([a]), torch.ones(1, 3))
+        loss.backward()
+        assert (torch.sign(-logp.grad) == torch.sign(torch.tensor(a))).all()
+
+
+def test_normalizer_is_what_divides():
+    """An explicit normaliser replaces the micro-batch's own token count."""
+    logp, mask = torch.zeros(2, 4), torch.ones(2, 4)
+    own, _ = sqlm.clipped_pg_loss(logp, logp, torch.tensor([1.0, 1.0]), mask)
+    given, _ = sqlm.clipped_pg_loss(logp, logp, torch.tensor([1.0, 1.0]), mask, normalizer=16)
+    assert own.item() == pytest.approx(-1.0) and given.item() == pytest.approx(-0.5)
+
+
+# --- advantages and KL ----------------------------------------------------------------
+
+def test_grpo_advantages_by_hand():
+    """[1,0,0,0]: mean 1/4, unbiased std 1/2 -> [1.5, -0.5, -0.5, -0.5]; an all-equal group gets 0."""
+    adv = sqlm.grpo_advantages([1, 0, 0, 0, 1, 1, 1, 1], group_size=4)
+    assert torch.allclose(adv, torch.tensor([1.5, -0.5, -0.5, -0.5, 0, 0, 0, 0]), atol=1e-5)
+
+
+def test_grpo_advantages_without_std():
+    """Dr. GRPO (--adv-norm none): r - mean, no division."""
+    adv = sqlm.grpo_advantages([1, 0, 0, 0], group_size=4, norm="none")
+    assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25]))
+
+
+def test_grpo_invalid_members_leave_the_group():
+    """Invalid proposals are outside their group's mean/std and get 0; a group of one gets 0."""
+    adv = sqlm.grpo_advantages([1, 0, 9, 9, 1, 9, 9, 9], group_size=4,
+                               valid=[True, True, False, False, True, False, False, False])
+    # group one: [1, 0] -> mean 0.5, std sqrt(0.5) -> +-0.7071
+    assert torch.allclose(adv, torch.tensor([0.70711, -0.70711, 0, 0, 0, 0, 0, 0]), atol=1e-4)
+
+
+def test_kl_zero_when_policy_is_reference_and_positive_otherwise():
+    """k3 is exactly 0 at pi = pi_ref and > 0 elsewhere (it is a non-negative estimator)."""
+    logp = -torch.rand(3, 5)
+    mask = torch.ones(3, 5)
+    assert sqlm.kl_penalty(logp, logp, mask).item() == 0
+    assert sqlm.kl_penalty(logp, logp - 0.3 * torch.rand(3, 5), mask).item() > 0
+
+
+# --- the update machinery on the tiny model --------------------------------------------
+
+def tiny_seqs(model, tok, count=8, seed=0):
+    prompts = [rollout.chat_prompt(tok, "go"), rollout.chat_prompt(tok, "a longer prompt")]
+    samples = rollout.generate(model, tok, prompts, n=count // 2, max_new_tokens=6 + seed, seed=seed)
+    adv = sqlm.grpo_advantages(torch.randn(count, generator=torch.Generator().manual_seed(seed)), count // 2)
+    return [sqlm.Seq(s.prompt_ids, s.completion_ids, a) for s, a in zip(samples, adv.tolist())]
+
+
+def test_gradient_independent_of_micro_batch_split(tiny_dir):
+    """One micro-batch of 8 or four of 2: the same gradient (the normaliser is the mini-batch's)."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    ref = rollout.load(tiny_dir, device="cpu")[0]
+    with torch.no_grad():  # make the policy differ from the old and reference log-probs
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    seqs = tiny_seqs(model, tok)
+    cfg = sqlm.Config(kl=0.1)
+    sqlm.prepare(ref, ref, seqs, cfg, torch.device("cpu"))
+    grads = []
+    for micro in (8, 2):
+        model.zero_grad()
+        sqlm.accumulate_gradients(model, ref, seqs, dataclasses.replace(cfg, microbatch=micro), torch.device("cpu"))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
+
+
+def test_first_ratio_is_exactly_one(tiny_dir):
+    """Old log-probs come from the training model itself, so before any step the ratio is 1."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    seqs = tiny_seqs(model, tok)
+    cfg = sqlm.Config(kl=0)
+    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
+    stats = sqlm.accumulate_gradients(model, None, seqs, cfg, torch.device("cpu"))
+    assert stats["ratio"] == pytest.approx(1.0, abs=1e-6) and stats["clip_frac"] == 0
+
+
+def test_toy_rl_raises_programmatic_reward(tiny_dir):
+    """Reward 1 when the first completion token is in a set holding ~25% of the initial mass: that mass must climb.
+
+    Two optimizer steps per batch make the ratio move off 1, so a wrong sign or a wrong
+    ratio (e.g. exp(old - new)) drives the probability down instead.
+    """
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    prompt = rollout.chat_prompt(tok, "pick")
+    def p_first():
+        with torch.no_grad():
+            return model(torch.tensor([prompt])).logits[0, -1].softmax(-1)
+
+    probs, order = p_first().sort(descending=True)
+    target = order[1:1 + int((probs[1:].cumsum(0) < 0.25).sum()) + 1]  # skip the top token, take ~25%
+
+    def p_target():
+        return p_first()[target].sum().item()
+
+    cfg = sqlm.Config(lr=3e-3, weight_decay=0.0, kl=0.0, n=16, minibatch=1, microbatch=16)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    before = p_target()
+    for it in range(12):
+        samples = rollout.generate(model, tok, [prompt] * 2, n=16, max_new_tokens=2, seed=it)
+        reward = [float(s.completion_ids[0] in target) for s in samples]
+        adv = sqlm.grpo_advantages(reward, 16)
+        seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids, a) for s, a in zip(samples, adv.tolist())]
+        sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
+        sqlm.policy_update(model, None, optimizer, seqs, cfg, torch.device("cpu"))
+    after = p_target()
+    assert after > before + 0.3, (before, after)
