@@ -9,7 +9,10 @@ same job, and faster when `n > 1` shares a prompt or rows finish at different ti
 """
 import argparse
 import json
+import os
 import platform
+import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -17,6 +20,7 @@ import time
 import torch
 
 import rollout
+import sandbox
 import tiny
 
 
@@ -94,6 +98,74 @@ def bench_rollout(a):
             "ours_tokens": ours_tok, "hf_tokens": hf_tok}
 
 
+# --- sandbox: the pool vs one plain subprocess at a time ----------------------------
+
+# (program, reference answer for an input of integers); each reads one line of integers
+KINDS = [
+    ("print(sum(map(int, input().split())))", lambda xs: str(sum(xs))),
+    ("print(*sorted(map(int, input().split())))", lambda xs: " ".join(map(str, sorted(xs)))),
+    ("xs = list(map(int, input().split()))\nprint(max(xs) - min(xs))", lambda xs: str(max(xs) - min(xs))),
+    ("from collections import Counter\nprint(Counter(input().split()).most_common(1)[0][1])",
+     lambda xs: str(max(xs.count(x) for x in xs))),
+]
+
+
+def make_jobs(programs, tests, seed=0):
+    """`programs` x `tests` (code, stdin, expected) triples; every fifth program is wrong."""
+    rng = random.Random(seed)
+    jobs = []
+    for p in range(programs):
+        code, answer = KINDS[p % len(KINDS)]
+        if p % 5 == 4:
+            code += "\nprint(0)"  # a wrong program: extra output fails every test
+        for _ in range(tests):
+            xs = [rng.randint(-50, 50) for _ in range(rng.randint(1, 20))]
+            jobs.append((code, " ".join(map(str, xs)), answer(xs)))
+    return jobs
+
+
+def plain_subprocess(code, stdin, timeout):
+    try:
+        r = subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, ""
+    return r.returncode == 0, r.stdout
+
+
+def bench_sandbox(args):
+    jobs = make_jobs(args.programs, args.tests)
+    timeout = 5.0
+    iso = sandbox.isolation()  # probe before timing
+    workers = os.cpu_count()
+
+    def timed(fn):
+        start = time.perf_counter()
+        verdicts = fn()
+        return verdicts, len(jobs) / (time.perf_counter() - start)
+
+    def through_sandbox(workers):
+        results = sandbox.run_many([(code, stdin) for code, stdin, _ in jobs], timeout=timeout, workers=workers)
+        return [r.status == "ok" and sandbox.same_output(r.stdout, exp) for r, (_, _, exp) in zip(results, jobs)]
+
+    def serial_plain():
+        outcomes = [plain_subprocess(code, stdin, timeout) for code, stdin, _ in jobs]
+        return [ok and sandbox.same_output(out, exp) for (ok, out), (_, _, exp) in zip(outcomes, jobs)]
+
+    through_sandbox(workers)  # warm-up (page cache, first spawns)
+    pool, pool_rate = timed(lambda: through_sandbox(workers))
+    serial_sb, serial_sb_rate = timed(lambda: through_sandbox(1))
+    serial, serial_rate = timed(serial_plain)
+    expected = [p % 5 != 4 for p in range(args.programs) for _ in range(args.tests)]
+    return {"bench": "sandbox", "jobs": len(jobs), "programs": args.programs, "tests_per_program": args.tests,
+            "pool_tests_per_s": round(pool_rate, 1), "serial_subprocess_tests_per_s": round(serial_rate, 1),
+            "speedup": round(pool_rate / serial_rate, 2),
+            "serial_sandbox_tests_per_s": round(serial_sb_rate, 1),  # isolation cost without the pool
+            "verdicts_correct": pool == expected == serial == serial_sb,
+            "workers": workers, "layers": list(iso.layers), "sandbox_python": iso.python,
+            "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()} cpus, "
+                       f"{platform.system()} {platform.release()}, load {os.getloadavg()[0]:.1f}"}
+
+
 # --- CLI -----------------------------------------------------------------------------
 
 def main(argv=None):
@@ -109,9 +181,12 @@ def main(argv=None):
     r.add_argument("--new", type=int, default=128, help="max new tokens")
     r.add_argument("--temperature", type=float, default=1.0)
     r.add_argument("--top-p", type=float, default=1.0)
+    s = sub.add_parser("sandbox", help="sandboxed tests per second: the pool vs serial plain subprocess.run")
+    s.add_argument("--programs", type=int, default=40)
+    s.add_argument("--tests", type=int, default=5)
     a = p.parse_args(argv)
     try:
-        result = {"rollout": bench_rollout}[a.which](a)
+        result = {"rollout": bench_rollout, "sandbox": bench_sandbox}[a.which](a)
     except rollout.LoadError as e:
         print(f"bench.py: {e}", file=sys.stderr)
         return 2

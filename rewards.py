@@ -1,0 +1,337 @@
+"""Parsing proposals and answers; solver and proposer rewards for every task.
+
+SQLM (arXiv 2508.03682, Sec. 3) needs no labels: a solver is rewarded for agreeing with
+the majority of its own samples (arith, algebra) or for passing the proposer's unit tests
+(code), and the proposer for a problem that is neither trivial nor impossible. Every rule
+below is one function; DESIGN.md ("Proposal parsing", "Answers", "Majority rewards",
+"Test rewards", "Code-as-Task option") states them with the released code's numbers.
+
+Covered: integer, decimal and fraction answers in one exact canonical form (Fraction),
+common wrappers (`$`, `\\boxed{}`, `\\(...\\)`, `\\frac{}{}`, `x = ...`), the sqlm/azr/rzero
+proposer rules, test rewards run in parallel through `sandbox.run_many`, the Code-as-Task
+filter. Left out on purpose: symbolic answers (expressions, sets, intervals, units),
+float tolerance, scientific notation, and any `eval` of model output.
+"""
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import sandbox
+
+MAX_ANSWER_CHARS = 100  # longer answers are not numbers we vote on; keeps 10**10**9-style strings cheap
+MAX_TESTS = 10          # tests per problem, as in the released code
+TEST_TIMEOUT = 5.0      # seconds per test run
+TEST_MEMORY_MB = 512
+PYTHON_FENCES = ("", "python", "python3", "py")
+
+_DECIMAL = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_RATIONAL = re.compile(rf"({_DECIMAL})(?:/({_DECIMAL}))?", re.ASCII)
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?", re.ASCII)
+_FRAC = re.compile(r"([+-]?)\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
+_ASSIGNMENT = re.compile(r"[A-Za-z]\w*\s*=\s*(.+)", re.ASCII | re.DOTALL)
+_WRAPPERS = (("\\boxed{", "}"), ("\\(", "\\)"), ("\\[", "\\]"), ("$", "$"))
+_SELECTED = re.compile(r"selected question\s*:", re.IGNORECASE)
+_TEST_HEADER = re.compile(r"test cases\s*:", re.IGNORECASE)
+_SOLUTION_HEADER = re.compile(r"^[ \t*#]*(reference|wrong) solution[^\n:]*:", re.IGNORECASE | re.MULTILINE)
+_INPUT_LINE = re.compile(r"[+-]?\d+(?:[ \t]+[+-]?\d+)*", re.ASCII)
+_FACTOR = r"[+-]?\d{1,3}(?:,\d{3})+|[+-]?\d+"
+_PRODUCT = re.compile(rf"(?<![\w.])({_FACTOR})\s*(?:\*|×|x|X|·|\\times|\\cdot)\s*({_FACTOR})(?!\w|\.\d)", re.ASCII)
+
+
+# --- proposals -------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """A parsed proposal: what the solver sees, plus the code task's tests and CaT programs."""
+    text: str
+    tests: list[tuple[str, str]] = field(default_factory=list)  # (stdin line, expected stdout)
+    reference: str | None = None                                # --cat: a program passing every test
+    wrong: list[str] = field(default_factory=list)              # --cat: programs failing some test
+
+
+def strip_think(text):
+    """The reply after its last `</think>`; a `<think>` never closed leaves only what preceded it."""
+    end = text.rfind("</think>")
+    if end >= 0:
+        return text[end + len("</think>"):].strip()
+    start = text.find("<think>")
+    return (text if start < 0 else text[:start]).strip()
+
+
+def parse_proposal(task, text, cat=False):
+    """(Problem, "ok") or (None, reason) for one proposer reply (DESIGN "Proposal parsing").
+
+    arith: the whole reply is the problem. algebra: the text after the last
+    `Selected Question:`. code: the text before `Test Cases:`, then up to 10 valid
+    `INPUT ||| OUTPUT` lines (malformed lines ignored, none valid: invalid); with `cat`
+    also a `Reference Solution:` and at least one `Wrong Solution:` python block.
+    """
+    if cat and task != "code":
+        raise ValueError("cat (Code-as-Task) applies to the code task only")
+    body = strip_think(text)
+    if task == "arith":
+        return (Problem(body), "ok") if body else (None, "empty")
+    if task == "algebra":
+        marks = list(_SELECTED.finditer(body))
+        if not marks:
+            return None, "no 'Selected Question:'"
+        question = body[marks[-1].end():].strip(" \t\r\n*")  # "**Selected Question:** ..." in markdown
+        return (Problem(question), "ok") if question else (None, "empty")
+    if task == "code":
+        return _parse_code(body, cat)
+    raise ValueError(f"unknown task {task!r}")
+
+
+def _parse_code(body, cat):
+    header = _TEST_HEADER.search(body)
+    if header is None:
+        return None, "no 'Test Cases:'"
+    statement, rest = body[:header.start()].strip(), body[header.end():]
+    if not statement:
+        return None, "empty"
+    sections = list(_SOLUTION_HEADER.finditer(rest))
+    test_lines = rest[:sections[0].start()] if sections else rest  # solutions never hold tests
+    tests = [t for t in map(_parse_test_line, test_lines.splitlines()) if t][:MAX_TESTS]
+    if not tests:
+        return None, "no tests"
+    problem = Problem(statement, tests)
+    if not cat:
+        return problem, "ok"
+    for i, head in enumerate(sections):
+        end = sections[i + 1].start() if i + 1 < len(sections) else len(rest)
+        programs = _python_blocks(rest[head.end():end])
+        if not programs:
+            continue
+        program = programs[0]  # the block right under the header, not a later aside
+        if head.group(1).lower() == "wrong":
+            problem.wrong.append(program)
+        elif problem.reference is None:
+            problem.reference = program
+    if problem.reference is None:
+        return None, "no reference solution"
+    if not problem.wrong:
+        return None, "no wrong solution"
+    return problem, "ok"
+
+
+def _parse_test_line(line):
+    """(stdin, expected) from `INPUT ||| OUTPUT`: one line of integers, an integer or a list; else None."""
+    if "|||" not in line:
+        return None
+    stdin, expected = (part.strip().strip("`").strip() for part in line.split("|||", 1))
+    if not _INPUT_LINE.fullmatch(stdin) or not expected:
+        return None
+    if not all(_INTEGER.fullmatch(tok) for tok in _output_tokens(expected)):
+        return None
+    return stdin, expected
+
+
+# --- answers ---------------------------------------------------------------------------
+
+def normalize_answer(answer):
+    """The canonical exact form of a numeric answer ("7", "-3/4"), or None if it is not one.
+
+    Integers, decimals and fractions become one Fraction printed as "p" or "p/q" (lowest
+    terms, sign on p), so `0.5`, `1/2`, `2/4` and `$\\boxed{1/2}$` vote together. Also
+    unwraps `$..$`, `\\boxed{}`, `\\(..\\)`, `\\[..\\]`, `\\frac{p}{q}`, `x = 5` (the right-hand
+    side), drops thousands separators (`1,234`), spaces around `/`, a trailing period.
+    """
+    s = answer.strip().replace("\u2212", "-")  # unicode minus
+    if len(s) > MAX_ANSWER_CHARS:
+        return None
+    previous = None
+    while s != previous:  # peel wrappers in any order: "$\boxed{x = 1/2}$."
+        previous = s
+        s = s.strip().rstrip(".").strip()
+        for opening, closing in _WRAPPERS:
+            if len(s) >= len(opening) + len(closing) and s.startswith(opening) and s.endswith(closing):
+                s = s[len(opening):-len(closing)]
+        assignment = _ASSIGNMENT.fullmatch(s)
+        if assignment:
+            s = assignment.group(1)
+        s = _FRAC.sub(r"\1\2/\3", s)
+    s = re.sub(r"\s*/\s*", "/", re.sub(r"^([+-])\s+", r"\1", s))
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    match = _RATIONAL.fullmatch(s)
+    if not match:
+        return None
+    numerator, denominator = Fraction(match.group(1)), Fraction(match.group(2) or 1)
+    return None if denominator == 0 else str(numerator / denominator)
+
+
+def extract_answer(text):
+    """The canonical content of the last `<answer>...</answer>`, or None (DESIGN "Answers")."""
+    close = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, close) if close >= 0 else -1
+    return None if start < 0 else normalize_answer(text[start + len("<answer>"):close])
+
+
+# --- majority rewards (arith, algebra) -------------------------------------------------
+
+def majority_vote(answers):
+    """(most common answer, its count) among the n answers, None included; ties go to the
+    first seen, as Counter.most_common does in the released code. Empty: (None, 0)."""
+    return Counter(answers).most_common(1)[0] if answers else (None, 0)
+
+
+def majority_solver_rewards(answers):
+    """Solver reward (DESIGN "Majority rewards"): 1 if the answer is the majority and the majority is not None."""
+    majority, _ = majority_vote(answers)
+    return [1.0 if majority is not None and a == majority else 0.0 for a in answers]
+
+
+def proposer_reward(scores, rule="sqlm", kind="majority"):
+    """Proposer reward from the solver rewards of one problem's n answers.
+
+    sqlm (the paper, Sec. 3): majority: 1 if 1 < m < n, m = #scores equal to 1 (so 0 when
+    the majority is None); tests: 1 if 0 < mean < 1. azr (arXiv 2505.03335): 1 - mean,
+    but 0 when mean is 0 or 1. rzero (arXiv 2508.05004): 1 - 2|p - 1/2|, p = m/n (majority)
+    or the mean score (tests).
+    """
+    if kind not in ("majority", "tests"):
+        raise ValueError(f"unknown reward kind {kind!r}")
+    n = len(scores)
+    if n == 0:
+        return 0.0
+    m = sum(1 for s in scores if s == 1)
+    share = m / n if kind == "majority" else sum(scores) / n
+    if rule == "sqlm":
+        return float(1 < m < n) if kind == "majority" else float(0 < share < 1)
+    if rule == "azr":
+        return 0.0 if share in (0.0, 1.0) else 1.0 - share
+    if rule == "rzero":
+        return 1.0 - 2.0 * abs(share - 0.5)
+    raise ValueError(f"unknown proposer reward rule {rule!r}")
+
+
+def format_solver_rewards(texts, task):
+    """The paper's format-only baseline: 1 for a parseable answer (code: a python block), else 0."""
+    if task == "code":
+        return [float(extract_program(t) is not None) for t in texts]
+    if task in ("arith", "algebra"):
+        return [float(extract_answer(t) is not None) for t in texts]
+    raise ValueError(f"unknown task {task!r}")
+
+
+# --- test rewards (code) ---------------------------------------------------------------
+
+def extract_program(text):
+    """The body of the last fenced ```python (or bare ```) block, or None."""
+    programs = _python_blocks(text)
+    return programs[-1] if programs else None
+
+
+def _python_blocks(text):
+    """Non-empty ```python / ``` blocks in order. Read line by line so the closing fence of a
+    ```bash block is never taken for an opening one; a block left open (the reply hit its
+    length limit) does not count."""
+    programs, block, language = [], None, ""
+    for line in text.splitlines():
+        fence = line.strip()
+        if block is None:
+            if fence.startswith("```"):
+                block, language = [], fence[3:].strip().lower()
+        elif fence.endswith("```"):
+            if fence != "```":
+                block.append(line.rstrip()[:-3])  # "print(x)```": the fence closes on a code line
+            if language in PYTHON_FENCES and "".join(block).strip():
+                programs.append("\n".join(block))
+            block = None
+        else:
+            block.append(line)
+    return programs
+
+
+def _output_tokens(text):
+    """Tokens of a printed integer or list: outer brackets and commas dropped, split on whitespace."""
+    text = text.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return text.replace(",", " ").split()
+
+
+def _same_token(got, want):
+    if _INTEGER.fullmatch(got) and _INTEGER.fullmatch(want):
+        return _int_value(got) == _int_value(want)
+    return got == want
+
+
+def _int_value(token):
+    """An integer token in canonical form without int() (no digit limit): "+007" -> "7", "-0" -> "0"."""
+    digits = token.lstrip("+-").lstrip("0") or "0"
+    return "-" + digits if token.startswith("-") and digits != "0" else digits
+
+
+def output_matches(stdout, expected):
+    """Whether a program's stdout equals the expected output, whitespace-normalised.
+
+    A list may be printed bracketed, comma- or space-separated (`[1, 2, 3]` == `1,2,3` ==
+    `1 2 3`); integers compare by exact value (leading zeros and a `+` ignored), other
+    tokens as strings.
+    """
+    got, want = _output_tokens(stdout), _output_tokens(expected)
+    return len(got) == len(want) and all(map(_same_token, got, want))
+
+
+def _passes(programs, tests, timeout, memory_mb):
+    """passes[i][j]: program i prints test j's expected output; all runs in one sandbox.run_many call."""
+    jobs = [(code, stdin + "\n") for code in programs for stdin, _ in tests]
+    results = sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb) if jobs else []
+    k = len(tests)
+    return [[r.status == "ok" and output_matches(r.stdout, expected)
+             for r, (_, expected) in zip(results[i * k:(i + 1) * k], tests)]
+            for i in range(len(programs))]
+
+
+def test_solver_rewards(programs, tests, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
+    """Solver reward (DESIGN "Test rewards"): the share of the (at most 10) tests a program passes; None: 0."""
+    tests = tests[:MAX_TESTS]
+    if not tests:
+        return [0.0] * len(programs)
+    passes = iter(_passes([p for p in programs if p is not None], tests, timeout, memory_mb))
+    return [0.0 if p is None else sum(next(passes)) / len(tests) for p in programs]
+
+
+def cat_filter(problem, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
+    """Code-as-Task (arXiv 2506.01716): valid only if the reference passes every test and
+    each wrong solution fails at least one. Returns (valid, reason)."""
+    if problem.reference is None or not problem.wrong:
+        return False, "no reference or wrong solution"
+    if not problem.tests:
+        return False, "no tests"
+    reference, *wrong = _passes([problem.reference, *problem.wrong], problem.tests[:MAX_TESTS],
+                                timeout, memory_mb)
+    if not all(reference):
+        return False, "reference fails a test"
+    if any(all(w) for w in wrong):
+        return False, "a wrong solution passes every test"
+    return True, "ok"
+
+
+# --- evaluation helpers ----------------------------------------------------------------
+
+def official_score(text, truth):
+    """The released code's scorer (DESIGN "Eval"): 1.0 correct, 0.1 an extractable but wrong answer, 0.0 none."""
+    answer = extract_answer(text)
+    if answer is None:
+        return 0.0
+    return 1.0 if answer == normalize_answer(str(truth)) else 0.1
+
+
+def arith_truth(problem_text):
+    """The exact product if the problem is a plain `a * b` (also ×, x, \\times), else None.
+
+    A diagnostic only (how often the majority is right), never a reward: SQLM uses no labels.
+    Any second product, other number or other operator makes the problem not plain.
+    """
+    products = list(_PRODUCT.finditer(problem_text))
+    if len(products) != 1 or any(len(g) > MAX_ANSWER_CHARS for g in products[0].groups()):
+        return None
+    hit = products[0]
+    if re.search(r"[0-9+*/^×÷]", problem_text[:hit.start()] + " " + problem_text[hit.end():]):
+        return None
+    a, b = (int(g.replace(",", "")) for g in hit.groups())
+    return str(a * b)
