@@ -5,20 +5,29 @@ Nothing here downloads anything. `make(out_dir)` writes a randomly initialised
 (safetensors), so `rollout.load(out_dir)` and `AutoModelForCausalLM.from_pretrained(out_dir)`
 both load it. The same call with the same seed writes the same weights.
 
-The tokenizer maps each UTF-8 byte to one token (256 ids) and adds the chat special
-tokens `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`. Its chat template is Qwen's
+The tokenizer is a byte-level BPE (1,024 ids) whose merges are learnt, in a second, from
+the task prompts; it carries the chat special tokens `<|endoftext|>`, `<|im_start|>`,
+`<|im_end|>`. Its chat template is Qwen's
 ChatML layout, so prompts look exactly as they do for Qwen2.5-Instruct.
 
-What it is not: a model that knows anything. Random weights emit random bytes; the
-tiny model exists to test plumbing and measure speed, not to show learning on tasks.
+`pretrain(out_dir, steps)` (`--pretrain STEPS`) then teaches it, on CPU in a minute or
+two, the *format* of the three tasks: synthetic transcripts of the real proposer and
+solver prompts answered in the contracted layouts (a product question; a `Selected
+Question:` line; a problem with `Test Cases:`; `<think>`/`<answer>`; a ```python block).
+It learns the layout, not arithmetic, so an offline SQLM run has valid proposals,
+parseable answers and rewards that are not all zero.
 
-    python tiny.py --out /tmp/tiny [--layers 2 --hidden 64 --heads 4 --kv-heads 2]
+What it is not: a model that knows anything. Random weights emit random bytes; the
+tiny model exists to test plumbing and measure speed, not to reproduce the paper.
+
+    python tiny.py --out /tmp/tiny [--layers 2 --hidden 64 --heads 4 --kv-heads 2] [--pretrain 200]
 """
 import argparse
 import os
+import random
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -35,14 +44,25 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer: 256 byte tokens (no merges) + the three chat special tokens."""
-    byte_chars = pre_tokenizers.ByteLevel.alphabet()  # the 256 printable stand-ins for bytes
-    vocab = {ch: i for i, ch in enumerate(sorted(byte_chars))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+def tokenizer_corpus(seed=0, transcripts=2000):
+    """Text the BPE merges are learnt from: the task prompts and synthetic transcripts."""
+    rng = random.Random(seed)
+    for _ in range(transcripts):
+        yield from transcript(rng)
+
+
+def make_tokenizer(vocab_size=1024) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (every byte sequence encodes) + the three chat special tokens.
+
+    The merges are learnt from the task prompts, so a solver prompt is a few hundred tokens
+    rather than a thousand bytes: that is what makes CPU pre-training and runs quick.
+    """
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    core.add_special_tokens(SPECIAL_TOKENS)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    core.train_from_iterator(tokenizer_corpus(), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token="<|im_end|>",  # end of an assistant turn, as in Qwen2.5-Instruct
@@ -99,6 +119,76 @@ def random_real(shape, device="cpu", dtype=torch.float32, seed=0):
     return model.eval(), tokenizer
 
 
+# --- format pre-training on synthetic transcripts --------------------------------------
+
+CODE_FAMILIES = [  # (statement, program body on `nums`, reference function)
+    ("the sum of the integers", "print(sum(nums))", lambda xs: str(sum(xs))),
+    ("the largest integer", "print(max(nums))", lambda xs: str(max(xs))),
+    ("the smallest integer", "print(min(nums))", lambda xs: str(min(xs))),
+    ("the integers in increasing order", "print(*sorted(nums))", lambda xs: " ".join(map(str, sorted(xs)))),
+    ("the integers in reverse order", "print(*nums[::-1])", lambda xs: " ".join(map(str, xs[::-1]))),
+    ("how many integers are even", "print(sum(x % 2 == 0 for x in nums))", lambda xs: str(sum(x % 2 == 0 for x in xs))),
+]
+
+
+def transcript(rng):
+    """One (user prompt, assistant reply) pair in a task's contracted layout, picked at random."""
+    import prompts  # the real prompt texts, so the tiny model sees what SQLM will show it
+    kind = rng.choice(["arith_p", "arith_s", "algebra_p", "algebra_s", "code_p", "code_s"])
+    if kind.startswith("arith"):
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        question = f"What is {a} * {b}?"
+        if kind == "arith_p":
+            return prompts.proposer_prompt("arith"), question
+        return prompts.solver_prompt("arith", question), f"<think>\n{a} * {b} = {a * b}\n</think>\n<answer>{a * b}</answer>"
+    if kind.startswith("algebra"):
+        x, k, c = rng.randint(-20, 20), rng.randint(2, 9), rng.randint(1, 50)
+        question = f"{k} times a number, plus {c}, equals {k * x + c}. What is the number?"
+        if kind == "algebra_p":
+            return prompts.proposer_prompt("algebra"), f"<think>\nOne unknown, unique.\n</think>\nSelected Question: {question}"
+        return prompts.solver_prompt("algebra", question), f"<think>\n{k}x + {c} = {k * x + c}, so x = {x}\n</think>\n<answer>{x}</answer>"
+    statement, body, ref = rng.choice(CODE_FAMILIES)
+    problem = f"Read a line of integers and print {statement}."
+    if kind == "code_p":
+        tests = []
+        for _ in range(5):
+            xs = [rng.randint(-50, 50) for _ in range(rng.randint(1, 6))]
+            tests.append(f"{' '.join(map(str, xs))} ||| {ref(xs)}")
+        return prompts.proposer_prompt("code"), problem + "\nTest Cases:\n" + "\n".join(tests)
+    program = f"nums = list(map(int, input().split()))\n{body}"
+    return prompts.solver_prompt("code", problem), f"<think>\nRead, compute, print.\n</think>\n```python\n{program}\n```"
+
+
+def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25):
+    """Teach the saved model the tasks' formats: cross-entropy on the assistant replies only."""
+    import rollout
+    model, tokenizer = rollout.load(out_dir, device="cpu")
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 20) * (1 - i / steps))
+    model.train()
+    losses = []
+    for step in range(steps):
+        pairs = []
+        for _ in range(batch):
+            user, reply = transcript(rng)
+            pairs.append((rollout.chat_prompt(tokenizer, user), tokenizer.encode(reply, add_special_tokens=False) + [end]))
+        ids, attn, comp = rollout.pack(pairs, tokenizer.pad_token_id, "cpu")
+        logp = rollout.token_logprobs(model, ids, attn, comp)
+        loss = -(logp.sum() / comp.sum())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"pretrain {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
+    model.eval().save_pretrained(out_dir)
+    return losses
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Write a tiny random Qwen2 model + tokenizer (offline).")
     p.add_argument("--out", required=True, help="output directory")
@@ -107,11 +197,17 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
+                   help="then teach it the tasks' formats on synthetic transcripts (CPU; try 200)")
     a = p.parse_args(argv)
     if a.hidden % a.heads or a.heads % a.kv_heads:
         p.error("--hidden must be divisible by --heads, and --heads by --kv-heads")
-    make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed)
+    make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
+         init_std=0.02 if a.pretrain else 0.3)  # Qwen's own init when it is going to be trained
     print(f"wrote tiny Qwen2 model to {a.out}")
+    if a.pretrain:
+        pretrain(a.out, steps=a.pretrain, seed=a.seed)
+        print(f"pre-trained {a.out} on task formats for {a.pretrain} steps")
 
 
 if __name__ == "__main__":

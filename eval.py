@@ -1,0 +1,355 @@
+"""Held-out sets and scoring for arith, algebra and code; used by the CLI and by sqlm.py.
+
+Built-in sets, deterministic from SEED (a JSONL file given with --data replaces them):
+arith, 4,096 distinct "What is a * b?" (`arith_set`); algebra, 100 linear-equation word
+problems with exact rational answers (`algebra_set`); code, data/code.jsonl, problems this
+project wrote with stdin/stdout tests and a reference program (formats: data/README.md).
+
+`evaluate` answers each problem with the task's solver prompt in the chat template, greedily
+by default, and reports strict accuracy next to the released code's own figure
+(`official_score`), the answer-format rate, mean response length and, with k samples,
+pass@k and maj@k (definitions in `summarize`).
+
+Left out: few-shot prompts, answer checking by a model, third-party benchmark files
+(export one to JSONL and pass --data).
+
+    python eval.py --task arith --model DIR [--data F] [--limit N] [--samples K] [--out F]
+"""
+import argparse
+import json
+import random
+import re
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import prompts
+import rewards
+import rollout
+import sandbox
+
+TASKS = ("arith", "algebra", "code")
+SEED = 1                                                    # TinyZero seeds its multiplication set with 1
+ARITH_SIZE = 4096                                           # TinyZero's multiplication test-set size
+ALGEBRA_SIZE = 100
+CODE_FILE = Path(__file__).resolve().parent / "data" / "code.jsonl"
+MAX_NEW_TOKENS = {"arith": 1024, "algebra": 3072, "code": 512}  # the paper's response limits
+
+
+# --- arith ---------------------------------------------------------------------------
+
+def arith_set(size=ARITH_SIZE, seed=SEED):
+    """`size` distinct questions "What is a * b?" with answer str(a * b).
+
+    Each operand is drawn as TinyZero's multiplication generator (3 digits, less-or-equal)
+    draws it: r = randint(0, 3); bound = 9 if r == 0, 99 if r == 1, else 999 (so 999 with
+    probability 1/2); operand = randint(0, bound), on random.Random(seed). Ordered pairs are
+    kept in order of first draw, repeats skipped, as are pairs the arith proposer prompt shows.
+    """
+    rng = random.Random(seed)
+    shown = {(int(a), int(b)) for a, b in re.findall(r"(\d+)\s*\*\s*(\d+)", prompts.proposer_prompt("arith"))}
+    pairs = {}  # dict: ordered, deduplicated
+    while len(pairs) < size:
+        a, b = (rng.randint(0, (9, 99, 999, 999)[rng.randint(0, 3)]) for _ in range(2))
+        if (a, b) not in shown:
+            pairs.setdefault((a, b))
+    return [{"problem": f"What is {a} * {b}?", "answer": str(a * b)} for a, b in pairs]
+
+
+# --- algebra -------------------------------------------------------------------------
+
+NAMES = ["Ana", "Ben", "Carla", "Dev", "Elif", "Farid", "Grace", "Hugo"]
+ITEMS = [("adult ticket", "child ticket"), ("pen", "notebook"), ("coffee", "muffin"), ("apple", "melon")]
+
+
+def solve_linear(equations):
+    """The unique solution, as Fractions, of rows [c_1, (c_2,) rhs] meaning sum_j c_j v_j = rhs; None if not unique.
+
+    One unknown: v = rhs / c, unique iff c != 0. Two unknowns (Cramer): det = a1 b2 - a2 b1,
+    x = (c1 b2 - c2 b1) / det, y = (a1 c2 - a2 c1) / det, unique iff det != 0.
+    """
+    if len(equations) == 1:
+        (c, rhs), = equations
+        return [Fraction(rhs, c)] if c else None
+    (a1, b1, c1), (a2, b2, c2) = equations
+    det = a1 * b2 - a2 * b1
+    return [Fraction(c1 * b2 - c2 * b1, det), Fraction(a1 * c2 - a2 * c1, det)] if det else None
+
+
+def _many(k, noun):
+    return f"{k} {noun}" + ("" if k == 1 else "s")
+
+
+def _change(k):
+    return f"adding {k}" if k >= 0 else f"subtracting {-k}"
+
+
+# Each template: rng -> (text, equations, index of the unknown asked). Word problems about
+# prices, ages and coins draw the solution first, so it is positive (and whole); the two
+# abstract ones draw the equations, so their answers are often fractions.
+def _number(rng):
+    a, c = rng.sample([k for k in range(-9, 10) if k], 2)
+    b, d = rng.randint(-30, 30), rng.randint(-30, 30)
+    return (f"Multiplying a number by {a} and then {_change(b)} gives the same result as multiplying it "
+            f"by {c} and then {_change(d)}. What is the number?", [[a - c, d - b]], 0)
+
+
+def _two_numbers(rng):
+    a1, b1, a2, b2 = (rng.randint(1, 9) for _ in range(4))
+    c1, c2, ask = rng.randint(-60, 60), rng.randint(-60, 60), rng.randint(0, 1)
+    return (f"{a1} times a first number plus {b1} times a second number is {c1}, and {a2} times the first number "
+            f"minus {b2} times the second number is {c2}. What is the {('first', 'second')[ask]} number?",
+            [[a1, b1, c1], [a2, -b2, c2]], ask)
+
+
+def _taxi(rng):
+    fee, rate, km = rng.randint(2, 9), rng.randint(1, 4), rng.randint(1, 30)
+    return (f"A taxi charges a fixed fee of {_many(fee, 'dollar')} plus {_many(rate, 'dollar')} for every kilometre "
+            f"driven. A ride cost {fee + rate * km} dollars in all. How many kilometres long was the ride?",
+            [[rate, rate * km]], 0)  # rate * km = total - fee
+
+
+def _shopping(rng):
+    (first, second), ask = rng.choice(ITEMS), rng.randint(0, 1)
+    a1, b1, a2, b2, p, q = (rng.randint(1, 9) for _ in range(6))
+    return (f"{_many(a1, first)} and {_many(b1, second)} cost {a1 * p + b1 * q} dollars together, while "
+            f"{_many(a2, first)} and {_many(b2, second)} cost {a2 * p + b2 * q} dollars. What is the price "
+            f"of one {(first, second)[ask]}, in dollars?", [[a1, b1, a1 * p + b1 * q], [a2, b2, a2 * p + b2 * q]], ask)
+
+
+def _ages(rng):
+    older, younger = rng.sample(NAMES, 2)
+    ratio, back, ask = rng.randint(2, 5), rng.randint(1, 10), rng.randint(0, 1)
+    gap = (ratio - 1) * rng.randint(1, 10)  # so the ages are whole: younger = back + gap / (ratio - 1)
+    return (f"{older} is {gap} years older than {younger}. {back} years ago, {older} was {ratio} times as old as "
+            f"{younger} was then. How old is {(older, younger)[ask]} now?",
+            [[1, -1, gap], [1, -ratio, back * (1 - ratio)]], ask)  # x - back = ratio (y - back)
+
+
+def _coins(rng):
+    small, large = sorted(rng.sample([1, 2, 5, 10, 20, 25, 50], 2))
+    x, y, ask = rng.randint(0, 30), rng.randint(0, 30), rng.randint(0, 1)
+    return (f"A jar holds only {small}-cent and {large}-cent coins: {x + y} coins worth {small * x + large * y} cents "
+            f"in all. How many {(small, large)[ask]}-cent coins are in the jar?",
+            [[1, 1, x + y], [small, large, small * x + large * y]], ask)
+
+
+TEMPLATES = [_number, _two_numbers, _taxi, _shopping, _ages, _coins]
+
+
+def algebra_set(size=ALGEBRA_SIZE, seed=SEED):
+    """`size` distinct word problems {"problem", "answer", "meta"}; meta holds "equations" (rows
+    [c_1, (c_2,) rhs]: sum_j c_j v_j = rhs), "solution" (every unknown) and "asked" (its index).
+    A draw is kept only if `solve_linear` finds a unique solution.
+    """
+    rng = random.Random(seed)
+    problems = {}
+    while len(problems) < size:
+        text, equations, asked = rng.choice(TEMPLATES)(rng)
+        solution = solve_linear(equations)
+        if solution is not None and text not in problems:
+            problems[text] = {"problem": text, "answer": str(solution[asked]),  # str(Fraction): "7", "-3/4"
+                              "meta": {"equations": equations, "solution": [str(v) for v in solution], "asked": asked}}
+    return list(problems.values())
+
+
+# --- JSONL sets ----------------------------------------------------------------------
+
+def read_jsonl(path, task):
+    """Problems from a JSONL file, one object a line (blank lines skipped).
+
+    arith/algebra: {"problem": str, "answer": str | int}; the answer (integer, decimal or
+    fraction) is stored in canonical form (`rewards.normalize_answer`). code: {"problem": str,
+    "inputs": [str], "outputs": [str], "reference": str (optional)}. Other fields are kept.
+    Raises ValueError "PATH:LINE: what is wrong" on the first bad line.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read data file {path}: {getattr(e, 'strerror', None) or e}") from None
+    problems = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            problems.append(_checked(json.loads(line), task))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: {e}") from None
+    if not problems:
+        raise ValueError(f"{path}: no problems in file")
+    return problems
+
+
+def _checked(row, task):
+    if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
+        raise ValueError('expected an object with a string "problem"')
+    if task == "code":
+        inputs, outputs = row.get("inputs"), row.get("outputs")
+        if not (isinstance(inputs, list) and isinstance(outputs, list) and inputs and len(inputs) == len(outputs)
+                and all(isinstance(s, str) for s in inputs + outputs)):
+            raise ValueError('"inputs" and "outputs" must be non-empty lists of strings of equal length')
+        return row
+    answer = rewards.normalize_answer(str(row.get("answer")))  # the form extract_answer gives: "7", "-3/4"
+    if answer is None:
+        raise ValueError(f'"answer" must be an integer, decimal or fraction, got {row.get("answer")!r}')
+    return {**row, "answer": answer}
+
+
+def load_problems(task, data=None):
+    """The built-in held-out set of `task`, or the problems in the JSONL file `data`."""
+    if data is not None:
+        return read_jsonl(data, task)
+    return {"arith": arith_set, "algebra": algebra_set, "code": lambda: read_jsonl(CODE_FILE, "code")}[task]()
+
+
+# --- scoring -------------------------------------------------------------------------
+
+def score_responses(task, problems, responses):
+    """One record per response; problem i's k = len(responses) // len(problems) responses at [i*k:(i+1)*k].
+
+    arith/algebra record: problem, response, answer (rewards.extract_answer), truth, correct, score
+    (official). code record: problem, response, answer (the program), tests_passed (fraction),
+    correct (all passed), score (= tests_passed). Programs run in the sandbox, all at once.
+    """
+    k = len(responses) // len(problems)
+    owners = [problems[i // k] for i in range(len(responses))]
+    if task != "code":
+        answers = [rewards.extract_answer(text) for text in responses]
+        return [{"problem": p["problem"], "response": text, "answer": answer, "truth": p["answer"],
+                 "correct": answer == p["answer"], "score": rewards.official_score(text, p["answer"])}
+                for p, text, answer in zip(owners, responses, answers)]
+    # All runs in one sandbox call; rewards.test_solver_rewards takes one problem and caps it at 10 tests.
+    programs = [rewards.extract_program(text) for text in responses]
+    jobs = [(code, stdin) for code, p in zip(programs, owners) if code is not None for stdin in p["inputs"]]
+    results = iter(sandbox.run_many(jobs))
+    records = []
+    for p, text, code in zip(owners, responses, programs):
+        runs = [next(results) for _ in p["inputs"]] if code is not None else []
+        share = sum(r.status == "ok" and rewards.output_matches(r.stdout, out)
+                    for r, out in zip(runs, p["outputs"])) / len(p["outputs"])
+        records.append({"problem": p["problem"], "response": text, "answer": code, "tests_passed": share,
+                        "correct": share == 1.0, "score": share})
+    return records
+
+
+def _mean(values):
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def summarize(records, samples=1):
+    """Figures over records in `score_responses` order, each a mean over all samples unless said:
+
+    accuracy: the answer equals the truth exactly (code: the program passes every test).
+    official_score: the released code's scorer under its own name; arith/algebra 1 correct,
+      0.1 formatted but wrong, 0 unformatted (`rewards.official_score`); code: the share of
+      tests passed, as its continuous code scorer gives (so equal to tests_passed).
+    format_rate: an answer (code: a program) could be extracted. mean_length: tokens.
+    samples = k > 1, per problem: pass_at_k, at least one sample correct (the unbiased
+      estimator 1 - C(n-c, k) / C(n, k) with n = k reduces to this); maj_at_k (arith, algebra),
+      the majority answer (`rewards.majority_vote` over samples that gave one) is the truth.
+    """
+    groups = [records[i:i + samples] for i in range(0, len(records), samples)]
+    figures = {"accuracy": _mean(r["correct"] for r in records),
+               "official_score": _mean(r["score"] for r in records),
+               "format_rate": _mean(r["answer"] is not None for r in records)}
+    if "tests_passed" in records[0]:
+        figures["tests_passed"] = _mean(r["tests_passed"] for r in records)
+    if "length" in records[0]:
+        figures["mean_length"] = _mean(r["length"] for r in records)
+    if samples > 1:
+        figures["pass_at_k"] = _mean(any(r["correct"] for r in g) for g in groups)
+        if "truth" in records[0]:
+            voted = [[r["answer"] for r in g if r["answer"] is not None] for g in groups]
+            figures["maj_at_k"] = _mean(rewards.majority_vote(a)[0] == g[0]["truth"] for a, g in zip(voted, groups))
+    return figures
+
+
+# --- evaluation ----------------------------------------------------------------------
+
+def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, temperature=None,
+             max_new_tokens=None, batch_size=64, progress=None):
+    """Answer `problems` (default: the built-in set) `samples` times each and score them.
+
+    temperature: 0 (greedy) for one sample, 1.0 for several, unless given; sampled batches are
+    seeded by their first problem's index, so a run repeats. batch_size: sequences per
+    `rollout.generate` call. progress(done, total, figures) is called after each batch.
+    Returns the figures, the settings and "records" (see `score_responses`, plus "length").
+    """
+    problems = (load_problems(task) if problems is None else problems)[:limit]
+    if not problems:
+        raise ValueError("no problems to evaluate")
+    temperature = (0.0 if samples == 1 else 1.0) if temperature is None else temperature
+    max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[task]
+    per_call = max(1, batch_size // samples)
+    records, start_time = [], time.time()
+    for start in range(0, len(problems), per_call):
+        batch = problems[start:start + per_call]
+        prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])) for p in batch]
+        outs = rollout.generate(model, tokenizer, prompt_ids, n=samples, max_new_tokens=max_new_tokens,
+                                temperature=temperature, seed=start if temperature > 0 else None)
+        batch_records = score_responses(task, batch, [s.text for s in outs])
+        for record, sample in zip(batch_records, outs):
+            record["length"] = len(sample.completion_ids)
+        records += batch_records
+        if progress:
+            progress(start + len(batch), len(problems), summarize(records, samples))
+    return {"task": task, "n_problems": len(problems), "samples": samples, "temperature": temperature,
+            "max_new_tokens": max_new_tokens, "seconds": round(time.time() - start_time, 2),
+            **summarize(records, samples), "records": records}
+
+
+# --- command line --------------------------------------------------------------------
+
+def fail(message):
+    print(f"eval.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Score a model on a held-out set.")
+    parser.add_argument("--task", required=True, help="arith, algebra or code")
+    parser.add_argument("--model", required=True, help="local directory or hub id")
+    parser.add_argument("--data", help="JSONL file replacing the built-in set")
+    parser.add_argument("--limit", type=int, help="first N problems only")
+    parser.add_argument("--samples", type=int, default=1, help="k > 1 adds pass@k and maj@k")
+    parser.add_argument("--temperature", type=float, help="default: 0 for one sample, 1.0 for several")
+    parser.add_argument("--max-new-tokens", type=int, help="default: 1024 arith, 3072 algebra, 512 code")
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
+    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--out", help="result JSON with per-problem records (default runs/eval-TASK.json)")
+    parser.error = fail  # usage errors too: one line, exit code 2
+    args = parser.parse_args(argv)
+    if args.task not in TASKS:
+        fail(f"unknown task '{args.task}' (choose from {', '.join(TASKS)})")
+    if args.samples < 1 or (args.limit is not None and args.limit < 1) or args.batch_size < 1:
+        fail("--samples, --limit and --batch-size must be at least 1")
+    out = Path(args.out or f"runs/eval-{args.task}.json")
+    try:
+        problems = load_problems(args.task, args.data)[:args.limit]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model, tokenizer = rollout.load(args.model, device=args.device)
+    except (ValueError, OSError, rollout.LoadError) as e:
+        fail(str(e))
+
+    started = time.time()
+
+    def show(done, total, figures):
+        print(f"eval {args.task}  {done:>{len(str(total))}}/{total}  acc {figures['accuracy']:.3f}  "
+              f"{time.time() - started:.0f}s", file=sys.stderr, flush=True)
+
+    result = evaluate(model, tokenizer, args.task, problems, samples=args.samples, temperature=args.temperature,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=show)
+    out.write_text(json.dumps(result, indent=1))
+    for key, value in result.items():
+        if key != "records":
+            print(f"{key:<16}{value:.4f}" if isinstance(value, float) else f"{key:<16}{value}")
+    print(f"{'written':<16}{out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

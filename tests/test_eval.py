@@ -1,0 +1,326 @@
+"""eval.py: the held-out sets, the JSONL reader, the scorer, `evaluate` and the CLI."""
+import json
+import random
+import re
+from fractions import Fraction
+
+import pytest
+
+import eval as ev
+import prompts
+import rewards
+import rollout
+import sandbox
+import tiny
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+# --- built-in sets ---------------------------------------------------------------------
+
+def test_arith_set_is_deterministic_sized_and_distinct():
+    """The held-out set must be the same 4,096 distinct problems on every call."""
+    problems = ev.arith_set()
+    assert problems == ev.arith_set()
+    assert len(problems) == 4096
+    assert len({p["problem"] for p in problems}) == 4096
+
+
+def test_arith_answers_are_the_exact_products():
+    """Each question asks for a * b and stores str(a * b), the form extract_answer returns."""
+    for p in ev.arith_set():
+        a, b = map(int, re.fullmatch(r"What is (\d+) \* (\d+)\?", p["problem"]).groups())
+        assert 0 <= a <= 999 and 0 <= b <= 999
+        assert p["answer"] == str(a * b)
+        assert rewards.extract_answer(f"<answer>{p['answer']}</answer>") == p["answer"]
+
+
+def test_arith_operands_follow_tinyzero_draw():
+    """Operands are drawn as TinyZero's 3-digit generator draws them (bound 9, 99 or 999 with
+    probability 1/4, 1/4, 1/2), in the same order; a uniform bound choice would fail this."""
+    rng = random.Random(ev.SEED)
+
+    def operand():
+        r = rng.randint(0, 3)
+        return rng.randint(0, 10 ** (1 if r == 0 else 2 if r == 1 else 3) - 1)
+
+    expected = {}
+    while len(expected) < 4096:
+        expected.setdefault((operand(), operand()))
+    assert [p["problem"] for p in ev.arith_set()] == [f"What is {a} * {b}?" for a, b in expected]
+
+
+def test_arith_skips_pairs_the_proposer_prompt_shows(monkeypatch):
+    """A pair shown as an example in the proposer prompt must never be a held-out problem."""
+    first = ev.arith_set(size=1)[0]["problem"]
+    shown = first.removeprefix("What is ").removesuffix("?")
+    monkeypatch.setattr(prompts, "proposer_prompt", lambda task, cat=False: f"For example: {shown}.")
+    assert first not in [p["problem"] for p in ev.arith_set(size=50)]
+
+
+def test_algebra_set_is_deterministic_sized_and_distinct():
+    problems = ev.algebra_set()
+    assert problems == ev.algebra_set()
+    assert len(problems) == 100
+    assert len({p["problem"] for p in problems}) == 100
+    assert {len(p["meta"]["solution"]) for p in problems} == {1, 2}  # one and two unknowns
+
+
+def test_algebra_answers_solve_their_equations_uniquely():
+    """Checked with exact fractions: the stored solution satisfies every equation, the system
+    is non-singular (so the solution is unique), and the answer is the unknown asked for."""
+    for p in ev.algebra_set():
+        meta = p["meta"]
+        solution = [Fraction(v) for v in meta["solution"]]
+        for *coefficients, rhs in meta["equations"]:
+            assert all(isinstance(c, int) for c in coefficients + [rhs])
+            assert sum(c * v for c, v in zip(coefficients, solution)) == rhs
+        if len(solution) == 1:
+            assert meta["equations"][0][0] != 0
+        else:
+            (a1, b1, _), (a2, b2, _) = meta["equations"]
+            assert a1 * b2 - a2 * b1 != 0
+        assert p["answer"] == str(solution[meta["asked"]])
+        assert rewards.extract_answer(f"<answer>{p['answer']}</answer>") == p["answer"]  # canonical form
+
+
+def test_solve_linear_rejects_singular_systems():
+    assert ev.solve_linear([[0, 5]]) is None
+    assert ev.solve_linear([[1, 2, 3], [2, 4, 6]]) is None
+    assert ev.solve_linear([[2, 3]]) == [Fraction(3, 2)]
+    assert ev.solve_linear([[1, 1, 3], [1, -1, 1]]) == [2, 1]
+
+
+def test_code_set_shape():
+    """At least 40 distinct problems, each with at least 5 tests and a reference program."""
+    problems = ev.load_problems("code")
+    assert len(problems) >= 40
+    assert len({p["problem"] for p in problems}) == len(problems)
+    for p in problems:
+        assert len(p["inputs"]) == len(p["outputs"]) >= 5
+        assert len(set(p["inputs"])) == len(p["inputs"])
+        assert len(set(p["outputs"])) > 1  # a program printing a constant cannot pass
+        assert p["reference"].strip()
+
+
+def test_code_references_pass_every_test_in_the_sandbox():
+    """Every shipped reference, scored as a solver reply would be, passes all of its tests."""
+    problems = ev.load_problems("code")
+    records = ev.score_responses("code", problems, [f"```python\n{p['reference']}```" for p in problems])
+    failing = [r["problem"].splitlines()[0] for r in records if not r["correct"]]
+    assert failing == []
+
+
+def test_a_wrong_program_fails_in_the_sandbox():
+    """The tests catch a plausible bug: Kadane's maximum subarray started at 0 instead of a[0]."""
+    problem = next(p for p in ev.load_problems("code") if "contiguous part" in p["problem"])
+    wrong = "a = list(map(int, input().split()))\nbest = cur = 0\nfor x in a:\n" \
+            "    cur = max(x, cur + x)\n    best = max(best, cur)\nprint(best)\n"
+    assert sandbox.run_tests(problem["reference"], list(zip(problem["inputs"], problem["outputs"])),
+                             check=rewards.output_matches) == [True] * len(problem["inputs"])
+    assert not all(sandbox.run_tests(wrong, list(zip(problem["inputs"], problem["outputs"])),
+                                     check=rewards.output_matches))
+
+
+def test_held_out_sets_do_not_repeat_proposer_examples():
+    """No shipped test line and no algebra problem appears in what a proposer prompt shows."""
+    shown = prompts.proposer_prompt("code") + prompts.proposer_prompt("code", cat=True)
+    for p in ev.load_problems("code"):
+        for stdin, out in zip(p["inputs"], p["outputs"]):
+            assert f"{stdin} ||| {out}" not in shown
+    for p in ev.algebra_set():
+        assert p["problem"] not in prompts.proposer_prompt("algebra")
+
+
+# --- JSONL files -----------------------------------------------------------------------
+
+def test_jsonl_round_trips(tmp_path):
+    """A set written as JSONL reads back unchanged, extra fields ("meta", "reference") included."""
+    for task, problems in (("algebra", ev.algebra_set()[:10]), ("code", ev.load_problems("code")[:5])):
+        assert ev.read_jsonl(write_jsonl(tmp_path / f"{task}.jsonl", problems), task) == problems
+
+
+def test_jsonl_answers_are_made_canonical(tmp_path):
+    """A file's "0.75", "6/8" or 6 must compare equal to extract_answer's "3/4" and "6"."""
+    path = write_jsonl(tmp_path / "a.jsonl", [{"problem": "q", "answer": a} for a in ("0.75", "6/8", 6, " -4/2 ")])
+    assert [p["answer"] for p in ev.read_jsonl(path, "algebra")] == ["3/4", "3/4", "6", "-2"]
+
+
+@pytest.mark.parametrize("task, lines, expected", [
+    ("arith", ['{"problem": "q", "answer": "1"}', "", "{not json"], "bad.jsonl:3: not valid JSON"),
+    ("arith", ['{"problem": "q"}'], "bad.jsonl:1: \"answer\" must be"),
+    ("algebra", ['{"problem": "q", "answer": "three"}'], "bad.jsonl:1: \"answer\" must be"),
+    ("arith", ['["q", "1"]'], "bad.jsonl:1: expected an object"),
+    ("code", ['{"problem": "q", "inputs": ["1"], "outputs": []}'], "bad.jsonl:1: \"inputs\" and \"outputs\""),
+    ("code", ['{"problem": "q", "inputs": [1], "outputs": [1]}'], "bad.jsonl:1: \"inputs\" and \"outputs\""),
+    ("code", [""], "bad.jsonl: no problems"),
+])
+def test_bad_jsonl_names_file_and_line(tmp_path, task, lines, expected):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines))
+    with pytest.raises(ValueError) as error:
+        ev.read_jsonl(path, task)
+    assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_data_file_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="cannot read data file"):
+        ev.read_jsonl(tmp_path / "nope.jsonl", "arith")
+
+
+# --- scoring ---------------------------------------------------------------------------
+
+ARITH = [{"problem": "What is 2 * 3?", "answer": "6"}, {"problem": "What is 3 * 4?", "answer": "12"},
+         {"problem": "What is 5 * 5?", "answer": "25"}]
+
+
+def test_greedy_figures_on_handcrafted_responses():
+    """Correct, formatted-but-wrong and unformatted: accuracy 1/3, official (1 + 0.1 + 0)/3, format 2/3."""
+    records = ev.score_responses("arith", ARITH, ["<think>2*3</think><answer>6</answer>",
+                                                  "<answer>13</answer>", "the answer is 25"])
+    assert [r["correct"] for r in records] == [True, False, False]
+    assert [r["answer"] for r in records] == ["6", "13", None]
+    figures = ev.summarize(records)
+    assert figures["accuracy"] == pytest.approx(1 / 3)
+    assert figures["official_score"] == pytest.approx(1.1 / 3)
+    assert figures["format_rate"] == pytest.approx(2 / 3)
+    assert "pass_at_k" not in figures
+
+
+def test_exact_fraction_answers_count_as_correct():
+    """An algebra answer given as 0.75 or 6/8 matches the truth 3/4; 0.7 does not."""
+    problems = [{"problem": "q", "answer": "3/4"}]
+    records = ev.score_responses("algebra", problems * 3, ["<answer>0.75</answer>", "<answer>6/8</answer>",
+                                                           "<answer>0.7</answer>"])
+    assert [r["correct"] for r in records] == [True, True, False]
+
+
+def test_pass_and_majority_at_k():
+    """k = 3 samples per problem, grouped as rollout.generate lays them out. Problem 1: 6, 7, 7
+    (pass, majority wrong); problem 2: none, 12, 12 (pass, majority right); problem 3: all wrong."""
+    responses = ["<answer>6</answer>", "<answer>7</answer>", "<answer>7</answer>",
+                 "no answer", "<answer>12</answer>", "<answer>12</answer>",
+                 "<answer>1</answer>", "<answer>2</answer>", "x"]
+    figures = ev.summarize(ev.score_responses("arith", ARITH, responses), samples=3)
+    assert figures["accuracy"] == pytest.approx(3 / 9)
+    assert figures["pass_at_k"] == pytest.approx(2 / 3)
+    assert figures["maj_at_k"] == pytest.approx(1 / 3)
+    assert figures["format_rate"] == pytest.approx(7 / 9)
+
+
+def test_majority_ignores_samples_without_an_answer():
+    """One answer and two unformatted replies: the vote is over the one answer, so maj@3 is 1."""
+    figures = ev.summarize(ev.score_responses("arith", ARITH[:1], ["<answer>6</answer>", "?", "?"]), samples=3)
+    assert figures["maj_at_k"] == 1.0
+
+
+def test_code_figures_on_handcrafted_programs():
+    """Right program, one that fails one test in three, one that crashes, and no program."""
+    problems = [{"problem": "Print the double of n.", "inputs": ["1", "2", "0"], "outputs": ["2", "4", "0"]}]
+    responses = ["```python\nprint(2 * int(input()))\n```",
+                 "```python\nn = int(input())\nprint(n + n if n else 1)\n```",
+                 "```python\nraise SystemExit(3)\n```",
+                 "I would print twice n."]
+    records = ev.score_responses("code", problems, responses)
+    assert [r["tests_passed"] for r in records] == pytest.approx([1, 2 / 3, 0, 0])
+    assert [r["correct"] for r in records] == [True, False, False, False]
+    figures = ev.summarize(records, samples=4)
+    assert figures["accuracy"] == pytest.approx(1 / 4)
+    assert figures["tests_passed"] == pytest.approx(5 / 12)
+    assert figures["official_score"] == figures["tests_passed"]
+    assert figures["format_rate"] == pytest.approx(3 / 4)
+    assert figures["pass_at_k"] == 1.0 and "maj_at_k" not in figures
+
+
+# --- evaluate, with a scripted generator ------------------------------------------------
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """rollout.generate replaced by one that answers 6 and records its arguments."""
+    calls = []
+
+    def generate(model, tokenizer, prompts_, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, seed=None):
+        calls.append({"prompts": len(prompts_), "n": n, "max_new_tokens": max_new_tokens, "temperature": temperature})
+        ids = tokenizer.encode("<answer>6</answer>", add_special_tokens=False)
+        return [rollout.Sample(list(p), ids, "<answer>6</answer>", False) for p in prompts_ for _ in range(n)]
+
+    monkeypatch.setattr(rollout, "generate", generate)
+    return calls
+
+
+def test_evaluate_defaults_greedy_and_task_length(scripted):
+    """Greedy (temperature 0) with one sample, the task's response limit, problem order kept."""
+    tokenizer = tiny.make_tokenizer()
+    result = ev.evaluate(None, tokenizer, "arith", problems=ARITH)
+    assert scripted == [{"prompts": 3, "n": 1, "max_new_tokens": 1024, "temperature": 0.0}]
+    assert [r["correct"] for r in result["records"]] == [True, False, False]
+    assert result["mean_length"] == len(tokenizer.encode("<answer>6</answer>", add_special_tokens=False))
+    ev.evaluate(None, tokenizer, "algebra", problems=ARITH)
+    assert scripted[-1]["max_new_tokens"] == 3072
+
+
+def test_evaluate_samples_at_temperature_one_in_batches(scripted):
+    """samples=k samples at 1.0, batch_size counts sequences (2 prompts x 2 samples per call),
+    and progress sees the running count of problems done."""
+    seen = []
+    result = ev.evaluate(None, tiny.make_tokenizer(), "arith", problems=ARITH, samples=2, batch_size=4,
+                         progress=lambda done, total, figures: seen.append((done, total)))
+    assert [c["prompts"] for c in scripted] == [2, 1] and {c["temperature"] for c in scripted} == {1.0}
+    assert seen == [(2, 3), (3, 3)]
+    assert len(result["records"]) == 6 and result["pass_at_k"] == pytest.approx(1 / 3)
+
+
+# --- evaluate and the CLI on the tiny model ---------------------------------------------
+
+def test_evaluate_tiny_model_plumbing(tiny_model):
+    """Random weights: figures are garbage but must be in range, one record per sample."""
+    model, tokenizer = tiny_model
+    for samples in (1, 2):
+        result = ev.evaluate(model, tokenizer, "arith", limit=3, samples=samples, max_new_tokens=8)
+        assert len(result["records"]) == 3 * samples
+        assert all(0 <= result[k] <= 1 for k in ("accuracy", "official_score", "format_rate"))
+        assert all(1 <= r["length"] <= 8 for r in result["records"])
+    greedy = [ev.evaluate(model, tokenizer, "algebra", limit=2, max_new_tokens=8)["records"] for _ in range(2)]
+    assert greedy[0] == greedy[1]
+
+
+def test_cli_writes_results_and_prints_progress(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    ev.main(["--task", "arith", "--model", tiny_dir, "--limit", "3", "--max-new-tokens", "8",
+             "--batch-size", "2", "--device", "cpu", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert re.search(r"eval arith\s+2/3\s+acc", captured.err) and "3/3" in captured.err
+    assert "accuracy" in captured.out and "official_score" in captured.out
+    result = json.loads(out.read_text())
+    assert result["n_problems"] == 3 and len(result["records"]) == 3
+
+
+def test_cli_data_file_round_trips(tiny_dir, tmp_path):
+    """--data replaces the built-in set: the records carry the file's problems and truths."""
+    rows = [{"problem": "What is 1 + 1?", "answer": "2"}, {"problem": "Half of 3?", "answer": "1.5"}]
+    out = tmp_path / "r.json"
+    ev.main(["--task", "algebra", "--model", tiny_dir, "--data", write_jsonl(tmp_path / "d.jsonl", rows),
+             "--max-new-tokens", "4", "--out", str(out)])
+    records = json.loads(out.read_text())["records"]
+    assert [(r["problem"], r["truth"]) for r in records] == [("What is 1 + 1?", "2"), ("Half of 3?", "3/2")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "poetry", "--model", "MODEL"], "unknown task 'poetry'"),
+    (["--task", "arith", "--model", "/no/such/model"], "model directory not found"),
+    (["--task", "arith", "--model", "MODEL", "--data", "BAD"], "bad.jsonl:1: not valid JSON"),
+    (["--task", "arith", "--model", "MODEL", "--samples", "0"], "must be at least 1"),
+    (["--task", "arith"], "required: --model"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path, capsys, args, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n")
+    args = [{"MODEL": tiny_dir, "BAD": str(bad)}.get(a, a) for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        ev.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
