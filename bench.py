@@ -1,7 +1,6 @@
 """Throughput benchmarks; each prints one JSON line (machine included) to stdout.
 
     python bench.py rollout [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--prompts 8 --n 4 --new 128]
-    python bench.py update  [--model ...] [--seqs 32 --len 512]
     python bench.py sandbox [--programs 40 --tests 5]
 
 Goals (not asserted in tests): `generate` no slower than Hugging Face `generate` on the

@@ -134,11 +134,12 @@ def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6, valid=None):
     return adv.view(-1).float()
 
 
-def clipped_pg_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2, clip_c=3.0, normalizer=None):
+def clipped_pg_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2, normalizer=None, clip_c=3.0):
     """PPO-clip policy-gradient loss, token-mean over the mini-batch (Sec. 3, GRPO objective).
 
     per token: l = -min(r*A, clip(r, 1-clip_low, 1+clip_high)*A), r = exp(logp - old_logp);
-    dual clip (A < 0 only): l = min(l, -clip_c*A), so a huge ratio on a bad token cannot blow up.
+    dual clip (A < 0 only): l = min(l, -clip_c*A), so a huge ratio on a bad token cannot blow up
+    (clip_c None or 0 disables it).
     loss = sum(l * mask) / normalizer, normalizer = mask.sum() by default; pass the token
     count of the whole mini-batch so that micro-batches sum to the mini-batch's gradient.
     logp, old_logp, mask: (B, T); advantages: (B,) or (B, T).
@@ -224,7 +225,7 @@ def solve(sampler, tokenizer, cfg, problems, reasons, seed):
 
 
 def score(cfg, problems, valid, answers):
-    """Step 4: solver rewards (n per valid problem) and one proposer reward per valid problem.
+    """Step 4: solver rewards (n per valid problem), one proposer reward per valid problem, and the votes.
 
     majority: solver sample scores 1 iff its answer equals the non-None majority;
     tests: the fraction of the proposer's tests its program passes (sandboxed);
@@ -232,19 +233,19 @@ def score(cfg, problems, valid, answers):
     """
     n, solver_r, proposer_r, votes = cfg.n, [], [], []
     texts = [s.text for s in answers]
-    if cfg.solver_reward == "tests":
-        programs = [rewards.extract_program(t) for t in texts]
-        for k, i in enumerate(valid):
-            solver_r += rewards.test_solver_rewards(programs[k * n:(k + 1) * n], problems[i].tests)
-    for k in range(len(valid)):
+    code = cfg.task == "code"
+    extract = rewards.extract_program if code else rewards.extract_answer
+    for k, i in enumerate(valid):
         group = texts[k * n:(k + 1) * n]
-        extracted = [rewards.extract_answer(t) for t in group]
+        extracted = [extract(t) for t in group]  # answers, or programs for code
         votes.append((extracted, *rewards.majority_vote(extracted)))
+        if cfg.solver_reward == "tests":
+            solver_r += rewards.test_solver_rewards(extracted, problems[i].tests)
         if cfg.solver_reward == "majority":
             solver_r += rewards.majority_solver_rewards(extracted)
         elif cfg.solver_reward == "format":
             solver_r += rewards.format_solver_rewards(group, cfg.task)
-        kind = "tests" if cfg.task == "code" else "majority"
+        kind = "tests" if code else "majority"
         proposer_r.append(rewards.proposer_reward(solver_r[k * n:(k + 1) * n], rule=cfg.proposer_reward, kind=kind))
     return solver_r, proposer_r, votes
 
@@ -295,7 +296,7 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device):
         mask = comp.bool()
         old = torch.zeros_like(logp).masked_scatter(mask, torch.cat([s.old_logp for s in micro]))
         adv = torch.tensor([s.advantage for s in micro], device=device)
-        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, cfg.clip_c, tokens)
+        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, tokens, cfg.clip_c)
         stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
         stats["pg_loss"] = loss.item() * tokens
         if cfg.kl and ref_model is not None:
@@ -480,6 +481,8 @@ def train(cfg):
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         print(f"resumed from {resume_from} at step {start}", flush=True)
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2)
