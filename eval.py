@@ -221,17 +221,11 @@ def score_responses(task, problems, responses):
         return [{"problem": p["problem"], "response": text, "answer": answer, "truth": p["answer"],
                  "correct": answer == p["answer"], "score": rewards.official_score(text, p["answer"])}
                 for p, text, answer in zip(owners, responses, answers)]
-    # All runs in one sandbox call; rewards.test_solver_rewards takes one problem and caps it at 10 tests.
     programs = [rewards.extract_program(text) for text in responses]
-    jobs = [(code, stdin) for code, p in zip(programs, owners) if code is not None for stdin in p["inputs"]]
-    results = iter(sandbox.run_many(jobs))
-    records = []
-    for p, text, code in zip(owners, responses, programs):
-        runs = [next(results) for _ in p["inputs"]] if code is not None else []
-        share = sum(r.status == "ok" and rewards.output_matches(r.stdout, out)
-                    for r, out in zip(runs, p["outputs"])) / len(p["outputs"])
-        records.append({"problem": p["problem"], "response": text, "answer": code, "tests_passed": share,
-                        "correct": share == 1.0, "score": share})
+    shares = rewards.test_pass_rates(programs, [list(zip(p["inputs"], p["outputs"])) for p in owners], cap=None)
+    records = [{"problem": p["problem"], "response": text, "answer": code, "tests_passed": share,
+                "correct": share == 1.0, "score": share}
+               for p, text, code, share in zip(owners, responses, programs, shares)]
     return records
 
 

@@ -276,23 +276,33 @@ def output_matches(stdout, expected):
     return len(got) == len(want) and all(map(_same_token, got, want))
 
 
-def _passes(programs, tests, timeout, memory_mb):
-    """passes[i][j]: program i prints test j's expected output; all runs in one sandbox.run_many call."""
-    jobs = [(code, stdin + "\n") for code in programs for stdin, _ in tests]
-    results = sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb) if jobs else []
-    k = len(tests)
-    return [[r.status == "ok" and output_matches(r.stdout, expected)
-             for r, (_, expected) in zip(results[i * k:(i + 1) * k], tests)]
-            for i in range(len(programs))]
+def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
+    """passes[i][j]: program i printed the expected output of test j of test_sets[i].
+
+    Every run of every program goes through ONE sandbox.run_many call, so a whole batch
+    keeps all cores busy; a None program fails all its tests without running.
+    """
+    jobs = [(code, stdin + "\n") for code, tests in zip(programs, test_sets) if code is not None
+            for stdin, _ in tests]
+    results = iter(sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb) if jobs else [])
+    passes = []
+    for code, tests in zip(programs, test_sets):
+        runs = [next(results) for _ in tests] if code is not None else [None] * len(tests)
+        passes.append([r is not None and r.status == "ok" and output_matches(r.stdout, expected)
+                       for r, (_, expected) in zip(runs, tests)])
+    return passes
+
+
+def test_pass_rates(programs, test_sets, cap=MAX_TESTS, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
+    """Share of its own tests (the first `cap`; None: all) that each program passes; no tests: 0."""
+    test_sets = [tests[:cap] for tests in test_sets]
+    passes = run_test_sets(programs, test_sets, timeout, memory_mb)
+    return [sum(p) / len(p) if p else 0.0 for p in passes]
 
 
 def test_solver_rewards(programs, tests, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
     """Solver reward (DESIGN "Test rewards"): the share of the (at most 10) tests a program passes; None: 0."""
-    tests = tests[:MAX_TESTS]
-    if not tests:
-        return [0.0] * len(programs)
-    passes = iter(_passes([p for p in programs if p is not None], tests, timeout, memory_mb))
-    return [0.0 if p is None else sum(next(passes)) / len(tests) for p in programs]
+    return test_pass_rates(programs, [tests] * len(programs), timeout=timeout, memory_mb=memory_mb)
 
 
 def cat_filter(problem, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
@@ -302,8 +312,8 @@ def cat_filter(problem, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
         return False, "no reference or wrong solution"
     if not problem.tests:
         return False, "no tests"
-    reference, *wrong = _passes([problem.reference, *problem.wrong], problem.tests[:MAX_TESTS],
-                                timeout, memory_mb)
+    programs = [problem.reference, *problem.wrong]
+    reference, *wrong = run_test_sets(programs, [problem.tests[:MAX_TESTS]] * len(programs), timeout, memory_mb)
     if not all(reference):
         return False, "reference fails a test"
     if any(all(w) for w in wrong):

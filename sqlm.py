@@ -235,12 +235,12 @@ def score(cfg, problems, valid, answers):
     texts = [s.text for s in answers]
     code = cfg.task == "code"
     extract = rewards.extract_program if code else rewards.extract_answer
-    for k, i in enumerate(valid):
-        group = texts[k * n:(k + 1) * n]
-        extracted = [extract(t) for t in group]  # answers, or programs for code
+    extracted_all = [extract(t) for t in texts]  # answers, or programs for code
+    if cfg.solver_reward == "tests":  # every program x test of the step in one sandbox call
+        solver_r = rewards.test_pass_rates(extracted_all, [problems[i].tests for i in valid for _ in range(n)])
+    for k in range(len(valid)):
+        group, extracted = texts[k * n:(k + 1) * n], extracted_all[k * n:(k + 1) * n]
         votes.append((extracted, *rewards.majority_vote(extracted)))
-        if cfg.solver_reward == "tests":
-            solver_r += rewards.test_solver_rewards(extracted, problems[i].tests)
         if cfg.solver_reward == "majority":
             solver_r += rewards.majority_solver_rewards(extracted)
         elif cfg.solver_reward == "format":
