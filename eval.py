@@ -27,7 +27,6 @@ from pathlib import Path
 import prompts
 import rewards
 import rollout
-import sandbox
 
 TASKS = ("arith", "algebra", "code")
 SEED = 1                                                    # TinyZero seeds its multiplication set with 1
