@@ -4,8 +4,8 @@ Everything SQLM samples (proposals, answers, eval responses) goes through `gener
 everything it trains on goes through `token_logprobs`. Both are written by hand on the
 model's forward pass (no `model.generate`):
 
-- `generate` left-pads a batch of prompts, prefills each *distinct* prompt once and
-  repeats its KV cache for its `n` samples, then runs one forward per new token over the
+- `generate` left-pads a batch of prompts, prefills each prompt once and repeats its
+  KV cache for its `n` samples, then runs one forward per new token over the
   rows that are still unfinished only (finished rows leave the batch and the cache).
 - `token_logprobs` computes log pi(token | prefix) in fp32 with logits divided by the
   sampling temperature, in chunks of completion tokens, so a long batch never holds
@@ -193,8 +193,9 @@ def pack(pairs, pad_id, device):
 
 def _chunk_logprobs(hidden, weight, targets, temperature):
     """log_softmax(hidden @ weight.T / temperature)[targets] in fp32, for one chunk of tokens."""
-    logits = F.linear(hidden.float(), weight.float()) / temperature  # (chunk, V)
-    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    with torch.autocast(hidden.device.type, enabled=False):  # autocast would recast the fp32 matmul to bf16
+        logits = F.linear(hidden.float(), weight.float()) / temperature  # (chunk, V)
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 def token_logprobs(model, input_ids, attention_mask, completion_mask, temperature=1.0, chunk_tokens=4096):

@@ -95,7 +95,7 @@ class Config:
         self.out = self.out or os.path.join("runs", f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
         checks = [(self.adv_norm in ("std", "none"), "--adv-norm must be std or none"),
                   (self.proposer_reward in ("sqlm", "azr", "rzero"), "--proposer-reward must be sqlm, azr or rzero"),
-                  (self.solver_reward in ("majority", "format", "tests"), "--solver-reward must be majority or format"),
+                  (self.solver_reward in ("majority", "format", "tests"), "--solver-reward must be majority, tests or format"),
                   ((self.solver_reward == "tests") == (self.task == "code") or self.solver_reward == "format",
                    f"--solver-reward {self.solver_reward} does not fit --task {self.task}"),
                   (not self.cat or self.task == "code", "--cat applies to --task code only"),
@@ -114,23 +114,19 @@ class Config:
 
 # --- the method, one function per equation -------------------------------------------
 
-def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6, valid=None):
+def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6):
     """GRPO advantage per sample: A_i = (r_i - mean(r_group)) / (std(r_group) + eps).
 
     rewards_: (N,) with N = groups * group_size, group g at [g*k:(g+1)*k]. std is the
-    unbiased (n-1) estimate, as the released code computes it; a group with one valid
-    member gets 0. norm="none" drops the division (Dr. GRPO). Invalid members
-    (valid=False) are left out of their group's statistics and get advantage 0.
+    unbiased (n-1) estimate, as the released code computes it; a group of one gets 0.
+    norm="none" drops the division (Dr. GRPO).
     """
     r = torch.as_tensor(rewards_, dtype=torch.float64).view(-1, group_size)
-    v = torch.ones_like(r, dtype=torch.bool) if valid is None else torch.as_tensor(valid).view(-1, group_size)
-    count = v.sum(1, keepdim=True)
-    mean = (r * v).sum(1, keepdim=True) / count.clamp(min=1)
-    adv = (r - mean) * v
+    adv = r - r.mean(1, keepdim=True)
+    if group_size == 1:
+        return torch.zeros(r.numel())
     if norm == "std":
-        std = ((adv ** 2).sum(1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
-        adv = adv / (std + eps)
-    adv = torch.where(count > 1, adv, torch.zeros_like(adv))
+        adv = adv / (r.std(1, keepdim=True) + eps)  # torch.std is the unbiased (n-1) estimate
     return adv.view(-1).float()
 
 
@@ -165,7 +161,7 @@ def clipped_pg_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.
 
 def kl_penalty(logp, ref_logp, mask, normalizer=None):
     """k3 estimator of KL(pi || pi_ref), token-mean: exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10]."""
-    delta = ref_logp - logp
+    delta = (ref_logp - logp).clamp(-20.0, 20.0)  # exp() stays finite
     k3 = (delta.exp() - delta - 1).clamp(-10.0, 10.0)
     normalizer = mask.sum() if normalizer is None else normalizer
     return (k3 * mask).sum() / normalizer
@@ -179,18 +175,24 @@ class Seq:
     prompt_ids: list
     completion_ids: list
     advantage: float
+    group: int                     # problem index (solver) or prompt index (proposer) in the step's batch
     old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model before the update
     ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
 
 
+def derive_seed(*keys):
+    """An independent 63-bit seed per (run seed, step, role, chunk): a resumed run samples what it would have."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
 def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
-    """n samples per prompt, in generate calls of at most `rollout_rows` sequences."""
+    """n samples per prompt, in generate calls of at most `rollout_rows` sequences; seed: a key tuple."""
     per_call = max(1, cfg.rollout_rows // n)
     out = []
     for start in range(0, len(prompt_ids), per_call):
         out += rollout.generate(sampler, tokenizer, prompt_ids[start:start + per_call], n=n,
                                 max_new_tokens=cfg.max_response, temperature=cfg.temperature,
-                                top_p=cfg.top_p, seed=seed + start)
+                                top_p=cfg.top_p, seed=derive_seed(*seed, start))
     return out
 
 
@@ -311,14 +313,19 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device):
 
 
 def policy_update(model, ref_model, optimizer, seqs, cfg, device):
-    """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of minibatch x n sequences.
+    """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of `minibatch` groups (x n sequences).
 
     loss = clipped_pg_loss + kl * kl_penalty, AdamW after a global grad-norm clip.
     Returns the mean of each statistic over the mini-batches.
     """
     model.train()
-    size = cfg.minibatch * cfg.n
-    minibatches = [seqs[i:i + size] for i in range(0, len(seqs), size)]
+    # Mini-batch k holds groups [k*minibatch, (k+1)*minibatch): the number of optimizer steps
+    # is fixed by the batch shape (8 solver, 2 proposer), whatever share of proposals was
+    # valid, as with the released code's loss mask 0 on invalid rows.
+    minibatches = {}
+    for s in seqs:
+        minibatches.setdefault(s.group // cfg.minibatch, []).append(s)
+    minibatches = [minibatches[k] for k in sorted(minibatches)]
     totals = {}
     for minibatch in minibatches:
         optimizer.zero_grad(set_to_none=True)
@@ -335,26 +342,26 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device):
 
 def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device):
     """Steps 1-8 of the module docstring; returns the step's metrics and per-proposal records."""
-    seed = cfg.seed * 1_000_003 + step * 2  # per-step seeds: a resumed run samples what it would have
-    update_proposer = cfg.proposer_every > 0 and step % cfg.proposer_every == 0
+    update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0  # released: global step 5, 10, ...
     t0 = time.perf_counter()
-    proposals, problems, reasons = propose(sampler, tokenizer, cfg, seed)
+    proposals, problems, reasons = propose(sampler, tokenizer, cfg, seed=(cfg.seed, step, 0))
     t1 = time.perf_counter()
-    valid, answers = solve(sampler, tokenizer, cfg, problems, reasons, seed + 1)
+    valid, answers = solve(sampler, tokenizer, cfg, problems, reasons, seed=(cfg.seed, step, 1))
     t2 = time.perf_counter()
     solver_r, proposer_r, votes = score(cfg, problems, valid, answers)
     t3 = time.perf_counter()
 
-    # step 5: advantages. Solver groups: the n answers to one problem; proposer groups: the
-    # n proposals from one prompt, with invalid proposals outside their group's statistics.
+    # step 5: advantages. Solver groups: the n answers to one problem; proposer groups: the n
+    # proposals from one prompt, where an invalid proposal counts as reward 0 (as in the
+    # released code) and is then masked out of the update.
     solver_adv = grpo_advantages(solver_r, cfg.n, cfg.adv_norm) if valid else torch.zeros(0)
     per_proposal = torch.zeros(len(proposals))
     per_proposal[valid] = torch.tensor(proposer_r, dtype=torch.float32)
-    is_valid = torch.tensor([p is not None for p in problems])
-    proposer_adv = grpo_advantages(per_proposal, cfg.n, cfg.adv_norm, valid=is_valid)
-    solver_seqs = [Seq(s.prompt_ids, s.completion_ids, a) for s, a in zip(answers, solver_adv.tolist())]
-    proposer_seqs = [Seq(proposals[i].prompt_ids, proposals[i].completion_ids, proposer_adv[i].item())
-                     for i in valid] if update_proposer else []
+    proposer_adv = grpo_advantages(per_proposal, cfg.n, cfg.adv_norm)
+    solver_seqs = [Seq(s.prompt_ids, s.completion_ids, a, group=valid[k // cfg.n])
+                   for k, (s, a) in enumerate(zip(answers, solver_adv.tolist()))]
+    proposer_seqs = [Seq(proposals[i].prompt_ids, proposals[i].completion_ids, proposer_adv[i].item(),
+                         group=i // cfg.n) for i in valid] if update_proposer else []
 
     # steps 6-8: the proposer's old log-probs are taken before the solver update changes the weights
     prepare(model, ref_model, solver_seqs + proposer_seqs, cfg, device)
@@ -374,6 +381,8 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
         "solver_reward": float(np.mean(solver_r)) if valid else 0.0,
         "majority_share": float(np.mean([v[2] / cfg.n for v in votes])) if valid else 0.0,
         "zero_signal": float(np.mean([len(set(g)) == 1 for g in groups])) if valid else 1.0,
+        "zero_signal_proposer": float(np.mean([len(set(per_proposal[g:g + cfg.n].tolist())) == 1
+                                               for g in range(0, len(proposals), cfg.n)])),
         "response_len": float(np.mean([len(s.completion_ids) for s in answers])) if answers else 0.0,
         "proposal_len": float(np.mean([len(s.completion_ids) for s in proposals])),
         **{f"solver_{k}": v for k, v in solver_stats.items()},
@@ -427,6 +436,17 @@ def last_checkpoint(run):
 
 # --- the run -------------------------------------------------------------------------
 
+def truncate_logs(run, step):
+    """Keep only the records of steps before `step` in the run's jsonl logs."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        path = os.path.join(run, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if json.loads(line)["step"] < step]
+            with open(path, "w") as f:
+                f.writelines(kept)
+
+
 def log(run, name, record):
     with open(os.path.join(run, name), "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -464,9 +484,10 @@ def train(cfg):
     os.makedirs(run, exist_ok=True)
     model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
     ref_model = None
-    if cfg.kl:  # the frozen *initial* model, also after a resume
-        ref_model = model if resume_from is None else rollout.load(cfg.model, device=device)[0]
-        ref_model = copy.deepcopy(ref_model).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if cfg.kl:  # the frozen *initial* model, also after a resume (bf16 on GPU: it is only evaluated)
+        ref_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        ref_model = (copy.deepcopy(model).to(ref_dtype) if resume_from is None
+                     else rollout.load(cfg.model, device=device, dtype=ref_dtype)[0])
         ref_model.requires_grad_(False)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable()
@@ -478,6 +499,7 @@ def train(cfg):
         state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
+        truncate_logs(run, start)  # steps after the checkpoint are run again
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -513,24 +535,29 @@ def train(cfg):
 # --- CLI -----------------------------------------------------------------------------
 
 def parse_args(argv):
+    """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
     p = argparse.ArgumentParser(description="Self-Questioning Language Models: train a model on problems it writes.")
     p.error = lambda message: (print(f"sqlm.py: error: {message}", file=sys.stderr), sys.exit(2))
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool or f.type == "bool":
-            p.add_argument(flag, action="store_true")
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, default=f.default)
-    return Config(**vars(p.parse_args(argv)))
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
+    given = vars(p.parse_args(argv))
+    if "resume" in given:
+        if last_checkpoint(given["resume"]) is None:
+            raise ValueError(f"no complete checkpoint in {given['resume']}")
+        with open(os.path.join(given["resume"], "config.json")) as f:
+            given = {**json.load(f), **given}
+    return Config(**given)
 
 
 def main(argv=None):
     """CLI entry: bad input (flag, value, task, model) is one line on stderr and exit code 2."""
     try:
         cfg = parse_args(argv).resolve()
-        if cfg.resume and last_checkpoint(cfg.resume) is None:
-            raise ValueError(f"no complete checkpoint in {cfg.resume}")
     except ValueError as e:
         print(f"sqlm.py: error: {e}", file=sys.stderr)
         return 2

@@ -57,6 +57,17 @@ def test_loss_gradient_pushes_logp_along_advantage():
         assert (torch.sign(-logp.grad) == torch.sign(torch.tensor(a))).all()
 
 
+def test_chunk_logprobs_stay_fp32_under_autocast():
+    """Under bf16 autocast the lm-head matmul must still run in fp32 (bf16 logits err by ~0.1)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(5, 16, generator=gen) * 4, torch.randn(50, 16, generator=gen)
+    targets = torch.randint(0, 50, (5,), generator=gen)
+    plain = rollout._chunk_logprobs(hidden, weight, targets, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = rollout._chunk_logprobs(hidden, weight, targets, 1.0)
+    assert under.dtype == torch.float32 and torch.allclose(under, plain, atol=1e-5)
+
+
 def test_normalizer_is_what_divides():
     """An explicit normaliser replaces the micro-batch's own token count."""
     logp, mask = torch.zeros(2, 4), torch.ones(2, 4)
@@ -79,12 +90,9 @@ def test_grpo_advantages_without_std():
     assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25]))
 
 
-def test_grpo_invalid_members_leave_the_group():
-    """Invalid proposals are outside their group's mean/std and get 0; a group of one gets 0."""
-    adv = sqlm.grpo_advantages([1, 0, 9, 9, 1, 9, 9, 9], group_size=4,
-                               valid=[True, True, False, False, True, False, False, False])
-    # group one: [1, 0] -> mean 0.5, std sqrt(0.5) -> +-0.7071
-    assert torch.allclose(adv, torch.tensor([0.70711, -0.70711, 0, 0, 0, 0, 0, 0]), atol=1e-4)
+def test_grpo_group_of_one_gets_zero():
+    """A group of one has no baseline to compare with: advantage 0, not NaN."""
+    assert torch.equal(sqlm.grpo_advantages([1.0, 0.0], group_size=1), torch.zeros(2))
 
 
 def test_kl_zero_when_policy_is_reference_and_positive_otherwise():
@@ -101,7 +109,8 @@ def tiny_seqs(model, tok, count=8, seed=0):
     prompts = [rollout.chat_prompt(tok, "go"), rollout.chat_prompt(tok, "a longer prompt")]
     samples = rollout.generate(model, tok, prompts, n=count // 2, max_new_tokens=6 + seed, seed=seed)
     adv = sqlm.grpo_advantages(torch.randn(count, generator=torch.Generator().manual_seed(seed)), count // 2)
-    return [sqlm.Seq(s.prompt_ids, s.completion_ids, a) for s, a in zip(samples, adv.tolist())]
+    return [sqlm.Seq(s.prompt_ids, s.completion_ids, a, group=i // (count // 2))
+            for i, (s, a) in enumerate(zip(samples, adv.tolist()))]
 
 
 def test_gradient_independent_of_micro_batch_split(tiny_dir):
@@ -158,8 +167,32 @@ def test_toy_rl_raises_programmatic_reward(tiny_dir):
         samples = rollout.generate(model, tok, [prompt] * 2, n=16, max_new_tokens=2, seed=it)
         reward = [float(s.completion_ids[0] in target) for s in samples]
         adv = sqlm.grpo_advantages(reward, 16)
-        seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids, a) for s, a in zip(samples, adv.tolist())]
+        seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids, a, group=i // 16)
+                for i, (s, a) in enumerate(zip(samples, adv.tolist()))]
         sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
         sqlm.policy_update(model, None, optimizer, seqs, cfg, torch.device("cpu"))
     after = p_target()
     assert after > before + 0.3, (before, after)
+
+
+def test_minibatches_follow_groups_not_surviving_rows(tiny_dir):
+    """Invalid proposals must not reshape the update: groups [0,4) and [4,8) are two optimizer steps.
+
+    Cutting only the surviving rows into chunks of minibatch x n would make this one step
+    (and, elsewhere, a ragged extra step).
+    """
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    seqs = tiny_seqs(model, tok, count=4)  # only groups 0 and 5 survived
+    for s, group in zip(seqs, [0, 0, 5, 5]):
+        s.group = group
+    cfg = sqlm.Config(kl=0, minibatch=4, n=2, microbatch=3)
+    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
+    steps = []
+
+    class Counting(torch.optim.SGD):
+        def step(self, closure=None):
+            steps.append(1)
+            return super().step(closure)
+
+    sqlm.policy_update(model, None, Counting(model.parameters(), lr=0.0), seqs, cfg, torch.device("cpu"))
+    assert len(steps) == 2

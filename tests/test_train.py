@@ -45,7 +45,7 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
     fast = FAST[:FAST.index("--eval-every")] + FAST[FAST.index("--eval-limit"):]  # eval off
     assert sqlm.main(args + fast + ["--steps", "2", "--out", str(tmp_path / "a")]) == 0
     assert sqlm.main(args + fast + ["--steps", "1", "--out", str(tmp_path / "b")]) == 0
-    assert sqlm.main(args + fast + ["--steps", "2", "--resume", str(tmp_path / "b")]) == 0
+    assert sqlm.main(["--steps", "2", "--resume", str(tmp_path / "b")]) == 0  # the rest from the run's config
     straight = read_jsonl(tmp_path / "a" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "b" / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [0, 1]
