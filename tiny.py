@@ -166,7 +166,8 @@ def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25):
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / 20) * (1 - i / steps))
+    warmup = max(1, min(20, steps // 10))  # linear warm-up, then linear decay to 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warmup) * (1 - i / steps))
     model.train()
     losses = []
     for step in range(steps):
