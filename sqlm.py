@@ -319,9 +319,9 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device):
     Returns the mean of each statistic over the mini-batches.
     """
     model.train()
-    # Mini-batch k holds groups [k*minibatch, (k+1)*minibatch): the number of optimizer steps
-    # is fixed by the batch shape (8 solver, 2 proposer), whatever share of proposals was
-    # valid, as with the released code's loss mask 0 on invalid rows.
+    # Mini-batch k holds groups [k*minibatch, (k+1)*minibatch) of the step's batch, as with the
+    # released code's loss mask 0 on invalid rows: 8 solver and 2 proposer steps at the
+    # paper's shape, fewer only when a whole mini-batch's proposals were invalid (no tokens).
     minibatches = {}
     for s in seqs:
         minibatches.setdefault(s.group // cfg.minibatch, []).append(s)
