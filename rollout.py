@@ -108,12 +108,14 @@ def sample_next(logits, temperature, top_p, generator):
     if temperature == 0:
         token = logits.argmax(-1)
         return token, logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
-    logp = (logits / temperature).log_softmax(-1)  # (B, V)
+    logits = logits / temperature
     if top_p < 1.0:
-        sorted_logp, order = logp.sort(-1, descending=True)
-        mass_before = sorted_logp.exp().cumsum(-1) - sorted_logp.exp()
-        sorted_logp = sorted_logp.masked_fill(mass_before >= top_p, float("-inf"))
-        logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp).log_softmax(-1)
+        sorted_logits, order = logits.sort(-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        mass_before = sorted_probs.cumsum(-1) - sorted_probs
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    logp = logits.log_softmax(-1)  # (B, V)
     token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
@@ -135,7 +137,8 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
                 past_key_values=cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # (B*n, V)
     cache.batch_repeat_interleave(n)
-    mask = mask.repeat_interleave(n, 0)
+    width = mask.shape[1]
+    mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones((len(prompts) * n, max_new_tokens))], dim=1)
     next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1  # (B*n, 1)
 
     total = len(prompts) * n
@@ -149,19 +152,20 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
         tokens[rows, step] = token
         token_logp[rows, step] = logp
         stopped = torch.isin(token, stops)
-        lengths[rows[stopped]] = step + 1
-        finished[rows[stopped]] = True
         if step + 1 == max_new_tokens:
+            finished[rows[stopped]] = True
+            lengths[rows[stopped]] = step + 1
             break
-        live = ~stopped
-        if not live.all():  # drop finished rows from the batch and the cache
-            if not live.any():
+        if stopped.any():  # drop finished rows from the batch and the cache (one sync per step)
+            finished[rows[stopped]] = True
+            lengths[rows[stopped]] = step + 1
+            keep = (~stopped).nonzero().squeeze(-1)
+            if len(keep) == 0:
                 break
-            keep = live.nonzero().squeeze(-1)
             rows, token, mask, next_pos = rows[keep], token[keep], mask[keep], next_pos[keep]
             cache.batch_select_indices(keep)
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
+        # the mask is preallocated to its final width; each step uses one more column
+        out = model(input_ids=token[:, None], attention_mask=mask[:, :width + step + 1], position_ids=next_pos,
                     past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1

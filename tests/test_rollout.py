@@ -133,3 +133,23 @@ def test_missing_model_path_is_one_clear_error(tmp_path):
         rollout.load(str(tmp_path / "nope"))
     with pytest.raises(rollout.LoadError, match="cannot load model 'no-such-org/no-such-model'"):
         rollout.load("no-such-org/no-such-model")
+
+
+def test_tiny_top_p_keeps_only_the_top_token(tiny_model):
+    """top-p keeps the smallest set reaching p: with p -> 0 that is the argmax, so sampling is greedy."""
+    model, tok = tiny_model
+    prompts = chat_ids(tok)
+    greedy = rollout.generate(model, tok, prompts, max_new_tokens=12, temperature=0)
+    nucleus = rollout.generate(model, tok, prompts, max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=5)
+    assert [s.completion_ids for s in nucleus] == [s.completion_ids for s in greedy]
+    assert all(abs(v) < 1e-5 for s in nucleus for v in s.logprobs)  # renormalised: probability 1
+
+
+def test_top_p_logprobs_are_of_the_renormalised_distribution():
+    """Tokens outside the nucleus get no mass; kept tokens' log-probs renormalise to sum 1."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    seen = {rollout.sample_next(logits, 1.0, 0.7, gen)[0].item() for _ in range(200)}
+    assert seen == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
+    token, logp = rollout.sample_next(logits, 1.0, 0.7, gen)
+    assert abs(logp.item() - torch.log(torch.tensor([0.5, 0.3]) / 0.8)[token.item()].item()) < 1e-6
