@@ -135,7 +135,7 @@ def test_missing_model_path_is_one_clear_error(tmp_path):
         rollout.load("no-such-org/no-such-model")
 
 
-def test_tiny_top_p_keeps_only_the_top_token(tiny_model):
+def test_top_p_near_zero_is_greedy(tiny_model):
     """top-p keeps the smallest set reaching p: with p -> 0 that is the argmax, so sampling is greedy."""
     model, tok = tiny_model
     prompts = chat_ids(tok)
