@@ -1,6 +1,6 @@
 """Throughput benchmarks; each prints one JSON line (machine included) to stdout.
 
-    python bench.py rollout [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--prompts 8 --n 4 --new 128]
+    python bench.py rollout [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--prompts 8 --n 4 --new 128 --repeat 3]
     python bench.py sandbox [--programs 40 --tests 5]
 
 Goals (not asserted in tests): `generate` no slower than Hugging Face `generate` on the
@@ -18,6 +18,7 @@ import time
 
 import torch
 
+import prompts
 import rollout
 import sandbox
 import tiny
@@ -43,21 +44,18 @@ def get_model(name, device, dtype):
     return rollout.load(name, device=device, dtype=dtype)
 
 
-def make_prompts(tokenizer, count, length, seed=0):
-    """`count` chat prompts of roughly `length` tokens with varied lengths (so padding is exercised)."""
-    gen = torch.Generator().manual_seed(seed)
-    prompts = []
-    for i in range(count):
-        words = torch.randint(0, 1000, (max(1, length // 4 - i % 5),), generator=gen).tolist()
-        prompts.append(rollout.chat_prompt(tokenizer, " ".join(map(str, words)))[:length])
-    return prompts
+def make_prompts(tokenizer, count, seed=0):
+    """`count` real SQLM solver prompts (arith products), the workload the sampler serves most."""
+    rng = random.Random(seed)
+    return [rollout.chat_prompt(tokenizer, prompts.solver_prompt(
+        "arith", f"What is {rng.randint(1, 999)} * {rng.randint(1, 999)}?")) for _ in range(count)]
 
 
 # --- rollout: ours vs Hugging Face generate ------------------------------------------
 
-def hf_generate(model, tokenizer, prompts, n, new, temperature, top_p):
+def hf_generate(model, tokenizer, prompt_ids, n, new, temperature, top_p):
     """The same job through model.generate; returns the number of generated tokens (to eos)."""
-    ids, mask, _ = rollout.left_pad(prompts, tokenizer.pad_token_id, model.device)
+    ids, mask, _ = rollout.left_pad(prompt_ids, tokenizer.pad_token_id, model.device)
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature else dict(do_sample=False)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, num_return_sequences=n,
                          pad_token_id=tokenizer.pad_token_id, **sampling)[:, ids.shape[1]:]
@@ -71,26 +69,27 @@ def bench_rollout(a):
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = get_model(a.model, device, dtype)
-    prompts = make_prompts(tokenizer, a.prompts, a.prompt_len)
+    prompt_ids = make_prompts(tokenizer, a.prompts)
 
     # correctness first: greedy must agree token for token
-    ours = rollout.generate(model, tokenizer, prompts[:4], max_new_tokens=min(32, a.new), temperature=0)
-    _, ref = hf_generate(model, tokenizer, prompts[:4], 1, min(32, a.new), 0, 1.0)
+    ours = rollout.generate(model, tokenizer, prompt_ids[:4], max_new_tokens=min(32, a.new), temperature=0)
+    _, ref = hf_generate(model, tokenizer, prompt_ids[:4], 1, min(32, a.new), 0, 1.0)
     agree = all(s.completion_ids == ref[i, :len(s.completion_ids)].tolist() for i, s in enumerate(ours))
 
     def timed(fn):
-        fn()  # warm-up
+        """Total tokens and seconds over `--repeat` runs after one warm-up run."""
+        fn()
         sync(device)
         t0 = time.perf_counter()
-        tokens = fn()
+        tokens = sum(fn() for _ in range(a.repeat))
         sync(device)
         return tokens, time.perf_counter() - t0
 
     ours_tok, ours_s = timed(lambda: sum(len(s.completion_ids) for s in rollout.generate(
-        model, tokenizer, prompts, n=a.n, max_new_tokens=a.new, temperature=a.temperature, top_p=a.top_p, seed=0)))
-    hf_tok, hf_s = timed(lambda: hf_generate(model, tokenizer, prompts, a.n, a.new, a.temperature, a.top_p)[0])
+        model, tokenizer, prompt_ids, n=a.n, max_new_tokens=a.new, temperature=a.temperature, top_p=a.top_p, seed=0)))
+    hf_tok, hf_s = timed(lambda: hf_generate(model, tokenizer, prompt_ids, a.n, a.new, a.temperature, a.top_p)[0])
     return {"bench": "rollout", "model": a.model, "device": machine(), "dtype": str(dtype).split(".")[-1],
-            "prompts": a.prompts, "n": a.n, "prompt_len": a.prompt_len, "max_new_tokens": a.new,
+            "prompts": a.prompts, "n": a.n, "repeat": a.repeat, "prompt_tokens": len(prompt_ids[0]), "max_new_tokens": a.new,
             "greedy_agrees_with_hf": agree,
             "ours_tokens_per_s": round(ours_tok / ours_s, 1), "hf_tokens_per_s": round(hf_tok / hf_s, 1),
             "speedup": round((ours_tok / ours_s) / (hf_tok / hf_s), 2),
@@ -176,10 +175,10 @@ def main(argv=None):
     r.add_argument("--device", default=None)
     r.add_argument("--prompts", type=int, default=8)
     r.add_argument("--n", type=int, default=4)
-    r.add_argument("--prompt-len", type=int, default=64)
     r.add_argument("--new", type=int, default=128, help="max new tokens")
     r.add_argument("--temperature", type=float, default=1.0)
     r.add_argument("--top-p", type=float, default=1.0)
+    r.add_argument("--repeat", type=int, default=3, help="timed runs of each side (after a warm-up)")
     s = sub.add_parser("sandbox", help="sandboxed tests per second: the pool vs serial plain subprocess.run")
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
