@@ -33,7 +33,7 @@ _FRAC = re.compile(r"([+-]?)\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
 _ASSIGNMENT = re.compile(r"[A-Za-z]\w*\s*=\s*(.+)", re.ASCII | re.DOTALL)
 _WRAPPERS = (("\\boxed{", "}"), ("\\(", "\\)"), ("\\[", "\\]"), ("$", "$"))
 _SELECTED = re.compile(r"selected question\s*:", re.IGNORECASE)
-_TEST_HEADER = re.compile(r"test cases\s*:", re.IGNORECASE)
+_TEST_HEADER = re.compile(r"^[ \t*#]*test cases[ \t*]*:", re.IGNORECASE | re.MULTILINE)  # "Read T test cases:" is prose
 _SOLUTION_HEADER = re.compile(r"^[ \t*#]*(reference|wrong) solution[^\n:]*:", re.IGNORECASE | re.MULTILINE)
 _INPUT_LINE = re.compile(r"[+-]?\d+(?:[ \t]+[+-]?\d+)*", re.ASCII)
 _FACTOR = r"[+-]?\d{1,3}(?:,\d{3})+|[+-]?\d+"
@@ -91,7 +91,7 @@ def _parse_code(body, cat):
     statement, rest = body[:header.start()].strip(), body[header.end():]
     if not statement:
         return None, "empty"
-    sections = list(_SOLUTION_HEADER.finditer(rest))
+    sections = _outside_fences(rest, _SOLUTION_HEADER.finditer(rest))
     test_lines = rest[:sections[0].start()] if sections else rest  # solutions never hold tests
     tests = [t for t in map(_parse_test_line, test_lines.splitlines()) if t][:MAX_TESTS]
     if not tests:
@@ -114,6 +114,12 @@ def _parse_code(body, cat):
     if not problem.wrong:
         return None, "no wrong solution"
     return problem, "ok"
+
+
+def _outside_fences(text, matches):
+    """The matches not inside a ``` block: a `# Wrong solution: ...` comment in a program is no header."""
+    fences = [m.start() for m in re.finditer(r"^[ \t]*```", text, re.MULTILINE)]
+    return [m for m in matches if sum(f < m.start() for f in fences) % 2 == 0]
 
 
 def _parse_test_line(line):
@@ -282,15 +288,15 @@ def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMO
     Every run of every program goes through ONE sandbox.run_many call, so a whole batch
     keeps all cores busy; a None program fails all its tests without running.
     """
-    jobs = [(code, stdin + "\n") for code, tests in zip(programs, test_sets) if code is not None
-            for stdin, _ in tests]
-    results = iter(sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb) if jobs else [])
-    passes = []
-    for code, tests in zip(programs, test_sets):
-        runs = [next(results) for _ in tests] if code is not None else [None] * len(tests)
-        passes.append([r is not None and r.status == "ok" and output_matches(r.stdout, expected)
-                       for r, (_, expected) in zip(runs, tests)])
-    return passes
+    jobs = [(code, stdin + "\n", expected) for code, tests in zip(programs, test_sets) if code is not None
+            for stdin, expected in tests]
+    verdicts = iter(sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb, judge=_passed) if jobs else [])
+    return [[next(verdicts) if code is not None else False for _ in tests] for code, tests in zip(programs, test_sets)]
+
+
+def _passed(job, result):
+    """The verdict of one (program, stdin, expected) run, taken outside the program: status ok and output equal."""
+    return result.status == "ok" and output_matches(result.stdout, job[2])
 
 
 def test_pass_rates(programs, test_sets, cap=MAX_TESTS, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):

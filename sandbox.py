@@ -6,15 +6,16 @@ the accidents and the common attacks of generated code during RL training:
 
 Covered, on every machine:
 - each run is a fresh `python -I -S` process in a new session, in a new temporary working
-  directory that is removed afterwards, with an environment of PATH and LANG only (no
-  inherited tokens); the code goes in a file, the input in through stdin
+  directory that is removed afterwards (inside a root-owned directory, so the program
+  cannot move or replace it), with an environment of PATH and LANG only (no inherited
+  tokens); the code goes in a file, the input in through stdin
 - a wall-clock timeout; at the end of every run its whole process group is killed
 - resource limits set in the child before the program starts: CPU time, address space
   (`memory_mb`), file size (stdout, stderr and every file written are capped at
   `output_limit` bytes, so a flood of output never reaches the parent's memory), open
   files, no core dumps, and the kernel's OOM killer picks sandboxed processes first
 - the verdict of a test is taken outside the program: exit codes and printed text
-  cannot fake a pass
+  cannot fake a pass; a batch keeps only each run's verdict, not its output
 Covered where the machine allows (probed once, see `isolation()`; a missing layer is
 logged once as a warning):
 - "net": a network namespace with no interfaces but a down loopback: no network at all
@@ -22,14 +23,19 @@ logged once as a warning):
   one that called setsid, and host processes are invisible
 - "uid" (the trainer runs as root): the program runs as its own unprivileged uid, so it
   cannot touch root's files or processes and RLIMIT_NPROC (which root ignores) caps a
-  fork bomb; each run gets a different uid so one run's fork bomb cannot starve another.
+  fork bomb; each run gets a different uid (from a range of 2**24 entered at a random
+  point per trainer process) so one run's fork bomb cannot starve another.
   That uid must reach the interpreter: where it cannot reach sys.executable (a pyenv under
   /root), the system's python3 runs the programs, and the warning says so
 Not covered:
-- reading files that are world-readable, and filling the disk with many capped files
-  for the length of the timeout (no filesystem jail, no quota)
+- reading files that are world-readable (a program could read data/code.jsonl's expected
+  outputs), writing files to the shared /tmp or /dev/shm that a later run can read, and
+  filling the disk with many capped files for the length of the timeout (no filesystem
+  jail, no quota)
 - total memory of a program that forks (each process has its own `memory_mb`)
-- seccomp system-call filtering, CPU-time fairness between concurrent runs
+- seccomp system-call filtering; CPU-time fairness between concurrent runs: a program
+  that forks CPU-spinning children can slow a correct program running beside it past its
+  wall-clock timeout (a per-run cgroup would be needed)
 - programs needing third-party packages: `-S` leaves site-packages off the path
   (it also makes startup several times faster)
 - without the "pid" layer, a descendant that calls setsid survives the run; without
@@ -43,6 +49,7 @@ import itertools
 import logging
 import math
 import os
+import random
 import select
 import shutil
 import signal
@@ -56,7 +63,8 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # nothing else is inherited
-UID_BASE = 2_000_000_000  # runs take uids UID_BASE.. +65535 in turn: far above login, system, container ranges
+UID_BASE = 2_000_000_000  # runs take uids UID_BASE.. +2**24 in turn: far above login, system, container ranges
+UID_RANGE = 2**24
 MAX_PROCS = 64  # RLIMIT_NPROC per run (threads count too); only with a uid of its own
 MAX_FILES = 64  # RLIMIT_NOFILE
 
@@ -141,19 +149,24 @@ def isolation():
 
 # --- one run --------------------------------------------------------------------------
 
-_uid_counter = itertools.count()  # next() is atomic under the GIL
+# next() is atomic under the GIL; a random start keeps two trainer processes (eval beside training,
+# several ranks) off each other's uids, so their fork limits stay separate
+_uid_counter = itertools.count(random.SystemRandom().randrange(UID_RANGE))
 
 
 def run(code, stdin="", timeout=5.0, memory_mb=512, output_limit=1_000_000):
     """Run `code` as a Python program fed `stdin`; never raises for anything the program does."""
     iso = isolation()
-    uid = UID_BASE + next(_uid_counter) % 65536
-    tmp = tempfile.mkdtemp(prefix="sandbox-")
+    uid = UID_BASE + next(_uid_counter) % UID_RANGE
+    tmp = tempfile.mkdtemp(prefix="sandbox-")  # ours: the program cannot rename or replace what it is in
+    work = os.path.join(tmp, "work")  # the program's: its cwd, main.py, whatever it writes
     try:
-        with open(os.path.join(tmp, "main.py"), "wb") as f:
+        os.chmod(tmp, 0o711)
+        os.mkdir(work)
+        with open(os.path.join(work, "main.py"), "wb") as f:
             f.write(code.encode("utf-8", "replace"))
         if "uid" in iso.layers:
-            os.chown(tmp, uid, uid)
+            os.chown(work, uid, uid)
         # unnamed files (O_TMPFILE): the program sees only its own stdin/stdout/stderr
         with tempfile.TemporaryFile(dir=tmp) as fin, tempfile.TemporaryFile(dir=tmp) as fout, \
                 tempfile.TemporaryFile(dir=tmp) as ferr:
@@ -163,7 +176,7 @@ def run(code, stdin="", timeout=5.0, memory_mb=512, output_limit=1_000_000):
                       MAX_PROCS if "uid" in iso.layers else 0]
             argv = [a.format(uid=uid) for a in iso.prefix] + [iso.python, "-I", "-S", "-c", PRELUDE, *map(str, limits)]
             start = time.monotonic()
-            proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, cwd=tmp, env=ENV,
+            proc = subprocess.Popen(argv, stdin=fin, stdout=fout, stderr=ferr, cwd=work, env=ENV,
                                     start_new_session=True)  # no preexec_fn: keeps vfork, fast from a big trainer
             timed_out = not _wait(proc.pid, timeout)
             try:  # also after a normal exit: children it left behind in its group
@@ -221,25 +234,40 @@ def _status(returncode, timed_out, output_full, stderr):
 
 
 def _remove(path):
-    """Delete a run's directory, even where the program made parts of it unreadable."""
+    """Delete a run's directory whatever the program left in it; never raises.
+
+    shutil.rmtree fails on a tree thousands of directories deep (RecursionError) and, without
+    root, on directories the program made unreadable; then coreutils take over: `chmod -R`
+    and `rm -rf` walk any depth and never follow a symbolic link.
+    """
     try:
         shutil.rmtree(path)
-    except OSError:  # only possible without root: restore permissions, never through a symlink
-        os.chmod(path, 0o700)
-        for root, dirs, _ in os.walk(path):
-            for d in dirs:
-                if not os.path.islink(os.path.join(root, d)):
-                    os.chmod(os.path.join(root, d), 0o700)
-        shutil.rmtree(path, ignore_errors=True)
+        return
+    except Exception:
+        pass
+    if os.path.islink(path):  # only possible without the uid layer: drop the link, not its target
+        os.unlink(path)
+        return
+    for argv in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--", path]):
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
 
 
 # --- many runs, and tests -------------------------------------------------------------
 
-def run_many(jobs, timeout=5.0, memory_mb=512, output_limit=1_000_000, workers=None):
-    """Run (code, stdin) jobs concurrently, one thread per core by default; results in order."""
+def run_many(jobs, timeout=5.0, memory_mb=512, output_limit=1_000_000, workers=None, judge=None):
+    """Run (code, stdin, ...) jobs concurrently, one thread per core by default; results in order.
+
+    judge(job, result), if given, turns each run into what is kept (a verdict) as soon as it
+    ends, so a batch of thousands of runs never holds every run's output at once.
+    """
     isolation()  # probe here, not in every thread at once
+
+    def one(job):
+        result = run(job[0], job[1], timeout, memory_mb, output_limit)
+        return judge(job, result) if judge else result
+
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        return list(pool.map(lambda job: run(job[0], job[1], timeout, memory_mb, output_limit), jobs))
+        return list(pool.map(one, jobs))
 
 
 def same_output(stdout, expected):
@@ -251,5 +279,5 @@ def run_tests(code, tests, check=None, timeout=5.0, memory_mb=512, workers=None)
     """One bool per (stdin, expected_stdout) test: the program exited 0 and `check` accepts its
     output. Each test is its own process, so a program cannot carry state or a verdict across."""
     check = check or same_output
-    results = run_many([(code, stdin) for stdin, _ in tests], timeout, memory_mb, workers=workers)
-    return [r.status == "ok" and check(r.stdout, expected) for r, (_, expected) in zip(results, tests)]
+    return run_many([(code, stdin, expected) for stdin, expected in tests], timeout, memory_mb, workers=workers,
+                    judge=lambda job, r: r.status == "ok" and check(r.stdout, job[2]))

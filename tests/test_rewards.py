@@ -163,6 +163,22 @@ def test_cat_solution_is_the_block_under_its_header():
     assert why == "ok" and problem.reference.startswith("print(sum(map")
 
 
+def test_comment_inside_a_program_is_not_a_section_header():
+    """`# Wrong solution: ...` as a comment inside the reference block used to cut the reference off."""
+    reply = CAT_REPLY.replace("print(sum(map(int, input().split())))",
+                              "# Wrong solution: would take the max\nprint(sum(map(int, input().split())))", 1)
+    problem, why = rewards.parse_proposal("code", reply, cat=True)
+    assert why == "ok" and problem.reference.endswith("print(sum(map(int, input().split())))")
+    assert len(problem.wrong) == 2
+
+
+def test_test_cases_marker_must_start_a_line():
+    """"Read T test cases: ..." in the statement is prose; the statement ends at the marker's own line."""
+    reply = "Read T test cases: each is a line of integers. Print their sum.\n**Test Cases:**\n1 2 ||| 3\n"
+    problem, why = rewards.parse_proposal("code", reply)
+    assert why == "ok" and problem.text.startswith("Read T test cases") and problem.tests == [("1 2", "3")]
+
+
 def test_parse_proposal_rejects_unknown_task_and_cat_outside_code():
     """Silent fallbacks would train on garbage; bad arguments must raise."""
     with pytest.raises(ValueError):

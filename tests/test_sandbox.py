@@ -298,6 +298,39 @@ def test_temp_dir_is_removed_even_when_locked():
     assert not os.path.exists(r.stdout.strip())
 
 
+def test_program_cannot_move_or_replace_its_directory(tmp_path, caplog):
+    """A program that renamed its cwd and put a symlink in its place made the cleanup raise (crashing the
+    training step) and turned root's permission repair onto the link's target (here a decoy, never /)."""
+    if "uid" not in LAYERS:
+        skip_reported("uid", caplog)
+    decoy = tmp_path / "decoy"
+    (decoy / "sub").mkdir(parents=True)
+    os.chmod(decoy / "sub", 0o755)
+    code = ("import os\nc = os.getcwd()\ntry:\n    os.rename(c, c + '-moved')\n"
+            f"    os.symlink({str(decoy)!r}, c)\nexcept OSError as e:\n    print(type(e).__name__)\nprint(c)")
+    r = sandbox.run(code)
+    assert r.stdout.split()[0] == "PermissionError"
+    work = r.stdout.split()[-1]
+    assert not os.path.exists(work) and not os.path.exists(work + "-moved")
+    assert (decoy / "sub").stat().st_mode & 0o777 == 0o755
+
+
+def test_very_deep_tree_is_removed():
+    """3,000 nested directories made shutil.rmtree raise RecursionError out of run() and leak the tree."""
+    code = "import os\nprint(os.getcwd())\nfor _ in range(3000):\n    os.mkdir('d')\n    os.chdir('d')"
+    r = sandbox.run(code, timeout=20)
+    assert r.status == "ok"
+    assert not os.path.exists(r.stdout.strip())
+
+
+def test_run_many_keeps_only_the_judged_verdicts():
+    """With `judge`, each run is reduced to its verdict as it ends (a code step is ~10k runs of up to 2 MB
+    of output each); verdicts come back in job order."""
+    jobs = [("print(input())", str(i), str(i % 2)) for i in range(4)]
+    verdicts = sandbox.run_many(jobs, judge=lambda job, r: (job[1], r.stdout.strip() == job[2]))
+    assert verdicts == [("0", True), ("1", True), ("2", False), ("3", False)]
+
+
 def test_missing_layers_are_reported_once(monkeypatch, caplog):
     """Where nothing can be isolated, the run still works and one warning names what is missing."""
     monkeypatch.setattr(sandbox, "_starts", lambda prefix, python: False)
