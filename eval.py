@@ -121,14 +121,15 @@ def _ages(rng):
     older, younger = rng.sample(NAMES, 2)
     ratio, back, ask = rng.randint(2, 5), rng.randint(1, 10), rng.randint(0, 1)
     gap = (ratio - 1) * rng.randint(1, 10)  # so the ages are whole: younger = back + gap / (ratio - 1)
-    return (f"{older} is {gap} years older than {younger}. {back} years ago, {older} was {ratio} times as old as "
+    return (f"{older} is {_many(gap, 'year')} older than {younger}. {_many(back, 'year')} ago, {older} was {ratio} "
+            f"times as old as "
             f"{younger} was then. How old is {(older, younger)[ask]} now?",
             [[1, -1, gap], [1, -ratio, back * (1 - ratio)]], ask)  # x - back = ratio (y - back)
 
 
 def _coins(rng):
     small, large = sorted(rng.sample([1, 2, 5, 10, 20, 25, 50], 2))
-    x, y, ask = rng.randint(0, 30), rng.randint(0, 30), rng.randint(0, 1)
+    x, y, ask = rng.randint(1, 30), rng.randint(1, 30), rng.randint(0, 1)  # "holds only" both kinds: at least one each
     return (f"A jar holds only {small}-cent and {large}-cent coins: {x + y} coins worth {small * x + large * y} cents "
             f"in all. How many {(small, large)[ask]}-cent coins are in the jar?",
             [[1, 1, x + y], [small, large, small * x + large * y]], ask)
@@ -191,7 +192,10 @@ def _checked(row, task):
                 and all(isinstance(s, str) for s in inputs + outputs)):
             raise ValueError('"inputs" and "outputs" must be non-empty lists of strings of equal length')
         return row
-    answer = rewards.normalize_answer(str(row.get("answer")))  # the form extract_answer gives: "7", "-3/4"
+    answer = row.get("answer")
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        answer = str(Fraction(str(answer)))  # a JSON number: 1e20 and 0.75 exactly as written
+    answer = rewards.normalize_answer(str(answer))  # the form extract_answer gives: "7", "-3/4"
     if answer is None:
         raise ValueError(f'"answer" must be an integer, decimal or fraction, got {row.get("answer")!r}')
     return {**row, "answer": answer}
@@ -237,9 +241,9 @@ def summarize(records, samples=1):
     """Figures over records in `score_responses` order, each a mean over all samples unless said:
 
     accuracy: the answer equals the truth exactly (code: the program passes every test).
-    official_score: the released code's scorer under its own name; arith/algebra 1 correct,
-      0.1 formatted but wrong, 0 unformatted (`rewards.official_score`); code: the share of
-      tests passed, as its continuous code scorer gives (so equal to tests_passed).
+    official_score: arith/algebra, the released code's integer scorer reproduced: 1 correct,
+      0.1 formatted but wrong, 0 unformatted, where only what int() parses is formatted
+      (`rewards.official_score`); code: the share of tests passed (equal to tests_passed).
     format_rate: an answer (code: a program) could be extracted. mean_length: tokens.
     samples = k > 1, per problem: pass_at_k, at least one sample correct (the unbiased
       estimator 1 - C(n-c, k) / C(n, k) with n = k reduces to this); maj_at_k (arith, algebra),
@@ -318,12 +322,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.task not in TASKS:
         fail(f"unknown task '{args.task}' (choose from {', '.join(TASKS)})")
-    if args.samples < 1 or (args.limit is not None and args.limit < 1) or args.batch_size < 1:
-        fail("--samples, --limit and --batch-size must be at least 1")
+    if args.samples < 1 or (args.limit is not None and args.limit < 1) or args.batch_size < 1 or \
+            (args.max_new_tokens is not None and args.max_new_tokens < 1):
+        fail("--samples, --limit, --batch-size and --max-new-tokens must be at least 1")
+    if args.temperature is not None and args.temperature < 0:
+        fail("--temperature must be >= 0 (0 is greedy)")
     out = Path(args.out or f"runs/eval-{args.task}.json")
     try:
         problems = load_problems(args.task, args.data)[:args.limit]
         out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "a"):  # writable now, not after an hour of generation
+            pass
         model, tokenizer = rollout.load(args.model, device=args.device)
     except (ValueError, OSError, rollout.LoadError) as e:
         fail(str(e))
@@ -336,7 +345,10 @@ def main(argv=None):
 
     result = evaluate(model, tokenizer, args.task, problems, samples=args.samples, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=show)
-    out.write_text(json.dumps(result, indent=1))
+    try:
+        out.write_text(json.dumps(result, indent=1))
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror}")
     for key, value in result.items():
         if key != "records":
             print(f"{key:<16}{value:.4f}" if isinstance(value, float) else f"{key:<16}{value}")

@@ -329,12 +329,28 @@ def cat_filter(problem, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
 
 # --- evaluation helpers ----------------------------------------------------------------
 
+_RELEASED_ANSWER = re.compile(r"<answer>(.*?)</answer>")  # one line only (no DOTALL), as released
+
+
 def official_score(text, truth):
-    """The released code's scorer (DESIGN "Eval"): 1.0 correct, 0.1 an extractable but wrong answer, 0.0 none."""
-    answer = extract_answer(text)
+    """The released code's scorer, reproduced (DESIGN "Eval"): 1.0 correct, 0.1 formatted but wrong, 0.0 none.
+
+    "Formatted" there means the last one-line `<answer>...</answer>`, stripped, parses with
+    Python's int(); correct means int(answer) == int(truth). So `56,088`, `288.0`, `$288$`
+    and any fraction score 0 here (an algebra truth like 3/4 can never score 1), while
+    `accuracy` (extract_answer) counts them: report both, and compare this one to published figures.
+    """
+    found = _RELEASED_ANSWER.findall(text)
+    try:
+        answer = int(found[-1].strip()) if found else None
+    except ValueError:  # also digit strings beyond int()'s 4,300-digit limit
+        answer = None
     if answer is None:
         return 0.0
-    return 1.0 if answer == normalize_answer(str(truth)) else 0.1
+    try:
+        return 1.0 if answer == int(str(truth)) else 0.1
+    except ValueError:
+        return 0.1
 
 
 def arith_truth(problem_text):

@@ -144,9 +144,11 @@ def test_jsonl_round_trips(tmp_path):
 
 
 def test_jsonl_answers_are_made_canonical(tmp_path):
-    """A file's "0.75", "6/8" or 6 must compare equal to extract_answer's "3/4" and "6"."""
-    path = write_jsonl(tmp_path / "a.jsonl", [{"problem": "q", "answer": a} for a in ("0.75", "6/8", 6, " -4/2 ")])
-    assert [p["answer"] for p in ev.read_jsonl(path, "algebra")] == ["3/4", "3/4", "6", "-2"]
+    """A file's "0.75", "6/8" or 6 must compare equal to extract_answer's "3/4" and "6"; a JSON number such
+    as 1e20 (which json.loads makes a float) is read exactly as written."""
+    answers = ("0.75", "6/8", 6, " -4/2 ", 1e20, 0.1)
+    path = write_jsonl(tmp_path / "a.jsonl", [{"problem": "q", "answer": a} for a in answers])
+    assert [p["answer"] for p in ev.read_jsonl(path, "algebra")] == ["3/4", "3/4", "6", "-2", "1" + "0" * 20, "1/10"]
 
 
 @pytest.mark.parametrize("task, lines, expected", [
@@ -235,6 +237,14 @@ def test_code_figures_on_handcrafted_programs():
     assert figures["pass_at_k"] == 1.0 and "maj_at_k" not in figures
 
 
+def test_eval_runs_every_test_of_a_problem():
+    """Training grades at most 10 tests; eval must grade all of them (a Codeforces export may carry dozens)."""
+    inputs = [str(i) for i in range(12)]
+    problems = [{"problem": "Print n, but 0 for n >= 10.", "inputs": inputs, "outputs": inputs[:10] + ["0", "0"]}]
+    records = ev.score_responses("code", problems, ["```python\nprint(input())\n```"])
+    assert records[0]["tests_passed"] == pytest.approx(10 / 12) and not records[0]["correct"]
+
+
 # --- evaluate, with a scripted generator ------------------------------------------------
 
 @pytest.fixture
@@ -287,6 +297,15 @@ def test_evaluate_tiny_model_plumbing(tiny_model):
     assert greedy[0] == greedy[1]
 
 
+def test_sampled_evaluation_repeats(tiny_model):
+    """pass@k and maj@k must be reproducible: sampled batches are seeded, so two runs give the same responses."""
+    model, tokenizer = tiny_model
+    runs = [ev.evaluate(model, tokenizer, "arith", limit=3, samples=3, max_new_tokens=8, batch_size=4)["records"]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert len({r["response"] for r in runs[0]}) > 1  # and they are samples, not one greedy reply repeated
+
+
 def test_cli_writes_results_and_prints_progress(tiny_dir, tmp_path, capsys):
     out = tmp_path / "r.json"
     ev.main(["--task", "arith", "--model", tiny_dir, "--limit", "3", "--max-new-tokens", "8",
@@ -313,12 +332,15 @@ def test_cli_data_file_round_trips(tiny_dir, tmp_path):
     (["--task", "arith", "--model", "/no/such/model"], "model directory not found"),
     (["--task", "arith", "--model", "MODEL", "--data", "BAD"], "bad.jsonl:1: not valid JSON"),
     (["--task", "arith", "--model", "MODEL", "--samples", "0"], "must be at least 1"),
+    (["--task", "arith", "--model", "MODEL", "--max-new-tokens", "0"], "must be at least 1"),
+    (["--task", "arith", "--model", "MODEL", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["--task", "arith", "--model", "MODEL", "--out", "OUTDIR"], "Is a directory"),
     (["--task", "arith"], "required: --model"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path, capsys, args, message):
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")
-    args = [{"MODEL": tiny_dir, "BAD": str(bad)}.get(a, a) for a in args]
+    args = [{"MODEL": tiny_dir, "BAD": str(bad), "OUTDIR": str(tmp_path)}.get(a, a) for a in args]
     with pytest.raises(SystemExit) as exit_:
         ev.main(args)
     err = capsys.readouterr().err

@@ -424,12 +424,17 @@ def test_parsed_cat_proposal_passes_the_filter():
 # --- evaluation helpers ----------------------------------------------------------------
 
 @pytest.mark.parametrize("text,truth,score", [
-    ("<think>..</think><answer>56088</answer>", "56088", 1.0), ("<answer>56,088</answer>", 56088, 1.0),
-    ("<answer>0.5</answer>", "1/2", 1.0), ("<answer>56087</answer>", "56088", 0.1),
-    ("<answer>about 56088</answer>", "56088", 0.0), ("56088", "56088", 0.0),
+    ("<think>..</think><answer>56088</answer>", "56088", 1.0), ("<answer> +56088 </answer>", 56088, 1.0),
+    ("<answer>1</answer> then <answer>56088</answer>", "56088", 1.0), ("<answer>56087</answer>", "56088", 0.1),
+    ("<answer>3</answer>", "3/4", 0.1),
+    ("<answer>56,088</answer>", "56088", 0.0), ("<answer>56088.0</answer>", "56088", 0.0),
+    ("<answer>$56088$</answer>", "56088", 0.0), ("<answer>3/4</answer>", "3/4", 0.0),
+    ("<answer>56\n088</answer>", "56088", 0.0), ("<answer>about 56088</answer>", "56088", 0.0),
+    ("56088", "56088", 0.0), ("<answer>" + "9" * 5000 + "</answer>", "9", 0.0),
 ])
 def test_official_score(text, truth, score):
-    """1 correct, 0.1 an extractable but wrong answer, 0 no answer: the released scorer."""
+    """The released scorer exactly: int() of the last one-line answer; 1 equal, 0.1 parsed but wrong, else 0.
+    It used to normalise like extract_answer, so `56,088` or `$288$` scored 1 where the paper's code gives 0."""
     assert rewards.official_score(text, truth) == score
 
 
