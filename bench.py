@@ -63,9 +63,14 @@ def hf_generate(model, tokenizer, prompt_ids, n, new, temperature, top_p):
     """The same job through model.generate; returns the number of generated tokens (to eos)."""
     ids, mask, _ = rollout.left_pad(prompt_ids, tokenizer.pad_token_id, model.device)
     sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature else dict(do_sample=False)
+    stop_ids = rollout.stop_token_ids(model, tokenizer)
+    # the identical job: our stop tokens, and none of the processors a model's generation_config.json
+    # may switch on (Qwen2.5-Instruct ships repetition_penalty 1.05, top_k 20, top_p 0.8)
+    neutral = dict(repetition_penalty=1.0, no_repeat_ngram_size=0, min_p=None, typical_p=1.0, min_new_tokens=0)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, num_return_sequences=n,
-                         pad_token_id=tokenizer.pad_token_id, **sampling)[:, ids.shape[1]:]
-    stops = torch.tensor(rollout.stop_token_ids(model, tokenizer), device=out.device)
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_ids, **neutral,
+                         **sampling)[:, ids.shape[1]:]
+    stops = torch.tensor(stop_ids, device=out.device)
     is_stop = torch.isin(out, stops).int()
     # tokens up to and including the first stop token (HF pads finished rows after it)
     return int(((is_stop.cumsum(1) - is_stop) == 0).sum()), out

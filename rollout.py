@@ -40,17 +40,17 @@ def load(name_or_path, device=None, dtype=None):
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    name = str(name_or_path)
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1  # hub ids are "org/name"
-    if looks_local and not os.path.isdir(name):
+    name = os.path.expanduser(str(name_or_path))
+    is_dir = os.path.isdir(name)
+    if not is_dir and (name.startswith((".", "/")) or name.count("/") > 1):  # a path, not "org/name" or "gpt2"
         raise LoadError(f"model directory not found: {name_or_path}")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32)
     except Exception as e:  # hub unreachable, unknown id, broken files: one line, no traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise LoadError(f"cannot load model '{name_or_path}' (not a local directory, and the hub "
-                        f"gave: {first[:200]})") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        where = "the directory holds no loadable model" if is_dir else "not a local directory, and the hub gave"
+        raise LoadError(f"cannot load model '{name_or_path}' ({where}: {first})") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
@@ -124,6 +124,9 @@ def sample_next(logits, temperature, top_p, generator):
 def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, seed=None):
     """Sample `n` completions for each prompt (lists of token ids); prompt i's at [i*n:(i+1)*n]."""
     from transformers import DynamicCache
+    if temperature < 0 or not 0 < top_p <= 1 or not all(prompts):
+        raise ValueError(f"generate needs temperature >= 0, 0 < top_p <= 1 and non-empty prompts "
+                         f"(got temperature={temperature}, top_p={top_p})")
     device = next(model.parameters()).device
     generator = None
     if seed is not None:
@@ -198,7 +201,7 @@ def pack(pairs, pad_id, device):
 def _chunk_logprobs(hidden, weight, targets, temperature):
     """log_softmax(hidden @ weight.T / temperature)[targets] in fp32, for one chunk of tokens."""
     with torch.autocast(hidden.device.type, enabled=False):  # autocast would recast the fp32 matmul to bf16
-        logits = F.linear(hidden.float(), weight.float()) / temperature  # (chunk, V)
+        logits = F.linear(hidden.float() / temperature, weight.float())  # (chunk, V); scaling h saves a V-wide copy
         return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
@@ -211,6 +214,8 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask, temperatur
     chunks of `chunk_tokens`; with grad on, each chunk is recomputed in backward instead
     of keeping its (chunk x vocab) logits alive.
     """
+    if temperature <= 0:
+        raise ValueError(f"token_logprobs needs temperature > 0 (greedy samples are scored at 1.0), got {temperature}")
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=positions, use_cache=False).last_hidden_state  # (B, T, H)

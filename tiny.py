@@ -201,8 +201,9 @@ def main(argv=None):
     p.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
                    help="then teach it the tasks' formats on synthetic transcripts (CPU; try 200)")
     a = p.parse_args(argv)
-    if a.hidden % a.heads or a.heads % a.kv_heads:
-        p.error("--hidden must be divisible by --heads, and --heads by --kv-heads")
+    if a.hidden % a.heads or a.heads % a.kv_heads or (a.hidden // a.heads) % 2:
+        p.error("--hidden must be divisible by --heads into an even head size (rotary embeddings), "
+                "and --heads by --kv-heads")
     make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
          init_std=0.02 if a.pretrain else 0.3)  # Qwen's own init when it is going to be trained
     print(f"wrote tiny Qwen2 model to {a.out}")

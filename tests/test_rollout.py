@@ -1,4 +1,6 @@
 """rollout.py: the sampler and the log-prob function everything else stands on."""
+import os
+
 import pytest
 import torch
 
@@ -113,6 +115,60 @@ def test_stop_token_kept_and_finished(tiny_model):
     assert s.text == tok.decode(free.completion_ids[:first])
 
 
+def with_stops(model, stops, fn):
+    """Run fn() with `stops` as the model's stop tokens."""
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = list(stops)
+    try:
+        return fn()
+    finally:
+        model.generation_config.eos_token_id = saved
+
+
+def test_rows_left_after_others_finish_are_unchanged(tiny_model):
+    """Dropping finished rows must re-index the mask, positions and cache of the rows that remain: indexing
+    them wrongly once corrupted every surviving row while each test looked at a dropped row only."""
+    model, tok = tiny_model
+    prompts = chat_ids(tok)
+    frequent = range(0, model.config.vocab_size, 7)  # rows finish at many different steps
+    samples = with_stops(model, frequent, lambda: rollout.generate(model, tok, prompts, n=3, max_new_tokens=30, seed=5))
+    lengths = [len(s.completion_ids) for s in samples]
+    assert len(set(lengths)) >= 4 and any(s.finished for s in samples) and max(lengths) > min(lengths) + 5
+    ids, attn, comp = pack(samples)
+    logp = rollout.token_logprobs(model, ids, attn, comp)
+    for i, s in enumerate(samples):
+        start = len(s.prompt_ids)
+        assert torch.allclose(logp[i, start:start + len(s.completion_ids)], torch.tensor(s.logprobs), atol=1e-4)
+    free = rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0)
+    stops = {free[0].completion_ids[4], free[2].completion_ids[12]}  # greedy rows then end at different steps
+    greedy = with_stops(model, stops, lambda: rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0))
+    alone = [with_stops(model, stops, lambda: rollout.generate(model, tok, [p], max_new_tokens=30, temperature=0)[0])
+             for p in prompts]
+    assert len({len(s.completion_ids) for s in greedy}) > 1
+    assert [s.completion_ids for s in greedy] == [s.completion_ids for s in alone]
+
+
+def test_logprobs_never_build_full_vocabulary_logits(tiny_model, monkeypatch):
+    """The lm-head runs only on scored positions, `chunk_tokens` rows at a time: at Qwen's vocabulary a
+    (B, T, V) fp32 tensor of a 1,024 x 1,536 batch would be ~1 TB."""
+    model, tok = tiny_model
+    samples = rollout.generate(model, tok, chat_ids(tok), n=2, max_new_tokens=9, seed=2)
+    ids, attn, comp = pack(samples)
+    rows, real = [], rollout._chunk_logprobs
+    monkeypatch.setattr(rollout, "_chunk_logprobs", lambda h, *rest: rows.append(len(h)) or real(h, *rest))
+    monkeypatch.setattr(model.get_output_embeddings(), "forward", lambda *a, **k: pytest.fail("full lm-head call"))
+    rollout.token_logprobs(model, ids, attn, comp, chunk_tokens=5)
+    assert max(rows) <= 5 and sum(rows) == int(comp[:, 1:].sum())
+
+
+def test_bad_sampling_settings_raise():
+    """top_p=0 used to fail deep in torch.multinomial, and temperature 0 made token_logprobs all NaN."""
+    with pytest.raises(ValueError, match="top_p"):
+        rollout.generate(None, None, [[1]], top_p=0)
+    with pytest.raises(ValueError, match="temperature > 0"):
+        rollout.token_logprobs(None, None, None, None, temperature=0)
+
+
 def test_chat_stop_tokens_are_known(tiny_model):
     """<|im_end|> and <|endoftext|> must both end a turn, whatever eos the config names."""
     model, tok = tiny_model
@@ -133,6 +189,15 @@ def test_missing_model_path_is_one_clear_error(tmp_path):
         rollout.load(str(tmp_path / "nope"))
     with pytest.raises(rollout.LoadError, match="cannot load model 'no-such-org/no-such-model'"):
         rollout.load("no-such-org/no-such-model")
+    with pytest.raises(rollout.LoadError, match="directory holds no loadable model"):
+        rollout.load(str(tmp_path))  # a directory, but empty: say so, not "not a local directory"
+
+
+def test_home_relative_model_path_loads(tiny_dir, monkeypatch):
+    """`--model ~/models/x` must find the directory (os.path.isdir does not expand ~ by itself)."""
+    monkeypatch.setenv("HOME", os.path.dirname(tiny_dir))
+    model, _ = rollout.load("~/" + os.path.basename(tiny_dir), device="cpu")
+    assert model.config.model_type == "qwen2"
 
 
 def test_top_p_near_zero_is_greedy(tiny_model):
