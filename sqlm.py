@@ -29,6 +29,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import os
 import random
 import shutil
@@ -92,6 +93,7 @@ class Config:
         self.model = self.model or DEFAULT_MODELS[self.task]
         self.max_response = self.max_response or MAX_RESPONSE[self.task]
         self.solver_reward = self.solver_reward or ("tests" if self.task == "code" else "majority")
+        numbers = [getattr(self, f.name) for f in dataclasses.fields(self) if f.type in (float, "float")]
         self.out = self.out or os.path.join("runs", f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
         checks = [(self.adv_norm in ("std", "none"), "--adv-norm must be std or none"),
                   (self.proposer_reward in ("sqlm", "azr", "rzero"), "--proposer-reward must be sqlm, azr or rzero"),
@@ -100,15 +102,28 @@ class Config:
                    f"--solver-reward {self.solver_reward} does not fit --task {self.task}"),
                   (not self.cat or self.task == "code", "--cat applies to --task code only"),
                   (self.n >= 2, "--n must be at least 2 (groups of one carry no signal)"),
-                  (min(self.batch, self.minibatch, self.microbatch, self.steps, self.rollout_rows) > 0,
-                   "--batch, --minibatch, --microbatch, --steps, --rollout-rows must be positive"),
-                  (self.lr > 0 and self.temperature > 0 and 0 < self.top_p <= 1, "bad --lr, --temperature or --top-p"),
-                  (min(self.clip_low, self.clip_high, self.kl, self.proposer_every, self.eval_every) >= 0,
-                   "clip, kl and period values must be >= 0"),
+                  (all(math.isfinite(v) for v in numbers), "numeric flags must be finite (no nan or inf)"),
+                  (min(self.batch, self.minibatch, self.microbatch, self.steps, self.rollout_rows, self.max_prompt,
+                       self.max_response) > 0,
+                   "--batch, --minibatch, --microbatch, --steps, --rollout-rows, --max-prompt, --max-response "
+                   "must be positive"),
+                  (self.lr > 0 and self.temperature > 0 and 0 < self.top_p <= 1 and self.grad_clip > 0,
+                   "--lr, --temperature and --grad-clip must be > 0, --top-p in (0, 1]"),
+                  (min(self.clip_high, self.kl, self.weight_decay, self.proposer_every, self.eval_every,
+                       self.eval_limit, self.save_every, self.seed) >= 0 and 0 <= self.clip_low < 1,
+                   "--clip-low must be in [0, 1); clip, kl, weight decay, periods, limits and seed must be >= 0"),
                   (self.clip_c == 0 or self.clip_c > 1, "--clip-c must be > 1 (or 0 to disable)")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        try:
+            device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError:
+            raise ValueError(f"unknown --device '{self.device}' (cpu, cuda, cuda:N)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {self.device}: no CUDA GPU is available")
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"--device {self.device}: only cpu and cuda are supported")
         return self
 
 
@@ -352,8 +367,8 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
     t3 = time.perf_counter()
 
     # step 5: advantages. Solver groups: the n answers to one problem; proposer groups: the n
-    # proposals from one prompt, where an invalid proposal counts as reward 0 (as in the
-    # released code) and is then masked out of the update.
+    # proposals from one prompt, where an invalid proposal counts as reward 0 (it is never
+    # solved; the released code instead solves its raw text) and is then masked out of the update.
     solver_adv = grpo_advantages(solver_r, cfg.n, cfg.adv_norm) if valid else torch.zeros(0)
     per_proposal = torch.zeros(len(proposals))
     per_proposal[valid] = torch.tensor(proposer_r, dtype=torch.float32)
@@ -437,12 +452,18 @@ def last_checkpoint(run):
 # --- the run -------------------------------------------------------------------------
 
 def truncate_logs(run, step):
-    """Keep only the records of steps before `step` in the run's jsonl logs."""
+    """Keep only the records of steps before `step` in the run's jsonl logs (and no line a kill cut short)."""
+    def before(line):
+        try:
+            return json.loads(line)["step"] < step
+        except (ValueError, KeyError, TypeError):
+            return False
+
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = os.path.join(run, name)
         if os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if json.loads(line)["step"] < step]
+                kept = [line for line in f if before(line)]
             with open(path, "w") as f:
                 f.writelines(kept)
 
@@ -469,8 +490,18 @@ def format_line(m):
 def run_eval(sampler, tokenizer, cfg):
     import eval as heldout
     result = heldout.evaluate(sampler, tokenizer, cfg.task, limit=cfg.eval_limit or None,
-                              max_new_tokens=cfg.max_response)
+                              max_new_tokens=cfg.max_response, batch_size=cfg.rollout_rows)
     return {f"eval_{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+
+
+def bf16_copy(model):
+    """A bf16 copy of the weights for sampling. Parameters only: `.to(bfloat16)` would also round the
+    fp32 RoPE buffers (inv_freq), shifting positions by radians at long range, so the sampled policy
+    would not be the trained one (from_pretrained(dtype=bfloat16) keeps them fp32 too)."""
+    sampler = copy.deepcopy(model)
+    for p in sampler.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return sampler.requires_grad_(False)
 
 
 def train(cfg):
@@ -484,15 +515,14 @@ def train(cfg):
     os.makedirs(run, exist_ok=True)
     model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
     ref_model = None
-    if cfg.kl:  # the frozen *initial* model, also after a resume (bf16 on GPU: it is only evaluated)
-        ref_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        ref_model = (copy.deepcopy(model).to(ref_dtype) if resume_from is None
-                     else rollout.load(cfg.model, device=device, dtype=ref_dtype)[0])
+    if cfg.kl:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
+        # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
+        ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=device)[0]
         ref_model.requires_grad_(False)
     if cfg.grad_checkpointing:
         model.gradient_checkpointing_enable()
     # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy.
-    sampler = copy.deepcopy(model).to(torch.bfloat16) if device.type == "cuda" else model
+    sampler = bf16_copy(model) if device.type == "cuda" else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if resume_from:

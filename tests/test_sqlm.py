@@ -106,10 +106,12 @@ def test_kl_zero_when_policy_is_reference_and_positive_otherwise():
 # --- the update machinery on the tiny model --------------------------------------------
 
 def tiny_seqs(model, tok, count=8, seed=0):
+    """`count` sequences in groups of count/2, completions of 2 to 9 tokens (unequal, so a per-micro-batch
+    normaliser would differ from the mini-batch's), random advantages."""
     prompts = [rollout.chat_prompt(tok, "go"), rollout.chat_prompt(tok, "a longer prompt")]
-    samples = rollout.generate(model, tok, prompts, n=count // 2, max_new_tokens=6 + seed, seed=seed)
+    samples = rollout.generate(model, tok, prompts, n=count // 2, max_new_tokens=9 + seed, seed=seed)
     adv = sqlm.grpo_advantages(torch.randn(count, generator=torch.Generator().manual_seed(seed)), count // 2)
-    return [sqlm.Seq(s.prompt_ids, s.completion_ids, a, group=i // (count // 2))
+    return [sqlm.Seq(s.prompt_ids, s.completion_ids[:2 + (5 * i) % 8], a, group=i // (count // 2))
             for i, (s, a) in enumerate(zip(samples, adv.tolist()))]
 
 
@@ -196,3 +198,82 @@ def test_minibatches_follow_groups_not_surviving_rows(tiny_dir):
 
     sqlm.policy_update(model, None, Counting(model.parameters(), lr=0.0), seqs, cfg, torch.device("cpu"))
     assert len(steps) == 2
+
+
+# --- one training step, wired end to end ----------------------------------------------
+
+LIKED = set("aeiou ")  # solver reward: the share of the answer's characters in LIKED
+
+
+def liked_share(text):
+    return sum(c in LIKED for c in text) / max(1, len(text))
+
+
+def liked_start(text):
+    """Proposer reward: the problem's first character is one of about a third of all characters
+    (a single decision: the proposer samples every problem from one and the same prompt)."""
+    return float(ord(text[0]) % 3 == 0)
+
+
+def fake_score(solver=True, proposer=True):
+    """sqlm.score replaced: rewards computed from the text itself, so that steps can raise them."""
+    def score(cfg, problems, valid, answers):
+        solver_r = [liked_share(s.text) if solver else 0.5 for s in answers]
+        proposer_r = [liked_start(problems[i].text) if proposer else 0.5 for i in valid]
+        return solver_r, proposer_r, [([None] * cfg.n, None, 0)] * len(valid)
+    return score
+
+
+def run_steps(tiny_dir, monkeypatch, steps, score, **overrides):
+    """`steps` calls of sqlm.train_step on the tiny model; returns the metrics of each."""
+    monkeypatch.setattr(sqlm, "score", score)
+    settings = dict(task="arith", batch=4, n=4, minibatch=2, microbatch=8, max_response=8, lr=1e-2, kl=0.0,
+                    weight_decay=0.0)
+    cfg = sqlm.Config(**{**settings, **overrides}).resolve()
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    return [sqlm.train_step(step, model, model, None, optimizer, tok, cfg, torch.device("cpu"))[0]
+            for step in range(steps)]
+
+
+def rise(values):
+    return sum(values[-3:]) / 3 - sum(values[:3]) / 3
+
+
+def test_train_step_raises_the_solver_reward(tiny_dir, monkeypatch):
+    """Through propose -> solve -> score -> advantages -> update: a sign error or a wrong group
+    in train_step turns the rise into a fall."""
+    metrics = run_steps(tiny_dir, monkeypatch, 12, fake_score(proposer=False), proposer_every=0)
+    assert rise([m["solver_reward"] for m in metrics]) > 0.15, [m["solver_reward"] for m in metrics]
+
+
+def test_train_step_raises_the_proposer_reward(tiny_dir, monkeypatch):
+    """Solver rewards all equal (no solver signal): only the proposer's own update can raise its reward."""
+    metrics = run_steps(tiny_dir, monkeypatch, 12, fake_score(solver=False), proposer_every=1)
+    assert all(m["solver_clip_frac"] == 0 for m in metrics)
+    assert rise([m["proposer_reward"] for m in metrics]) > 0.3, [m["proposer_reward"] for m in metrics]
+
+
+def test_proposer_ratio_sees_the_solver_update(tiny_dir, monkeypatch):
+    """The proposer's old log-probs are taken before the solver update of the same step, so its first
+    ratio already differs from 1 (taking them after the solver update would hide that update)."""
+    metrics = run_steps(tiny_dir, monkeypatch, 1, fake_score(), proposer_every=1, minibatch=4)  # one step per role
+    assert abs(metrics[0]["proposer_ratio"] - 1) > 1e-3
+
+
+def test_proposer_updates_on_the_released_schedule(tiny_dir, monkeypatch):
+    """--proposer-every k updates the proposer at steps k, 2k, ... counting from 1 (0-based k-1, 2k-1)."""
+    metrics = run_steps(tiny_dir, monkeypatch, 4, fake_score(), proposer_every=2, max_response=2)
+    assert ["proposer_pg_loss" in m for m in metrics] == [False, True, False, True]
+
+
+def test_sampling_copy_keeps_fp32_rope_buffers(tiny_dir):
+    """`.to(bfloat16)` on a whole model also rounds RoPE's inv_freq, so the GPU sampler drifted from the
+    trained policy by radians at long range; only the weights may become bf16."""
+    model, _ = rollout.load(tiny_dir, device="cpu")
+    sampler = sqlm.bf16_copy(model)
+    assert all(p.dtype == torch.bfloat16 for p in sampler.parameters())
+    buffers = dict(model.named_buffers())
+    assert buffers and all(torch.equal(b, buffers[name]) and b.dtype == buffers[name].dtype
+                           for name, b in sampler.named_buffers())
+    assert sampler.lm_head.weight is sampler.model.embed_tokens.weight  # tied, as in the original

@@ -45,10 +45,13 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
     fast = FAST[:FAST.index("--eval-every")] + FAST[FAST.index("--eval-limit"):]  # eval off
     assert sqlm.main(args + fast + ["--steps", "2", "--out", str(tmp_path / "a")]) == 0
     assert sqlm.main(args + fast + ["--steps", "1", "--out", str(tmp_path / "b")]) == 0
+    with open(tmp_path / "b" / "samples.jsonl", "a") as f:
+        f.write('{"step": 1, "proposal": "cut off by a ki')  # a kill mid-write must not block the resume
     assert sqlm.main(["--steps", "2", "--resume", str(tmp_path / "b")]) == 0  # the rest from the run's config
     straight = read_jsonl(tmp_path / "a" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "b" / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [0, 1]
+    assert all(r["step"] in (0, 1) for r in read_jsonl(tmp_path / "b" / "samples.jsonl"))
     a, b = straight[1], resumed[1]
     assert a["solver_pg_loss"] != 0 and a["solver_kl"] > 0
     for key in a:
@@ -62,6 +65,11 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
     (["--adv-norm", "max"], "--adv-norm must be std or none"),
     (["--model", "/no/such/model", "--task", "arith"], "model directory not found: /no/such/model"),
     (["--resume", "/no/such/run"], "no complete checkpoint in /no/such/run"),
+    (["--kl", "nan"], "must be finite"),
+    (["--clip-low", "1.5"], "--clip-low must be in [0, 1)"),
+    (["--seed", "-1"], "seed must be >= 0"),
+    (["--max-response", "-5"], "--max-response must be positive"),
+    (["--device", "foo"], "unknown --device 'foo'"),
 ])
 def test_bad_cli_input_exits_2_with_one_line(argv, message, capsys):
     """Bad input: one line on stderr naming the problem, exit code 2, no traceback."""
