@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,6 +58,26 @@ def make_prompts(tokenizer, count, seed=0):
         "arith", f"What is {rng.randint(1, 999)} * {rng.randint(1, 999)}?")) for _ in range(count)]
 
 
+def interleaved(jobs, repeat, device):
+    """Median tokens/s of each job over `repeat` runs after one warm-up each, and its total tokens.
+
+    The jobs take turns (ours, theirs, theirs, ours, ...), so a load change on a shared machine
+    hits both sides alike instead of whichever happened to run second.
+    """
+    for fn in jobs.values():
+        fn()
+    runs = {name: [] for name in jobs}
+    for r in range(repeat):
+        for name in (list(jobs) if r % 2 == 0 else list(jobs)[::-1]):
+            sync(device)
+            start = time.perf_counter()
+            count = jobs[name]()
+            sync(device)
+            runs[name].append((count, time.perf_counter() - start))
+    rates = {name: round(statistics.median(c / s for c, s in v), 1) for name, v in runs.items()}
+    return rates, {name: sum(c for c, _ in v) for name, v in runs.items()}
+
+
 # --- rollout: ours vs Hugging Face generate ------------------------------------------
 
 def hf_generate(model, tokenizer, prompt_ids, n, new, temperature, top_p):
@@ -87,24 +108,19 @@ def bench_rollout(a):
     _, ref = hf_generate(model, tokenizer, prompt_ids[:4], 1, min(32, a.new), 0, 1.0)
     agree = all(s.completion_ids == ref[i, :len(s.completion_ids)].tolist() for i, s in enumerate(ours))
 
-    def timed(fn):
-        """Total tokens and seconds over `--repeat` runs after one warm-up run."""
-        fn()
-        sync(device)
-        t0 = time.perf_counter()
-        tokens = sum(fn() for _ in range(a.repeat))
-        sync(device)
-        return tokens, time.perf_counter() - t0
+    def ours():
+        return sum(len(s.completion_ids) for s in rollout.generate(
+            model, tokenizer, prompt_ids, n=a.n, max_new_tokens=a.new, temperature=a.temperature, top_p=a.top_p, seed=0))
 
-    ours_tok, ours_s = timed(lambda: sum(len(s.completion_ids) for s in rollout.generate(
-        model, tokenizer, prompt_ids, n=a.n, max_new_tokens=a.new, temperature=a.temperature, top_p=a.top_p, seed=0)))
-    hf_tok, hf_s = timed(lambda: hf_generate(model, tokenizer, prompt_ids, a.n, a.new, a.temperature, a.top_p)[0])
+    def hf():
+        return hf_generate(model, tokenizer, prompt_ids, a.n, a.new, a.temperature, a.top_p)[0]
+
+    rates, tokens = interleaved({"ours": ours, "hf": hf}, a.repeat, device)
     return {"bench": "rollout", "model": a.model, "device": machine(), "dtype": str(dtype).split(".")[-1],
             "prompts": a.prompts, "n": a.n, "repeat": a.repeat, "prompt_tokens": len(prompt_ids[0]), "max_new_tokens": a.new,
             "greedy_agrees_with_hf": agree,
-            "ours_tokens_per_s": round(ours_tok / ours_s, 1), "hf_tokens_per_s": round(hf_tok / hf_s, 1),
-            "speedup": round((ours_tok / ours_s) / (hf_tok / hf_s), 2),
-            "ours_tokens": ours_tok, "hf_tokens": hf_tok}
+            "ours_tokens_per_s": rates["ours"], "hf_tokens_per_s": rates["hf"],
+            "speedup": round(rates["ours"] / rates["hf"], 2), "ours_tokens": tokens["ours"], "hf_tokens": tokens["hf"]}
 
 
 # --- update: chunked log-probs vs full-vocabulary logits, then one policy update ----------
@@ -147,29 +163,26 @@ def bench_update(a):
     grad_err = ((ours_grad - full_grad).abs().max() / full_grad.abs().max()).item()
     del ours_grad, full_grad
 
-    def timed(fn):
-        """Completion tokens per second of forward + backward, and peak GPU memory (GiB, GPU only)."""
-        loss_and_grads(fn)  # warm-up
+    def peak_gib(fn):
+        """Peak GPU memory of one forward + backward, in GiB (None on CPU)."""
+        if device.type != "cuda":
+            return None
         model.zero_grad(set_to_none=True)
-        sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(a.repeat):
-            loss_and_grads(fn)
-        sync(device)
-        seconds = time.perf_counter() - t0
-        peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
-        model.zero_grad(set_to_none=True)
-        return round(tokens * a.repeat / seconds, 1), peak
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        loss_and_grads(fn)
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
 
-    ours_rate, ours_peak = timed(rollout.token_logprobs)
-    full_rate, full_peak = timed(full_vocab_logprobs)
+    fns = {"ours": rollout.token_logprobs, "full": full_vocab_logprobs}
+    rates, _ = interleaved({name: lambda fn=fn: loss_and_grads(fn) and tokens for name, fn in fns.items()},
+                           a.repeat, device)
+    peaks = {name: peak_gib(fn) for name, fn in fns.items()}
+    model.zero_grad(set_to_none=True)
 
     # one whole policy update as sqlm.py runs it: old and reference log-probs, then one
     # mini-batch of all rows in micro-batches, clipped loss + k3 KL, grad clip, AdamW
     cfg = sqlm.Config(minibatch=a.seqs, microbatch=a.microbatch, n=1)
-    ref = copy.deepcopy(model).to(torch.bfloat16 if device.type == "cuda" else torch.float32).requires_grad_(False)
+    ref = copy.deepcopy(model).requires_grad_(False)  # fp32, as sqlm.py keeps the KL reference
     adv = torch.randn(a.seqs, generator=gen).tolist()
     seqs = [sqlm.Seq(p, c, adv[i], group=0) for i, (p, c) in enumerate(pairs)]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -185,8 +198,9 @@ def bench_update(a):
             "weights": "fp32" + (" + bf16 autocast" if device.type == "cuda" else ""),
             "seqs": a.seqs, "prompt_tokens": a.prompt, "completion_tokens": a.len, "repeat": a.repeat,
             "max_abs_logp_diff": logp_err, "max_rel_grad_diff": grad_err,
-            "ours_tokens_per_s": ours_rate, "full_vocab_tokens_per_s": full_rate,
-            "speedup": round(ours_rate / full_rate, 2), "ours_peak_gib": ours_peak, "full_vocab_peak_gib": full_peak,
+            "ours_tokens_per_s": rates["ours"], "full_vocab_tokens_per_s": rates["full"],
+            "speedup": round(rates["ours"] / rates["full"], 2), "ours_peak_gib": peaks["ours"],
+            "full_vocab_peak_gib": peaks["full"],
             "update_microbatch": a.microbatch, "prepare_s": round(t1 - t0, 2), "update_s": round(t2 - t1, 2),
             "update_tokens_per_s": round(tokens / (t2 - t0), 1)}
 
@@ -273,7 +287,7 @@ def main(argv=None):
     r.add_argument("--new", type=int, default=128, help="max new tokens")
     r.add_argument("--temperature", type=float, default=1.0)
     r.add_argument("--top-p", type=float, default=1.0)
-    r.add_argument("--repeat", type=int, default=3, help="timed runs of each side (after a warm-up)")
+    r.add_argument("--repeat", type=int, default=3, help="timed runs of each side, interleaved, after a warm-up; medians reported")
     u = sub.add_parser("update", help="chunked log-probs vs full-vocabulary logits (fwd+bwd), and one policy update")
     u.add_argument("--model", default="tiny", help="as for rollout")
     u.add_argument("--device", default=None)
@@ -281,7 +295,7 @@ def main(argv=None):
     u.add_argument("--prompt", type=int, default=64, help="prompt tokens per sequence")
     u.add_argument("--len", type=int, default=256, help="completion tokens per sequence")
     u.add_argument("--microbatch", type=int, default=8)
-    u.add_argument("--repeat", type=int, default=3)
+    u.add_argument("--repeat", type=int, default=3, help="as for rollout")
     s = sub.add_parser("sandbox", help="sandboxed tests per second: the pool vs serial plain subprocess.run")
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)

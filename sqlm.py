@@ -116,14 +116,9 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        try:
-            device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        except RuntimeError:
-            raise ValueError(f"unknown --device '{self.device}' (cpu, cuda, cuda:N)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"--device {self.device}: no CUDA GPU is available")
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"--device {self.device}: only cpu and cuda are supported")
+        kind = self.device.split(":")[0] or ("cuda" if torch.cuda.is_available() else "cpu")  # "" stays "" (resume)
+        if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
+            raise ValueError(f"unknown or unavailable --device '{self.device}' (cpu, or cuda[:N] on a GPU machine)")
         return self
 
 
@@ -520,7 +515,7 @@ def train(cfg):
         ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=device)[0]
         ref_model.requires_grad_(False)
     if cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy.
     sampler = bf16_copy(model) if device.type == "cuda" else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

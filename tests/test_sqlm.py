@@ -134,6 +134,23 @@ def test_gradient_independent_of_micro_batch_split(tiny_dir):
     assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
 
 
+def test_gradient_checkpointing_changes_no_gradient(tiny_dir):
+    """--grad-checkpointing recomputes activations in backward; the gradient must be the same."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    seqs = tiny_seqs(model, tok)
+    cfg = sqlm.Config(kl=0)
+    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+        model.train().zero_grad()
+        sqlm.accumulate_gradients(model, None, seqs, cfg, torch.device("cpu"))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().max() > 0
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
+
+
 def test_first_ratio_is_exactly_one(tiny_dir):
     """Old log-probs come from the training model itself, so before any step the ratio is 1."""
     model, tok = rollout.load(tiny_dir, device="cpu")

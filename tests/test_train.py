@@ -69,7 +69,7 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
     (["--clip-low", "1.5"], "--clip-low must be in [0, 1)"),
     (["--seed", "-1"], "seed must be >= 0"),
     (["--max-response", "-5"], "--max-response must be positive"),
-    (["--device", "foo"], "unknown --device 'foo'"),
+    (["--device", "foo"], "unknown or unavailable --device 'foo'"),
 ])
 def test_bad_cli_input_exits_2_with_one_line(argv, message, capsys):
     """Bad input: one line on stderr naming the problem, exit code 2, no traceback."""
