@@ -404,7 +404,8 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
         if i in slot:
             j = slot[i]
             extracted, majority, count = votes[j]
-            rec.update(problem=problems[i].text, answers=extracted, majority=majority, majority_count=count,
+            rec.update(problem=problems[i].text, responses=[s.text for s in answers[j * cfg.n:(j + 1) * cfg.n]],
+                       answers=extracted, majority=majority, majority_count=count,
                        solver_rewards=solver_r[j * cfg.n:(j + 1) * cfg.n], proposer_reward=proposer_r[j])
             if cfg.task == "arith":  # label-quality diagnostic only, never a reward
                 rec["truth"] = rewards.arith_truth(problems[i].text)
