@@ -28,7 +28,8 @@ def test_main_writes_metrics_samples_and_loadable_checkpoint(task, tiny_dir, tmp
     samples = read_jsonl(run / "samples.jsonl")
     assert len(samples) == 2 * 2 * 2 and all("reason" in s and "proposal" in s for s in samples)
     solved = [s for s in samples if s["valid"]]
-    assert solved and all(len(s["responses"]) == len(s["answers"]) == len(s["solver_rewards"]) == 2 for s in solved)
+    assert solved or task == "code"  # random weights never write a code proposal's `Test Cases:`
+    assert all(len(s["responses"]) == len(s["answers"]) == len(s["solver_rewards"]) == 2 for s in solved)
     assert json.load(open(run / "config.json"))["task"] == task
     model = AutoModelForCausalLM.from_pretrained(run / "step-000002")
     assert model.config.num_hidden_layers == 2
