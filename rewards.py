@@ -311,20 +311,25 @@ def test_solver_rewards(programs, tests, timeout=TEST_TIMEOUT, memory_mb=TEST_ME
     return test_pass_rates(programs, [tests] * len(programs), timeout=timeout, memory_mb=memory_mb)
 
 
-def cat_filter(problem, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
-    """Code-as-Task (arXiv 2506.01716): valid only if the reference passes every test and
-    each wrong solution fails at least one. Returns (valid, reason)."""
-    if problem.reference is None or not problem.wrong:
-        return False, "no reference or wrong solution"
-    if not problem.tests:
-        return False, "no tests"
-    programs = [problem.reference, *problem.wrong]
-    reference, *wrong = run_test_sets(programs, [problem.tests[:MAX_TESTS]] * len(programs), timeout, memory_mb)
-    if not all(reference):
-        return False, "reference fails a test"
-    if any(all(w) for w in wrong):
-        return False, "a wrong solution passes every test"
-    return True, "ok"
+def cat_filter(problems, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
+    """Code-as-Task (arXiv 2506.01716): a problem is valid only if its reference passes every
+    test and each wrong solution fails at least one. One (valid, reason) per problem; every
+    program of every problem runs in one sandbox call. A single Problem gives a single pair."""
+    if isinstance(problems, Problem):
+        return cat_filter([problems], timeout, memory_mb)[0]
+    ready = [p.reference is not None and bool(p.wrong) and bool(p.tests) for p in problems]
+    programs = [code for p, ok in zip(problems, ready) if ok for code in (p.reference, *p.wrong)]
+    test_sets = [p.tests[:MAX_TESTS] for p, ok in zip(problems, ready) if ok for _ in range(1 + len(p.wrong))]
+    passes = iter(run_test_sets(programs, test_sets, timeout, memory_mb))
+    verdicts = []
+    for p, ok in zip(problems, ready):
+        if not ok:
+            verdicts.append((False, "no tests" if not p.tests else "no reference or wrong solution"))
+            continue
+        reference, wrong = next(passes), [next(passes) for _ in p.wrong]
+        verdicts.append((False, "reference fails a test") if not all(reference) else
+                        (False, "a wrong solution passes every test") if any(all(w) for w in wrong) else (True, "ok"))
+    return verdicts
 
 
 # --- evaluation helpers ----------------------------------------------------------------

@@ -210,14 +210,12 @@ def propose(sampler, tokenizer, cfg, seed):
     """Steps 1-2: batch x n proposals from the topic prompt, parsed; returns (samples, problems, reasons)."""
     topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
     proposals = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed)
-    problems, reasons = [], []
-    for s in proposals:
-        problem, reason = rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat)  # truncated text is parsed too, as in the released code
-        if problem is not None and cfg.cat:
-            ok, reason = rewards.cat_filter(problem)
-            problem = problem if ok else None
-        problems.append(problem)
-        reasons.append(reason)
+    # truncated text is parsed too, as in the released code
+    problems, reasons = map(list, zip(*(rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat) for s in proposals)))
+    if cfg.cat:  # all CaT checks of the step in one sandbox call
+        parsed = [i for i, p in enumerate(problems) if p is not None]
+        for i, (ok, reason) in zip(parsed, rewards.cat_filter([problems[i] for i in parsed])):
+            problems[i], reasons[i] = (problems[i] if ok else None), reason
     return proposals, problems, reasons
 
 

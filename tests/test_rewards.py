@@ -415,6 +415,20 @@ def test_cat_filter_rejects_a_wrong_solution_that_passes():
     assert rewards.cat_filter(problem) == (False, "a wrong solution passes every test")
 
 
+def test_cat_filter_judges_a_batch_in_one_sandbox_call(monkeypatch):
+    """A step's CaT checks run together (all cores busy), with each problem's verdict its own."""
+    good = cat_problem(READ + "print(*sorted(a))", [READ + "print(0)"])
+    bad_reference = cat_problem(READ + "print(*a)", [READ + "print(0)"])
+    weak = cat_problem(READ + "print(*sorted(a))", [READ + "print(sorted(a))"])
+    no_wrong = cat_problem(READ + "print(*sorted(a))", [])
+    calls, real = [], sandbox.run_many
+    monkeypatch.setattr(sandbox, "run_many", lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
+    verdicts = rewards.cat_filter([good, bad_reference, weak, no_wrong])
+    assert verdicts == [(True, "ok"), (False, "reference fails a test"), (False, "a wrong solution passes every test"),
+                        (False, "no reference or wrong solution")]
+    assert len(calls) == 1
+
+
 def test_parsed_cat_proposal_passes_the_filter():
     """The CaT layout the prompt asks for parses into a task the filter accepts."""
     problem, _ = rewards.parse_proposal("code", CAT_REPLY, cat=True)

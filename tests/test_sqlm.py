@@ -294,3 +294,19 @@ def test_sampling_copy_keeps_fp32_rope_buffers(tiny_dir):
     assert buffers and all(torch.equal(b, buffers[name]) and b.dtype == buffers[name].dtype
                            for name, b in sampler.named_buffers())
     assert sampler.lm_head.weight is sampler.model.embed_tokens.weight  # tied, as in the original
+
+
+CAT_REPLY = ("Print the sum.\nTest Cases:\n1 2 ||| 3\n5 ||| 5\nReference Solution:\n```python\n{ref}\n```\n"
+             "Wrong Solution:\n```python\nprint(0)\n```\n")
+
+
+def test_propose_applies_the_cat_filter_to_each_proposal(monkeypatch):
+    """--cat: a proposal whose reference fails its own tests is dropped with that reason; a verified one is kept."""
+    replies = [CAT_REPLY.format(ref="print(sum(map(int, input().split())))"),
+               CAT_REPLY.format(ref="print(max(map(int, input().split())))"), "no tests here"]
+    monkeypatch.setattr(rollout, "chat_prompt", lambda tok, text: [0])
+    monkeypatch.setattr(sqlm, "sample", lambda *a: [rollout.Sample([0], [], text, True) for text in replies])
+    cfg = sqlm.Config(task="code", cat=True).resolve()
+    _, problems, reasons = sqlm.propose(None, None, cfg, seed=(0,))
+    assert [p is not None for p in problems] == [True, False, False]
+    assert reasons == ["ok", "reference fails a test", "no 'Test Cases:'"]
