@@ -87,6 +87,53 @@ def test_algebra_answers_solve_their_equations_uniquely():
         assert rewards.extract_answer(f"<answer>{p['answer']}</answer>") == p["answer"]  # canonical form
 
 
+def answer_from_wording(text):
+    """Solve an algebra problem from its words alone (never from its stored equations), with exact
+    fractions: a template whose sentence drifted from its equations fails here."""
+    num = r"(-?\d+)"
+    m = re.fullmatch(rf"Multiplying a number by {num} and then (adding|subtracting) (\d+) gives the same result as "
+                     rf"multiplying it by {num} and then (adding|subtracting) (\d+)\. What is the number\?", text)
+    if m:  # a x + b = c x + d
+        a, b, c, d = int(m[1]), int(m[3]) * (1 if m[2] == "adding" else -1), int(m[4]), int(m[6]) * (1 if m[5] == "adding" else -1)
+        return [Fraction(d - b, a - c)]
+    m = re.fullmatch(rf"(\d+) times a first number plus (\d+) times a second number is {num}, and (\d+) times the first "
+                     rf"number minus (\d+) times the second number is {num}\. What is the (first|second) number\?", text)
+    if m:
+        return pick(ev.solve_linear([[int(m[1]), int(m[2]), int(m[3])], [int(m[4]), -int(m[5]), int(m[6])]]), m[7])
+    m = re.fullmatch(r"A taxi charges a fixed fee of (\d+) dollars? plus (\d+) dollars? for every kilometre driven\. "
+                     r"A ride cost (\d+) dollars in all\. How many kilometres long was the ride\?", text)
+    if m:
+        return [Fraction(int(m[3]) - int(m[1]), int(m[2]))]
+    m = re.fullmatch(r"(\d+) (.+?)s? and (\d+) (.+?)s? cost (\d+) dollars together, while (\d+) .+? and (\d+) .+? cost "
+                     r"(\d+) dollars\. What is the price of one (.+), in dollars\?", text)
+    if m:
+        solution = ev.solve_linear([[int(m[1]), int(m[3]), int(m[5])], [int(m[6]), int(m[7]), int(m[8])]])
+        return pick(solution, "first" if m[9].startswith(m[2]) else "second")
+    m = re.fullmatch(r"(\w+) is (\d+) years? older than (\w+)\. (\d+) years? ago, \1 was (\d+) times as old as \3 was "
+                     r"then\. How old is (\w+) now\?", text)
+    if m:  # x - y = gap; x - back = ratio (y - back)
+        gap, back, ratio = int(m[2]), int(m[4]), int(m[5])
+        younger = Fraction(back * (ratio - 1) + gap, ratio - 1)
+        return [younger + gap if m[6] == m[1] else younger]
+    m = re.fullmatch(r"A jar holds only (\d+)-cent and (\d+)-cent coins: (\d+) coins worth (\d+) cents in all\. "
+                     r"How many (\d+)-cent coins are in the jar\?", text)
+    if m:
+        small, large, count, value = (int(m[k]) for k in range(1, 5))
+        solution = ev.solve_linear([[1, 1, count], [small, large, value]])
+        return pick(solution, "first" if int(m[5]) == small else "second")
+    raise AssertionError(f"no template reads: {text}")
+
+
+def pick(solution, which):
+    return [solution[0 if which == "first" else 1]]
+
+
+def test_algebra_answers_follow_from_the_wording():
+    """Each stated answer is what the sentence itself says, read without the stored equations."""
+    for p in ev.algebra_set():
+        assert [str(v) for v in answer_from_wording(p["problem"])] == [p["answer"]], p["problem"]
+
+
 def test_solve_linear_rejects_singular_systems():
     assert ev.solve_linear([[0, 5]]) is None
     assert ev.solve_linear([[1, 2, 3], [2, 4, 6]]) is None
