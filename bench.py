@@ -126,10 +126,13 @@ def bench_rollout(a):
 # --- update: chunked log-probs vs full-vocabulary logits, then one policy update ----------
 
 def full_vocab_logprobs(model, ids, attn, comp, temperature=1.0):
-    """The plain reference: (B, T, V) fp32 logits, log_softmax over the whole vocabulary, gather."""
+    """The plain reference: (B, T, V) fp32 logits (lm-head in fp32, as ours), log_softmax over the
+    whole vocabulary, gather."""
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=positions).logits.float() / temperature
-    logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=attn, position_ids=positions).last_hidden_state
+    with torch.autocast(ids.device.type, enabled=False):
+        logits = F.linear(hidden.float(), model.get_output_embeddings().weight.float()) / temperature
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
     return F.pad(logp, (1, 0)) * comp
 
 
@@ -300,6 +303,9 @@ def main(argv=None):
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
     a = p.parse_args(argv)
+    if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
+                                             "programs", "tests")) < 1:
+        p.error("counts (--repeat, --prompts, --n, --new, --seqs, ...) must be at least 1")
     try:
         result = {"rollout": bench_rollout, "update": bench_update, "sandbox": bench_sandbox}[a.which](a)
     except rollout.LoadError as e:

@@ -325,7 +325,7 @@ def main(argv=None):
     if args.samples < 1 or (args.limit is not None and args.limit < 1) or args.batch_size < 1 or \
             (args.max_new_tokens is not None and args.max_new_tokens < 1):
         fail("--samples, --limit, --batch-size and --max-new-tokens must be at least 1")
-    if args.temperature is not None and args.temperature < 0:
+    if args.temperature is not None and not args.temperature >= 0:  # nan too
         fail("--temperature must be >= 0 (0 is greedy)")
     out = Path(args.out or f"runs/eval-{args.task}.json")
     try:

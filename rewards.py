@@ -91,7 +91,7 @@ def _parse_code(body, cat):
     statement, rest = body[:header.start()].strip(), body[header.end():]
     if not statement:
         return None, "empty"
-    sections = _outside_fences(rest, _SOLUTION_HEADER.finditer(rest))
+    sections = _headers_outside_code(rest)
     test_lines = rest[:sections[0].start()] if sections else rest  # solutions never hold tests
     tests = [t for t in map(_parse_test_line, test_lines.splitlines()) if t][:MAX_TESTS]
     if not tests:
@@ -116,10 +116,20 @@ def _parse_code(body, cat):
     return problem, "ok"
 
 
-def _outside_fences(text, matches):
-    """The matches not inside a ``` block: a `# Wrong solution: ...` comment in a program is no header."""
-    fences = [m.start() for m in re.finditer(r"^[ \t]*```", text, re.MULTILINE)]
-    return [m for m in matches if sum(f < m.start() for f in fences) % 2 == 0]
+def _headers_outside_code(text):
+    """`Reference/Wrong Solution:` header matches not inside a ``` block (a `# Wrong solution: ...`
+    comment in a program is no header). Outside a block, a line with an odd number of ``` opens
+    one (`Reference Solution: ```python` too); inside, a line ending in ``` closes it."""
+    headers, inside, offset = [], False, 0
+    for line in text.splitlines(keepends=True):
+        if inside:
+            inside = not line.strip().endswith("```")
+        else:
+            header = _SOLUTION_HEADER.match(text, offset)
+            headers += [header] if header else []
+            inside = line.count("```") % 2 == 1
+        offset += len(line)
+    return headers
 
 
 def _parse_test_line(line):

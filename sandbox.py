@@ -6,9 +6,8 @@ the accidents and the common attacks of generated code during RL training:
 
 Covered, on every machine:
 - each run is a fresh `python -I -S` process in a new session, in a new temporary working
-  directory that is removed afterwards (inside a root-owned directory, so the program
-  cannot move or replace it), with an environment of PATH and LANG only (no inherited
-  tokens); the code goes in a file, the input in through stdin
+  directory that is removed afterwards, with an environment of PATH and LANG only (no
+  inherited tokens); the code goes in a file, the input in through stdin
 - a wall-clock timeout; at the end of every run its whole process group is killed
 - resource limits set in the child before the program starts: CPU time, address space
   (`memory_mb`), file size (stdout, stderr and every file written are capped at
@@ -22,9 +21,10 @@ logged once as a warning):
 - "pid": a PID namespace with its own /proc: every descendant dies with the run, even
   one that called setsid, and host processes are invisible
 - "uid" (the trainer runs as root): the program runs as its own unprivileged uid, so it
-  cannot touch root's files or processes and RLIMIT_NPROC (which root ignores) caps a
-  fork bomb; each run gets a different uid (from a range of 2**24 entered at a random
-  point per trainer process) so one run's fork bomb cannot starve another.
+  cannot touch root's files or processes, nor move or replace its working directory (which
+  sits in a root-owned one), and RLIMIT_NPROC (which root ignores) caps a fork bomb; each
+  run gets a different uid (from a range of 2**24 entered at a random point per trainer
+  process) so one run's fork bomb cannot starve another.
   That uid must reach the interpreter: where it cannot reach sys.executable (a pyenv under
   /root), the system's python3 runs the programs, and the warning says so
 Not covered:
@@ -109,14 +109,19 @@ class Isolation:
 
 
 def _starts(prefix, python):
-    """Whether `prefix + python` starts; sys.executable must also be itself (as another uid, a
-    pyenv binary under /root can start but load the system's libpython and stdlib)."""
-    argv = [a.format(uid=UID_BASE) for a in prefix] + [python, "-I", "-S", "-c", "import sys; print(sys.version)"]
-    try:
-        r = subprocess.run(argv, cwd="/", env=ENV, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.returncode == 0 and (python != sys.executable or r.stdout.strip() == sys.version)
+    """Whether `prefix + python` starts, as the first and the last uid of the range where a prefix
+    takes one; sys.executable must also be itself (as another uid, a pyenv binary under /root can
+    start but load the system's libpython and stdlib)."""
+    uids = [UID_BASE, UID_BASE + UID_RANGE - 1] if any("{uid}" in a for a in prefix) else [UID_BASE]
+    for uid in uids:
+        argv = [a.format(uid=uid) for a in prefix] + [python, "-I", "-S", "-c", "import sys; print(sys.version)"]
+        try:
+            r = subprocess.run(argv, cwd="/", env=ENV, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if r.returncode != 0 or (python == sys.executable and r.stdout.strip() != sys.version):
+            return False
+    return True
 
 
 @functools.cache
@@ -245,11 +250,14 @@ def _remove(path):
         return
     except Exception:
         pass
-    if os.path.islink(path):  # only possible without the uid layer: drop the link, not its target
-        os.unlink(path)
-        return
-    for argv in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--", path]):
-        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        if os.path.islink(path):  # only possible without the uid layer: drop the link, not its target
+            os.unlink(path)
+            return
+        for argv in (["chmod", "-R", "u+rwx", "--", path], ["rm", "-rf", "--", path]):
+            subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    except OSError as e:  # no coreutils on PATH, say: leave the directory, keep the trainer running
+        log.warning("sandbox: could not remove %s: %s", path, e)
 
 
 # --- many runs, and tests -------------------------------------------------------------

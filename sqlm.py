@@ -210,11 +210,11 @@ def propose(sampler, tokenizer, cfg, seed):
     """Steps 1-2: batch x n proposals from the topic prompt, parsed; returns (samples, problems, reasons)."""
     topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
     proposals = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed)
-    # truncated text is parsed too, as in the released code
-    problems, reasons = map(list, zip(*(rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat) for s in proposals)))
+    parsed = [rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat) for s in proposals]  # truncated ones too, as released
+    problems, reasons = [p for p, _ in parsed], [r for _, r in parsed]
     if cfg.cat:  # all CaT checks of the step in one sandbox call
-        parsed = [i for i, p in enumerate(problems) if p is not None]
-        for i, (ok, reason) in zip(parsed, rewards.cat_filter([problems[i] for i in parsed])):
+        candidates = [i for i, p in enumerate(problems) if p is not None]
+        for i, (ok, reason) in zip(candidates, rewards.cat_filter([problems[i] for i in candidates])):
             problems[i], reasons[i] = (problems[i] if ok else None), reason
     return proposals, problems, reasons
 

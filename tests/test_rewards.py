@@ -172,6 +172,18 @@ def test_comment_inside_a_program_is_not_a_section_header():
     assert len(problem.wrong) == 2
 
 
+@pytest.mark.parametrize("layout", [
+    lambda r: r.replace("Reference Solution:\n```", "Reference Solution: ```").replace("Wrong Solution:\n```",
+                                                                                     "Wrong Solution: ```"),
+    lambda r: r.replace("\n```\nWrong", "```\nWrong"),  # a fence closed at the end of a code line
+])
+def test_cat_fences_on_header_or_code_lines_still_parse(layout):
+    """Skipping headers inside code must use the block rules of the extractor: a fence opened on the header
+    line, or closed at the end of a code line, once hid every later header."""
+    problem, why = rewards.parse_proposal("code", layout(CAT_REPLY), cat=True)
+    assert why == "ok" and problem.reference == "print(sum(map(int, input().split())))" and len(problem.wrong) == 2
+
+
 def test_test_cases_marker_must_start_a_line():
     """"Read T test cases: ..." in the statement is prose; the statement ends at the marker's own line."""
     reply = "Read T test cases: each is a line of integers. Print their sum.\n**Test Cases:**\n1 2 ||| 3\n"
