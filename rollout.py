@@ -85,6 +85,7 @@ class Sample:
     text: str                     # decoded completion, stop token excluded
     finished: bool                # stopped on a stop token (False: hit max_new_tokens)
     logprobs: list = field(default_factory=list)  # log-prob of each sampled token under the sampling distribution
+    entropy: float = 0.0          # mean entropy (nats) of the sampling distribution over the completion
 
 
 def left_pad(seqs, pad_id, device):
@@ -100,14 +101,14 @@ def left_pad(seqs, pad_id, device):
 
 
 def sample_next(logits, temperature, top_p, generator):
-    """Next token per row and its log-prob under the distribution it was drawn from.
+    """Next token per row, its log-prob and the entropy (nats) of the distribution it was drawn from.
 
-    logits: (B, V) fp32. temperature 0 is greedy (log-prob reported at temperature 1).
+    logits: (B, V) fp32. temperature 0 is greedy (log-prob and entropy reported at temperature 1).
     top-p keeps the smallest set of tokens whose probability reaches `top_p` and renormalises.
     """
     if temperature == 0:
-        token = logits.argmax(-1)
-        return token, logits.log_softmax(-1).gather(-1, token[:, None]).squeeze(-1)
+        token, logp = logits.argmax(-1), logits.log_softmax(-1)
+        return token, logp.gather(-1, token[:, None]).squeeze(-1), torch.special.entr(logp.exp()).sum(-1)
     logits = logits / temperature
     if top_p < 1.0:
         sorted_logits, order = logits.sort(-1, descending=True)
@@ -116,8 +117,9 @@ def sample_next(logits, temperature, top_p, generator):
         sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     logp = logits.log_softmax(-1)  # (B, V)
-    token = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    probs = logp.exp()
+    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1), torch.special.entr(probs).sum(-1)  # entr(0) = 0
 
 
 @torch.no_grad()
@@ -147,13 +149,15 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
     total = len(prompts) * n
     tokens = torch.zeros((total, max_new_tokens), dtype=torch.long, device=device)
     token_logp = torch.zeros((total, max_new_tokens), device=device)
+    entropy = torch.zeros(total, device=device)  # summed over each row's tokens
     lengths = torch.full((total,), max_new_tokens, dtype=torch.long, device=device)
     finished = torch.zeros(total, dtype=torch.bool, device=device)
     rows = torch.arange(total, device=device)  # which sample each live batch row is
     for step in range(max_new_tokens):
-        token, logp = sample_next(logits, temperature, top_p, generator)
+        token, logp, token_entropy = sample_next(logits, temperature, top_p, generator)
         tokens[rows, step] = token
         token_logp[rows, step] = logp
+        entropy[rows] += token_entropy
         stopped = torch.isin(token, stops)
         if step + 1 == max_new_tokens:
             finished[rows[stopped]] = True
@@ -173,14 +177,15 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
 
-    tokens, token_logp, lengths, finished = (t.tolist() for t in (tokens, token_logp, lengths, finished))
+    entropy = entropy / lengths.clamp(min=1)
+    tokens, token_logp, lengths, finished, entropy = (t.tolist() for t in (tokens, token_logp, lengths, finished, entropy))
     samples = []
     for i in range(total):
         completion = tokens[i][:lengths[i]]
         body = completion[:-1] if finished[i] else completion
         samples.append(Sample(prompt_ids=list(prompts[i // n]), completion_ids=completion,
                               text=tokenizer.decode(body, skip_special_tokens=False),
-                              finished=finished[i], logprobs=token_logp[i][:lengths[i]]))
+                              finished=finished[i], logprobs=token_logp[i][:lengths[i]], entropy=entropy[i]))
     return samples
 
 

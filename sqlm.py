@@ -393,6 +393,7 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
                                                for g in range(0, len(proposals), cfg.n)])),
         "response_len": float(np.mean([len(s.completion_ids) for s in answers])) if answers else 0.0,
         "proposal_len": float(np.mean([len(s.completion_ids) for s in proposals])),
+        "solver_entropy": token_mean_entropy(answers), "proposer_entropy": token_mean_entropy(proposals),
         **{f"solver_{k}": v for k, v in solver_stats.items()},
         **{f"proposer_{k}": v for k, v in proposer_stats.items()},
     }
@@ -413,6 +414,12 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
     if cfg.task == "arith":
         metrics["majority_correct"] = float(np.mean(truths)) if truths else None
     return metrics, records
+
+
+def token_mean_entropy(samples):
+    """Mean entropy (nats) of the sampling distribution per sampled token: falling to ~0 is collapse."""
+    tokens = sum(len(s.completion_ids) for s in samples)
+    return sum(s.entropy * len(s.completion_ids) for s in samples) / tokens if tokens else 0.0
 
 
 # --- checkpoints ---------------------------------------------------------------------
@@ -473,7 +480,8 @@ def format_line(m):
               f"t {m['t_propose']:.1f}/{m['t_solve']:.1f}/{m['t_rewards']:.1f}/{m['t_update']:.1f}s",
               f"valid {m['valid_rate']:.2f}", f"r_prop {m['proposer_reward']:.3f}", f"r_solve {m['solver_reward']:.3f}",
               f"maj {m['majority_share']:.2f}", f"zero {m['zero_signal']:.2f}",
-              f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}", f"len {m['response_len']:.0f}"]
+              f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}",
+              f"ent {m['solver_entropy']:.2f}", f"len {m['response_len']:.0f}"]
     if m.get("majority_correct") is not None:
         fields.append(f"maj_ok {m['majority_correct']:.2f}")
     if "eval_accuracy" in m:

@@ -216,5 +216,24 @@ def test_top_p_logprobs_are_of_the_renormalised_distribution():
     gen = torch.Generator().manual_seed(0)
     seen = {rollout.sample_next(logits, 1.0, 0.7, gen)[0].item() for _ in range(200)}
     assert seen == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
-    token, logp = rollout.sample_next(logits, 1.0, 0.7, gen)
+    token, logp, _ = rollout.sample_next(logits, 1.0, 0.7, gen)
     assert abs(logp.item() - torch.log(torch.tensor([0.5, 0.3]) / 0.8)[token.item()].item()) < 1e-6
+
+
+def test_entropy_is_that_of_the_sampling_distribution(tiny_model):
+    """Sample.entropy (logged to watch for collapse) is the mean over the completion of the entropy of the
+    distribution each token was drawn from: temperature applied, top-p renormalised."""
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.tensor([0.5, 0.3], dtype=torch.float64) / 0.8
+    _, _, entropy = rollout.sample_next(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    assert abs(entropy.item() - float(-(kept * kept.log()).sum())) < 1e-6
+    model, tok = tiny_model
+    samples = rollout.generate(model, tok, chat_ids(tok), n=2, max_new_tokens=10, temperature=0.7, seed=3)
+    ids, attn, comp = pack(samples)
+    with torch.no_grad():
+        logp = (model(input_ids=ids, attention_mask=attn).logits.double() / 0.7).log_softmax(-1)
+    per_position = -(logp.exp() * logp).sum(-1)  # (B, T): entropy of the next-token distribution
+    for i, s in enumerate(samples):
+        start = len(s.prompt_ids)  # completion token t is drawn at position t - 1
+        expected = per_position[i, start - 1:start - 1 + len(s.completion_ids)].mean().item()
+        assert abs(s.entropy - expected) < 1e-4
