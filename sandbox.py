@@ -20,6 +20,8 @@ logged once as a warning):
 - "net": a network namespace with no interfaces but a down loopback: no network at all
 - "pid": a PID namespace with its own /proc: every descendant dies with the run, even
   one that called setsid, and host processes are invisible
+- "tmp": a mount namespace with a fresh 32 MB tmpfs on /tmp, /var/tmp and /dev/shm: what a
+  program writes there reaches neither this machine's disk nor a later run
 - "uid" (the trainer runs as root): the program runs as its own unprivileged uid, so it
   cannot touch root's files or processes, nor move or replace its working directory (which
   sits in a root-owned one), and RLIMIT_NPROC (which root ignores) caps a fork bomb; each
@@ -29,9 +31,8 @@ logged once as a warning):
   /root), the system's python3 runs the programs, and the warning says so
 Not covered:
 - reading files that are world-readable (a program could read data/code.jsonl's expected
-  outputs), writing files to the shared /tmp or /dev/shm that a later run can read, and
-  filling the disk with many capped files for the length of the timeout (no filesystem
-  jail, no quota)
+  outputs), and filling the disk with many capped files in its own working directory for
+  the length of the timeout (no filesystem jail, no quota)
 - total memory of a program that forks (each process has its own `memory_mb`)
 - seccomp system-call filtering; CPU-time fairness between concurrent runs: a program
   that forks CPU-spinning children can slow a correct program running beside it past its
@@ -67,6 +68,10 @@ UID_BASE = 2_000_000_000  # runs take uids UID_BASE.. +2**24 in turn: far above 
 UID_RANGE = 2**24
 MAX_PROCS = 64  # RLIMIT_NPROC per run (threads count too); only with a uid of its own
 MAX_FILES = 64  # RLIMIT_NOFILE
+
+# Runs first in the run's mount namespace: a fresh small /tmp, /var/tmp and /dev/shm of its own.
+PRIVATE_TMP = ("sh", "-c", "for d in /tmp /var/tmp /dev/shm; do [ ! -d $d ] || "
+               "mount -t tmpfs -o size=32m,mode=1777,nosuid,nodev tmpfs $d || exit 1; done; exec \"$@\"", "sh")
 
 # Runs in the child before the program: set the limits, then run main.py as __main__.
 PRELUDE = """\
@@ -128,20 +133,24 @@ def _starts(prefix, python):
 def isolation():
     """The strongest set of layers that works on this machine (first working candidate);
     logs one warning naming what is missing."""
-    ns = ("--net", "--pid", "--fork", "--kill-child", "--mount-proc")
+    ns = ("--net", "--pid", "--fork", "--kill-child", "--mount-proc")  # --mount-proc: a mount namespace too
     # unshare's --kill-child is cleared by a uid change, so setpriv sets the parent-death signal
     drop = ("setpriv", "--reuid={uid}", "--regid={uid}", "--clear-groups", "--pdeathsig=KILL", "--")
     system_python = shutil.which("python3", path=ENV["PATH"])
     if os.geteuid() == 0:  # a uid of its own; a pyenv under /root is out of that uid's reach
         pythons = [p for p in dict.fromkeys([sys.executable, system_python]) if p]
-        candidates = [(("unshare", *ns, "--", *drop), py, ("net", "pid", "uid")) for py in pythons]
+        candidates = [(("unshare", *ns, "--", *PRIVATE_TMP, *drop), py, ("net", "pid", "tmp", "uid")) for py in pythons]
+        candidates += [(("unshare", *ns, "--", *drop), py, ("net", "pid", "uid")) for py in pythons]
         candidates += [(drop, py, ("uid",)) for py in pythons]
     else:  # a user namespace lets a normal user make the other namespaces
-        candidates = [(("unshare", "--user", "--map-root-user", *ns, "--"), sys.executable, ("net", "pid"))]
+        user_ns = ("unshare", "--user", "--map-root-user", *ns, "--")
+        candidates = [((*user_ns, *PRIVATE_TMP), sys.executable, ("net", "pid", "tmp")),
+                      (user_ns, sys.executable, ("net", "pid"))]
     found = next((Isolation(layers, py, prefix) for prefix, py, layers in candidates if _starts(prefix, py)),
                  Isolation((), sys.executable, ()))
     missing = {"net": "programs can reach the network",
                "pid": "a descendant that calls setsid can outlive its run",
+               "tmp": "files a program leaves in /tmp stay on this machine's disk, readable by later runs",
                "uid": "programs run as root" if os.geteuid() == 0 else
                       "programs run as this user and the number of processes is not capped"}
     notes = [f"no {layer} layer: {why}" for layer, why in missing.items() if layer not in found.layers]

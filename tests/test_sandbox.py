@@ -7,9 +7,11 @@ unguarded machine (fork bomb, killing the parent) are then not run at all.
 import logging
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -233,14 +235,20 @@ def test_other_processes_environments_are_unreadable(caplog):
     assert (r.status, r.stdout.strip()) == ("ok", "0")
 
 
-def test_root_only_files_are_unreadable(tmp_path, caplog):
+def test_root_only_files_are_unreadable(caplog):
     """As root, the program runs as another uid: the trainer's private files are out of reach."""
     if "uid" not in LAYERS:
         skip_reported("uid", caplog)
-    private = tmp_path / "token"
-    private.write_text("hunter2")
-    private.chmod(0o600)
-    r = sandbox.run(f"print(open({str(private)!r}).read())")
+    folder = tempfile.mkdtemp(dir=REPO)  # not under /tmp, which the "tmp" layer replaces for the program
+    try:
+        os.chmod(folder, 0o755)
+        private = os.path.join(folder, "token")
+        with open(private, "w") as f:
+            f.write("hunter2")
+        os.chmod(private, 0o600)
+        r = sandbox.run(f"print(open({private!r}).read())")
+    finally:
+        shutil.rmtree(folder)
     assert r.status == "error" and "PermissionError" in r.stderr
 
 
@@ -306,13 +314,25 @@ def test_program_cannot_move_or_replace_its_directory(tmp_path, caplog):
     decoy = tmp_path / "decoy"
     (decoy / "sub").mkdir(parents=True)
     os.chmod(decoy / "sub", 0o755)
-    code = ("import os\nc = os.getcwd()\ntry:\n    os.rename(c, c + '-moved')\n"
-            f"    os.symlink({str(decoy)!r}, c)\nexcept OSError as e:\n    print(type(e).__name__)\nprint(c)")
+    code = ("import os\nc = os.getcwd()\ntry:\n    os.rename('../work', '../moved')\n"  # relative: /tmp may be private
+            f"    os.symlink({str(decoy)!r}, '../work')\nexcept OSError as e:\n    print(type(e).__name__)\nprint(c)")
     r = sandbox.run(code)
     assert r.stdout.split()[0] == "PermissionError"
     work = r.stdout.split()[-1]
     assert not os.path.exists(os.path.dirname(work))
     assert (decoy / "sub").stat().st_mode & 0o777 == 0o755
+
+
+def test_tmp_is_private_to_each_run(caplog):
+    """Files a program leaves in /tmp (or /dev/shm) neither land on the trainer's disk nor reach a later run."""
+    if "tmp" not in LAYERS:
+        skip_reported("tmp", caplog)
+    names = [f"/tmp/sandbox-note-{marker()}", f"/dev/shm/sandbox-note-{marker()}"]
+    wrote = sandbox.run("".join(f"open({n!r}, 'w').write('x')\n" for n in names) + "print('ok')")
+    assert wrote.status == "ok" and wrote.stdout == "ok\n"
+    assert not any(os.path.exists(n) for n in names)
+    later = sandbox.run(f"import os\nprint([os.path.exists(n) for n in {names!r}])")
+    assert later.stdout.strip() == "[False, False]"
 
 
 def test_very_deep_tree_is_removed():
