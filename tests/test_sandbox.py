@@ -239,7 +239,7 @@ def test_root_only_files_are_unreadable(caplog):
     """As root, the program runs as another uid: the trainer's private files are out of reach."""
     if "uid" not in LAYERS:
         skip_reported("uid", caplog)
-    folder = tempfile.mkdtemp(dir=REPO)  # not under /tmp, which the "tmp" layer replaces for the program
+    folder = tempfile.mkdtemp(dir=os.path.expanduser("~"))  # not under /tmp, which the program sees fresh
     try:
         os.chmod(folder, 0o755)
         private = os.path.join(folder, "token")
