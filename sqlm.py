@@ -93,8 +93,8 @@ class Config:
         self.model = self.model or DEFAULT_MODELS[self.task]
         self.max_response = self.max_response or MAX_RESPONSE[self.task]
         self.solver_reward = self.solver_reward or ("tests" if self.task == "code" else "majority")
-        numbers = [getattr(self, f.name) for f in dataclasses.fields(self) if f.type in (float, "float")]
         self.out = self.out or os.path.join("runs", f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+        numbers = [getattr(self, f.name) for f in dataclasses.fields(self) if f.type in (float, "float")]
         checks = [(self.adv_norm in ("std", "none"), "--adv-norm must be std or none"),
                   (self.proposer_reward in ("sqlm", "azr", "rzero"), "--proposer-reward must be sqlm, azr or rzero"),
                   (self.solver_reward in ("majority", "format", "tests"), "--solver-reward must be majority, tests or format"),
