@@ -82,3 +82,13 @@ def test_bad_cli_input_exits_2_with_one_line(argv, message, capsys):
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_eval_batches_follow_rollout_rows(monkeypatch):
+    """In-training eval used a fixed 64 sequences per generate call, ignoring the --rollout-rows memory knob."""
+    import eval as heldout
+    seen = {}
+    monkeypatch.setattr(heldout, "evaluate", lambda *a, **kw: seen.update(kw) or {"accuracy": 0.5})
+    cfg = sqlm.Config(task="arith", rollout_rows=96, eval_limit=3).resolve()
+    assert sqlm.run_eval(None, None, cfg) == {"eval_accuracy": 0.5}
+    assert seen["batch_size"] == 96 and seen["limit"] == 3 and seen["max_new_tokens"] == 1024
