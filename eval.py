@@ -122,8 +122,7 @@ def _ages(rng):
     ratio, back, ask = rng.randint(2, 5), rng.randint(1, 10), rng.randint(0, 1)
     gap = (ratio - 1) * rng.randint(1, 10)  # so the ages are whole: younger = back + gap / (ratio - 1)
     return (f"{older} is {_many(gap, 'year')} older than {younger}. {_many(back, 'year')} ago, {older} was {ratio} "
-            f"times as old as "
-            f"{younger} was then. How old is {(older, younger)[ask]} now?",
+            f"times as old as {younger} was then. How old is {(older, younger)[ask]} now?",
             [[1, -1, gap], [1, -ratio, back * (1 - ratio)]], ask)  # x - back = ratio (y - back)
 
 
