@@ -1,7 +1,7 @@
 """Held-out sets and scoring for arith, algebra and code; used by the CLI and by sqlm.py.
 
 Built-in sets, deterministic from SEED (a JSONL file given with --data replaces them):
-arith, 4,096 distinct "What is a * b?" (`arith_set`); algebra, 100 linear-equation word
+arith, the released 4,096 "What is a * b?" (`arith_set`); algebra, 100 linear-equation word
 problems with exact rational answers (`algebra_set`); code, data/code.jsonl, problems this
 project wrote with stdin/stdout tests and a reference program (formats: data/README.md).
 
@@ -31,6 +31,7 @@ import rollout
 TASKS = ("arith", "algebra", "code")
 SEED = 1                                                    # TinyZero seeds its multiplication set with 1
 ARITH_SIZE = 4096                                           # TinyZero's multiplication test-set size
+ARITH_DRAWS = 100_000                                       # draws before de-duplication, as TinyZero
 ALGEBRA_SIZE = 100
 CODE_FILE = Path(__file__).resolve().parent / "data" / "code.jsonl"
 MAX_NEW_TOKENS = {"arith": 1024, "algebra": 3072, "code": 512}  # the paper's response limits
@@ -38,22 +39,23 @@ MAX_NEW_TOKENS = {"arith": 1024, "algebra": 3072, "code": 512}  # the paper's re
 
 # --- arith ---------------------------------------------------------------------------
 
-def arith_set(size=ARITH_SIZE, seed=SEED):
-    """`size` distinct questions "What is a * b?" with answer str(a * b).
+def arith_set(size=ARITH_SIZE, seed=SEED, draws=ARITH_DRAWS):
+    """The released arith held-out set, reproduced exactly: `size` questions "What is a * b?".
 
-    Each operand is drawn as TinyZero's multiplication generator (3 digits, less-or-equal)
-    draws it: r = randint(0, 3); bound = 9 if r == 0, 99 if r == 1, else 999 (so 999 with
-    probability 1/2); operand = randint(0, bound), on random.Random(seed). Ordered pairs are
-    kept in order of first draw, repeats skipped, as are pairs the arith proposer prompt shows.
+    The paper's eval file is TinyZero's multiplication test split, whose generator does:
+    random.seed(1); 100,000 times draw a then b, each as r = randint(0, 3), then
+    randint(0, 9 / 99 / 999 / 999 for r = 0 / 1 / 2 / 3), and keep (a, b, a * b);
+    de-duplicate through a Python set (`list(set(...))`, whose order CPython 3.8+ fixes for
+    tuples of ints, whatever PYTHONHASHSEED); the first 32,768 are its training split and the
+    LAST 4,096 the test split. The numbers are that file's; the question is in our words.
     """
     rng = random.Random(seed)
-    shown = {(int(a), int(b)) for a, b in re.findall(r"(\d+)\s*\*\s*(\d+)", prompts.proposer_prompt("arith"))}
-    pairs = {}  # dict: ordered, deduplicated
-    while len(pairs) < size:
+    triples = []
+    for _ in range(draws):
         a, b = (rng.randint(0, (9, 99, 999, 999)[rng.randint(0, 3)]) for _ in range(2))
-        if (a, b) not in shown:
-            pairs.setdefault((a, b))
-    return [{"problem": f"What is {a} * {b}?", "answer": str(a * b)} for a, b in pairs]
+        triples.append((a, b, a * b))
+    unique = list(set(triples))  # the set's iteration order is part of the released file
+    return [{"problem": f"What is {a} * {b}?", "answer": str(c)} for a, b, c in unique[-size:]]
 
 
 # --- algebra -------------------------------------------------------------------------

@@ -3,14 +3,16 @@
 SQLM (arXiv 2508.03682, Sec. 3) needs no labels: a solver is rewarded for agreeing with
 the majority of its own samples (arith, algebra) or for passing the proposer's unit tests
 (code), and the proposer for a problem that is neither trivial nor impossible. Every rule
-below is one function; DESIGN.md ("Proposal parsing", "Answers", "Majority rewards",
-"Test rewards", "Code-as-Task option") states them with the released code's numbers.
+below is one function. Where the paper's released code reads an answer or a test line
+differently, `released=True` reproduces it (the trainer's `--as-released`).
 
 Covered: integer, decimal and fraction answers in one exact canonical form (Fraction),
 common wrappers (`$`, `\\boxed{}`, `\\(...\\)`, `\\frac{}{}`, `x = ...`), the sqlm/azr/rzero
-proposer rules, test rewards run in parallel through `sandbox.run_many`, the Code-as-Task
-filter. Left out on purpose: symbolic answers (expressions, sets, intervals, units),
-float tolerance, scientific notation, and any `eval` of model output.
+proposer rules, test rewards run in parallel through `sandbox.run_many` with one output
+judge, the Code-as-Task filter, and a safe exact reader of arithmetic problems (`arith_value`,
++ - * / and parentheses) for the arith validity rule and the label-quality diagnostic.
+Left out on purpose: symbolic answers (expressions, sets, intervals, units), float
+tolerance, scientific notation, powers, and any `eval` of model output.
 """
 import re
 from collections import Counter
@@ -32,6 +34,7 @@ _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?", re.ASCII)
 _FRAC = re.compile(r"([+-]?)\\[dt]?frac\{([^{}]*)\}\{([^{}]*)\}")
 _ASSIGNMENT = re.compile(r"[A-Za-z]\w*\s*=\s*(.+)", re.ASCII | re.DOTALL)
 _WRAPPERS = (("\\boxed{", "}"), ("\\(", "\\)"), ("\\[", "\\]"), ("$", "$"))
+_RELEASED_ANSWER = re.compile(r"<answer>(.*?)</answer>")  # one line only (no DOTALL), as released
 _SELECTED = re.compile(r"selected question\s*:", re.IGNORECASE)
 _TEST_HEADER = re.compile(r"^[ \t*#]*test cases[ \t*]*:", re.IGNORECASE | re.MULTILINE)  # "Read T test cases:" is prose
 _SOLUTION_HEADER = re.compile(r"^[ \t*#]*(reference|wrong) solution[^\n:]*:", re.IGNORECASE | re.MULTILINE)
@@ -60,19 +63,27 @@ def strip_think(text):
     return (text if start < 0 else text[:start]).strip()
 
 
-def parse_proposal(task, text, cat=False):
-    """(Problem, "ok") or (None, reason) for one proposer reply (DESIGN "Proposal parsing").
+def parse_proposal(task, text, cat=False, released=False, arith_check=False):
+    """(Problem, "ok") or (None, reason) for one proposer reply (Sec. 3, "proposal parsing").
 
-    arith: the whole reply is the problem. algebra: the text after the last
-    `Selected Question:`. code: the text before `Test Cases:`, then up to 10 valid
-    `INPUT ||| OUTPUT` lines (malformed lines ignored, none valid: invalid); with `cat`
-    also a `Reference Solution:` and at least one `Wrong Solution:` python block.
+    arith: the whole reply is the problem (never invalid in the released code); with
+    `arith_check`, it must also hold exactly one well-formed arithmetic expression
+    (`arith_value`), so a malformed problem that splits the vote is no problem at all.
+    algebra: the text after the last `Selected Question:`. code: the text before
+    `Test Cases:`, then up to 10 valid `INPUT ||| OUTPUT` lines (malformed lines ignored,
+    none valid: invalid); with `cat` also a `Reference Solution:` and at least one
+    `Wrong Solution:` python block. released: every `|||` line is a test, unchecked, and a
+    problem with none is still valid (the released reward manager reads them so).
     """
     if cat and task != "code":
         raise ValueError("cat (Code-as-Task) applies to the code task only")
     body = strip_think(text)
     if task == "arith":
-        return (Problem(body), "ok") if body else (None, "empty")
+        if not body:
+            return None, "empty"
+        if arith_check and arith_value(body) is None:
+            return None, "no single well-formed arithmetic expression"
+        return Problem(body), "ok"
     if task == "algebra":
         marks = list(_SELECTED.finditer(body))
         if not marks:
@@ -80,11 +91,11 @@ def parse_proposal(task, text, cat=False):
         question = body[marks[-1].end():].strip(" \t\r\n*")  # "**Selected Question:** ..." in markdown
         return (Problem(question), "ok") if question else (None, "empty")
     if task == "code":
-        return _parse_code(body, cat)
+        return _parse_code(body, cat, released)
     raise ValueError(f"unknown task {task!r}")
 
 
-def _parse_code(body, cat):
+def _parse_code(body, cat, released=False):
     header = _TEST_HEADER.search(body)
     if header is None:
         return None, "no 'Test Cases:'"
@@ -93,8 +104,9 @@ def _parse_code(body, cat):
         return None, "empty"
     sections = _headers_outside_code(rest)
     test_lines = rest[:sections[0].start()] if sections else rest  # solutions never hold tests
-    tests = [t for t in map(_parse_test_line, test_lines.splitlines()) if t][:MAX_TESTS]
-    if not tests:
+    read = _released_test_line if released else _parse_test_line
+    tests = [t for t in map(read, test_lines.splitlines()) if t][:MAX_TESTS]
+    if not tests and not released:
         return None, "no tests"
     problem = Problem(statement, tests)
     if not cat:
@@ -130,6 +142,11 @@ def _headers_outside_code(text):
             inside = line.count("```") % 2 == 1
         offset += len(line)
     return headers
+
+
+def _released_test_line(line):
+    """(stdin, expected) from any line holding `|||`, both sides stripped and unchecked."""
+    return tuple(part.strip() for part in line.split("|||", 1)) if "|||" in line else None
 
 
 def _parse_test_line(line):
@@ -178,8 +195,24 @@ def normalize_answer(answer):
     return None if denominator == 0 else str(numerator / denominator)
 
 
-def extract_answer(text):
-    """The canonical content of the last `<answer>...</answer>`, or None (DESIGN "Answers")."""
+def extract_answer(text, released=False):
+    """The answer a solver reply votes with: the content of its last `<answer>...</answer>`.
+
+    Ours: its canonical exact form (`normalize_answer`), so `1/2` and `0.5` agree.
+    released: the last one-line `<answer>` only, stripped, and only if Python's int() reads
+    it (so `56,088`, `3/4`, `x = 3` are no answer); the vote then compares these strings as
+    they are (`007` and `7` differ), as the released reward function does.
+    """
+    if released:
+        found = _RELEASED_ANSWER.findall(text)
+        answer = found[-1].strip() if found else ""
+        if not answer or len(answer) > MAX_ANSWER_CHARS:
+            return None
+        try:
+            int(answer)
+        except ValueError:
+            return None
+        return answer
     close = text.rfind("</answer>")
     start = text.rfind("<answer>", 0, close) if close >= 0 else -1
     return None if start < 0 else normalize_answer(text[start + len("<answer>"):close])
@@ -194,7 +227,7 @@ def majority_vote(answers):
 
 
 def majority_solver_rewards(answers):
-    """Solver reward (DESIGN "Majority rewards"): 1 if the answer is the majority and the majority is not None."""
+    """Solver reward (Sec. 3): 1 if the answer is the majority and the majority is not None, else 0."""
     majority, _ = majority_vote(answers)
     return [1.0 if majority is not None and a == majority else 0.0 for a in answers]
 
@@ -223,12 +256,12 @@ def proposer_reward(scores, rule="sqlm", kind="majority"):
     raise ValueError(f"unknown proposer reward rule {rule!r}")
 
 
-def format_solver_rewards(texts, task):
+def format_solver_rewards(texts, task, released=False):
     """The paper's format-only baseline: 1 for a parseable answer (code: a python block), else 0."""
     if task == "code":
         return [float(extract_program(t) is not None) for t in texts]
     if task in ("arith", "algebra"):
-        return [float(extract_answer(t) is not None) for t in texts]
+        return [float(extract_answer(t, released) is not None) for t in texts]
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -281,56 +314,60 @@ def _int_value(token):
     return "-" + digits if token.startswith("-") and digits != "0" else digits
 
 
-def output_matches(stdout, expected):
-    """Whether a program's stdout equals the expected output, whitespace-normalised.
+def output_matches(stdout, expected, lenient=False):
+    """The one output judge of training, eval, `sandbox.run_tests` and the bench.
 
-    A list may be printed bracketed, comma- or space-separated (`[1, 2, 3]` == `1,2,3` ==
-    `1 2 3`); integers compare by exact value (leading zeros and a `+` ignored), other
-    tokens as strings.
+    Default, as released: `sandbox.same_output`, the exact string after stripping trailing
+    newlines. lenient (an option, `--judge lenient`): whitespace-normalised, a list may be
+    printed bracketed, comma- or space-separated (`[1, 2, 3]` == `1,2,3` == `1 2 3`), and
+    integers compare by exact value (leading zeros and a `+` ignored).
     """
+    if not lenient:
+        return sandbox.same_output(stdout, expected)
     got, want = _output_tokens(stdout), _output_tokens(expected)
     return len(got) == len(want) and all(map(_same_token, got, want))
 
 
-def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
-    """passes[i][j]: program i printed the expected output of test j of test_sets[i].
+def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB, lenient=False):
+    """passes[i][j]: program i printed the expected output of test j of test_sets[i] (`output_matches`).
 
     Every run of every program goes through ONE sandbox.run_many call, so a whole batch
-    keeps all cores busy; a None program fails all its tests without running.
+    keeps all cores busy; a None program fails all its tests without running. The verdict is
+    taken outside the program: status ok and output accepted by the judge.
     """
     jobs = [(code, stdin + "\n", expected) for code, tests in zip(programs, test_sets) if code is not None
             for stdin, expected in tests]
-    verdicts = iter(sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb, judge=_passed) if jobs else [])
+
+    def passed(job, result):
+        return result.status == "ok" and output_matches(result.stdout, job[2], lenient)
+
+    verdicts = iter(sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb, judge=passed) if jobs else [])
     return [[next(verdicts) if code is not None else False for _ in tests] for code, tests in zip(programs, test_sets)]
 
 
-def _passed(job, result):
-    """The verdict of one (program, stdin, expected) run, taken outside the program: status ok and output equal."""
-    return result.status == "ok" and output_matches(result.stdout, job[2])
-
-
-def test_pass_rates(programs, test_sets, cap=MAX_TESTS, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
+def test_pass_rates(programs, test_sets, cap=MAX_TESTS, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB,
+                    lenient=False):
     """Share of its own tests (the first `cap`; None: all) that each program passes; no tests: 0."""
     test_sets = [tests[:cap] for tests in test_sets]
-    passes = run_test_sets(programs, test_sets, timeout, memory_mb)
+    passes = run_test_sets(programs, test_sets, timeout, memory_mb, lenient)
     return [sum(p) / len(p) if p else 0.0 for p in passes]
 
 
-def test_solver_rewards(programs, tests, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
-    """Solver reward (DESIGN "Test rewards"): the share of the (at most 10) tests a program passes; None: 0."""
-    return test_pass_rates(programs, [tests] * len(programs), timeout=timeout, memory_mb=memory_mb)
+def test_solver_rewards(programs, tests, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB, lenient=False):
+    """Solver reward (Sec. 3): the share of the (at most 10) tests a program passes; no program: 0."""
+    return test_pass_rates(programs, [tests] * len(programs), timeout=timeout, memory_mb=memory_mb, lenient=lenient)
 
 
-def cat_filter(problems, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
+def cat_filter(problems, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB, lenient=False):
     """Code-as-Task (arXiv 2506.01716): a problem is valid only if its reference passes every
     test and each wrong solution fails at least one. One (valid, reason) per problem; every
     program of every problem runs in one sandbox call. A single Problem gives a single pair."""
     if isinstance(problems, Problem):
-        return cat_filter([problems], timeout, memory_mb)[0]
+        return cat_filter([problems], timeout, memory_mb, lenient)[0]
     ready = [p.reference is not None and bool(p.wrong) and bool(p.tests) for p in problems]
     programs = [code for p, ok in zip(problems, ready) if ok for code in (p.reference, *p.wrong)]
     test_sets = [p.tests[:MAX_TESTS] for p, ok in zip(problems, ready) if ok for _ in range(1 + len(p.wrong))]
-    passes = iter(run_test_sets(programs, test_sets, timeout, memory_mb))
+    passes = iter(run_test_sets(programs, test_sets, timeout, memory_mb, lenient))
     verdicts = []
     for p, ok in zip(problems, ready):
         if not ok:
@@ -344,41 +381,109 @@ def cat_filter(problems, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB):
 
 # --- evaluation helpers ----------------------------------------------------------------
 
-_RELEASED_ANSWER = re.compile(r"<answer>(.*?)</answer>")  # one line only (no DOTALL), as released
-
-
 def official_score(text, truth):
-    """The released code's scorer, reproduced (DESIGN "Eval"): 1.0 correct, 0.1 formatted but wrong, 0.0 none.
+    """The released code's eval scorer, reproduced: 1.0 correct, 0.1 formatted but wrong, 0.0 none.
 
     "Formatted" there means the last one-line `<answer>...</answer>`, stripped, parses with
     Python's int(); correct means int(answer) == int(truth). So `56,088`, `288.0`, `$288$`
     and any fraction score 0 here (an algebra truth like 3/4 can never score 1), while
     `accuracy` (extract_answer) counts them: report both, and compare this one to published figures.
     """
-    found = _RELEASED_ANSWER.findall(text)
-    try:
-        answer = int(found[-1].strip()) if found else None
-    except ValueError:  # also digit strings beyond int()'s 4,300-digit limit
-        answer = None
+    answer = extract_answer(text, released=True)
     if answer is None:
         return 0.0
     try:
-        return 1.0 if answer == int(str(truth)) else 0.1
+        return 1.0 if int(answer) == int(str(truth)) else 0.1
     except ValueError:
         return 0.1
 
 
 def arith_truth(problem_text):
-    """The exact product if the problem is a plain `a * b` (also ×, x, \\times), else None.
+    """The exact value of the problem's one arithmetic expression in canonical form ("56088",
+    "-3/4"), or None. A diagnostic only (how often the majority is right), never a reward:
+    SQLM uses no labels."""
+    value = arith_value(problem_text)
+    return None if value is None else str(value)
 
-    A diagnostic only (how often the majority is right), never a reward: SQLM uses no labels.
-    Any second product, other number or other operator makes the problem not plain.
+
+# --- a safe exact reader of arithmetic problems ----------------------------------------
+
+_ARITH_TOKEN = re.compile(r"""
+    (?P<num>\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?)          # 12, 56,088, 3.5
+  | (?P<op>[+*/()×÷·\-\u2212]|\\times|\\cdot|\\div|(?<=[\d\s)])[xX](?=[\s\d(]))  # x only between operands
+  | (?P<space>\s+)
+  | (?P<other>.)""", re.VERBOSE | re.DOTALL)
+_OPS = {"×": "*", "·": "*", "\\times": "*", "\\cdot": "*", "x": "*", "X": "*", "÷": "/", "\\div": "/",
+        "\u2212": "-"}
+MAX_PROBLEM_CHARS = 500  # longer problems are not read (keeps the parser cheap on any text)
+
+
+def arith_value(problem_text):
+    """The exact value (a Fraction) of the one arithmetic expression in a problem, or None.
+
+    The text is cut into numbers, operators (+ - * / and x, ×, ·, ÷, \\times, \\cdot, \\div),
+    parentheses and everything else. The expression is the one run of the first three that
+    holds a number ("What is 12 * (3 + 4)?"); it must use at least one operator and parse
+    completely with the usual precedence. None if there is no such run, or more than one
+    (another number anywhere: "a three-digit problem: 123 * 4" is ambiguous), or it does
+    not parse ("61 * 8*"), or divides by zero. Never `eval`: a recursive-descent parser
+    over at most MAX_PROBLEM_CHARS characters, so no input can make it slow.
     """
-    products = list(_PRODUCT.finditer(problem_text))
-    if len(products) != 1 or any(len(g) > MAX_ANSWER_CHARS for g in products[0].groups()):
+    if len(problem_text) > MAX_PROBLEM_CHARS:
         return None
-    hit = products[0]
-    if re.search(r"[0-9+*/^×÷]", problem_text[:hit.start()] + " " + problem_text[hit.end():]):
+    runs, current = [], []
+    for m in _ARITH_TOKEN.finditer(problem_text):
+        if m.lastgroup == "other":
+            runs.append(current)
+            current = []
+        elif m.lastgroup != "space":
+            current.append((m.lastgroup, _OPS.get(m.group(), m.group()).replace(",", "")))
+    runs = [r for r in runs + [current] if any(kind == "num" for kind, _ in r)]
+    if len(runs) != 1 or not any(kind == "op" and tok not in "()" for kind, tok in runs[0]):
         return None
-    a, b = (int(g.replace(",", "")) for g in hit.groups())
-    return str(a * b)
+    tokens, pos = runs[0], 0
+
+    def peek():
+        return tokens[pos][1] if pos < len(tokens) else None
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def expression(depth):
+        value = term(depth)
+        while peek() in ("+", "-"):
+            value = value + term(depth) if take()[1] == "+" else value - term(depth)
+        return value
+
+    def term(depth):
+        value = factor(depth)
+        while peek() in ("*", "/"):
+            op, right = take()[1], factor(depth)
+            if op == "/" and right == 0:
+                raise ValueError("division by zero")
+            value = value * right if op == "*" else value / right
+        return value
+
+    def factor(depth):
+        if depth > 20 or pos >= len(tokens):
+            raise ValueError("too deep or cut short")
+        kind, tok = take()
+        if tok in ("+", "-"):
+            value = factor(depth + 1)
+            return value if tok == "+" else -value
+        if kind == "num":
+            return Fraction(tok)
+        if tok == "(":
+            value = expression(depth + 1)
+            if take()[1] != ")":
+                raise ValueError("unclosed parenthesis")
+            return value
+        raise ValueError(f"unexpected {tok!r}")
+
+    try:
+        value = expression(0)
+    except (ValueError, IndexError):
+        return None
+    return value if pos == len(tokens) else None

@@ -288,8 +288,9 @@ def run_many(jobs, timeout=5.0, memory_mb=512, output_limit=1_000_000, workers=N
 
 
 def same_output(stdout, expected):
-    """Default test check: equal up to whitespace (spacing, line ends, trailing newline)."""
-    return stdout.split() == expected.split()
+    """Default test check, as the paper's released judge: the exact text after stripping trailing
+    newlines (`rewards.output_matches` adds the lenient option)."""
+    return stdout.rstrip("\n") == expected.rstrip("\n")
 
 
 def run_tests(code, tests, check=None, timeout=5.0, memory_mb=512, workers=None):

@@ -35,7 +35,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -46,48 +46,60 @@ import rollout
 
 # --- config: every default is the paper's released setting unless its comment says otherwise ---
 
+TASKS = ("arith", "algebra", "code")
 DEFAULT_MODELS = {"arith": "Qwen/Qwen2.5-3B-Instruct", "algebra": "Qwen/Qwen2.5-3B-Instruct",
                   "code": "Qwen/Qwen2.5-Coder-3B-Instruct"}
 MAX_RESPONSE = {"arith": 1024, "algebra": 3072, "code": 512}
 
 
+def opt(default, help, choices=None):
+    """A Config field whose comment is its --help line (and whose choices argparse enforces)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
 @dataclass
 class Config:
-    task: str = "arith"               # arith | algebra | code
-    model: str = ""                   # hub id or local dir; "" = the paper's model for the task
-    device: str = ""                  # "" = cuda if available, else cpu
-    steps: int = 100                  # training steps
-    batch: int = 64                   # proposer prompts per step
-    n: int = 4                        # proposals per prompt, and answers per problem
-    minibatch: int = 32               # groups (prompts/problems) per optimizer step -> 32 x 4 = 128 sequences
-    microbatch: int = 8               # sequences per forward/backward (memory only; gradient unchanged)
-    lr: float = 1e-6                  # AdamW learning rate
-    weight_decay: float = 0.01        # AdamW weight decay (verl actor default)
-    grad_clip: float = 1.0            # global grad-norm clip
-    clip_low: float = 0.2             # PPO ratio clip, lower side
-    clip_high: float = 0.2            # PPO ratio clip, upper side
-    clip_c: float = 3.0               # dual-clip bound for negative advantages; 0 disables
-    kl: float = 0.001                 # k3 KL-to-initial-model coefficient; 0 drops the reference model
-    adv_norm: str = "std"             # std (GRPO) | none (Dr. GRPO: no division by the group std)
-    proposer_every: int = 5           # proposer update period in steps; 0 = never
-    proposer_reward: str = "sqlm"     # sqlm | azr | rzero
-    solver_reward: str = ""           # "" = majority (arith, algebra) / tests (code); format = format-only baseline
-    cat: bool = False                 # Code-as-Task filter: reference passes, wrong solution fails
-    max_prompt: int = 512             # longer solver prompts count as invalid proposals
-    max_response: int = 0             # 0 = per task: 1024 arith, 3072 algebra, 512 code
-    temperature: float = 1.0          # sampling temperature (log-probs use the same)
-    top_p: float = 1.0                # no top-k anywhere: the sampled policy is the trained one
-    rollout_rows: int = 256           # most sequences per generate call (bounds KV-cache memory)
-    seed: int = 0
-    eval_every: int = 5               # greedy eval at step 0 and every k steps; 0 = never
-    eval_limit: int = 0               # 0 = the whole held-out set
-    save_every: int = 0               # 0 = save at the end only
-    out: str = ""                     # run directory; "" = runs/<task>-<time>
-    resume: str = ""                  # run directory to continue from its last complete checkpoint
-    grad_checkpointing: bool = False  # recompute activations in backward (memory for speed)
+    task: str = opt("arith", "the self-play task", TASKS)
+    model: str = opt("", "hub id or local dir; '' = the paper's model for the task")
+    device: str = opt("", "'' = cuda if available, else cpu")
+    steps: int = opt(100, "training steps")
+    batch: int = opt(64, "proposer prompts per step")
+    n: int = opt(4, "proposals per prompt, and answers per problem")
+    minibatch: int = opt(32, "groups (prompts/problems) per optimizer step: 32 x 4 = 128 sequences")
+    microbatch: int = opt(8, "sequences per forward/backward (memory only; gradient unchanged)")
+    lr: float = opt(1e-6, "AdamW learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay (verl actor default)")
+    grad_clip: float = opt(1.0, "global grad-norm clip")
+    clip_low: float = opt(0.2, "PPO ratio clip, lower side")
+    clip_high: float = opt(0.2, "PPO ratio clip, upper side")
+    clip_c: float = opt(3.0, "dual-clip bound for negative advantages; 0 disables")
+    kl: float = opt(0.001, "k3 KL-to-initial-model coefficient; 0 drops the reference model")
+    adv_norm: str = opt("std", "std (GRPO) | none (Dr. GRPO: no division by the group std)", ("std", "none"))
+    proposer_every: int = opt(5, "proposer update period in steps (5, 10, ... from 1); 0 = never")
+    proposer_reward: str = opt("sqlm", "sqlm: 1 < m < n | azr | rzero", ("sqlm", "azr", "rzero"))
+    solver_reward: str = opt("", "'' = majority (arith, algebra) / tests (code); format = format-only baseline",
+                             ("", "majority", "tests", "format"))
+    judge: str = opt("exact", "code output judge: exact (released: text equal after stripping trailing "
+                              "newlines) | lenient (whitespace, list punctuation, integer spelling)", ("exact", "lenient"))
+    cat: bool = opt(False, "Code-as-Task filter: reference passes every test, wrong solution fails one")
+    arith_check: bool = opt(False, "arith: a proposal must hold one well-formed arithmetic expression")
+    as_released: bool = opt(False, "reproduce the released code where it differs from the paper's text "
+                                   "(README: 'Where this differs from the released code')")
+    max_prompt: int = opt(512, "longer solver prompts invalidate their proposal (released: cut from the left)")
+    max_response: int = opt(0, "0 = per task: 1024 arith, 3072 algebra, 512 code")
+    temperature: float = opt(1.0, "sampling temperature (log-probs use the same)")
+    top_p: float = opt(1.0, "nucleus sampling; no top-k anywhere: the sampled policy is the trained one")
+    rollout_rows: int = opt(256, "most sequences per generate call (KV-cache memory only; samples unchanged)")
+    seed: int = opt(0, "run seed: sampling streams derive from (seed, step, role, prompt)")
+    eval_every: int = opt(5, "greedy eval at step 0 and every k steps; 0 = never")
+    eval_limit: int = opt(0, "0 = the whole held-out set")
+    save_every: int = opt(0, "0 = save at the end only")
+    out: str = opt("", "run directory; '' = runs/<task>-<time>")
+    resume: str = opt("", "run directory to continue from its last complete checkpoint")
+    grad_checkpointing: bool = opt(False, "recompute activations in backward (memory for speed)")
 
     def resolve(self):
-        """Fill the task-dependent defaults and check values; ValueError is one line for the CLI."""
+        """Fill the task-dependent defaults and check values (idempotent); ValueError is one line for the CLI."""
         if self.task not in MAX_RESPONSE:
             raise ValueError(f"unknown task '{self.task}' (arith, algebra, code)")
         self.model = self.model or DEFAULT_MODELS[self.task]
@@ -98,9 +110,11 @@ class Config:
         checks = [(self.adv_norm in ("std", "none"), "--adv-norm must be std or none"),
                   (self.proposer_reward in ("sqlm", "azr", "rzero"), "--proposer-reward must be sqlm, azr or rzero"),
                   (self.solver_reward in ("majority", "format", "tests"), "--solver-reward must be majority, tests or format"),
+                  (self.judge in ("exact", "lenient"), "--judge must be exact or lenient"),
                   ((self.solver_reward == "tests") == (self.task == "code") or self.solver_reward == "format",
                    f"--solver-reward {self.solver_reward} does not fit --task {self.task}"),
                   (not self.cat or self.task == "code", "--cat applies to --task code only"),
+                  (not self.arith_check or self.task == "arith", "--arith-check applies to --task arith only"),
                   (self.n >= 2, "--n must be at least 2 (groups of one carry no signal)"),
                   (all(math.isfinite(v) for v in numbers), "numeric flags must be finite (no nan or inf)"),
                   (min(self.batch, self.minibatch, self.microbatch, self.steps, self.rollout_rows, self.max_prompt,
@@ -121,20 +135,26 @@ class Config:
             raise ValueError(f"unknown or unavailable --device '{self.device}' (cpu, or cuda[:N] on a GPU machine)")
         return self
 
+    @property
+    def kl_coef(self):
+        """The KL coefficient in force: the released code-task config has no KL term."""
+        return 0.0 if self.as_released and self.task == "code" else self.kl
+
 
 # --- the method, one function per equation -------------------------------------------
 
-def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6):
+def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6, released=False):
     """GRPO advantage per sample: A_i = (r_i - mean(r_group)) / (std(r_group) + eps).
 
     rewards_: (N,) with N = groups * group_size, group g at [g*k:(g+1)*k]. std is the
-    unbiased (n-1) estimate, as the released code computes it; a group of one gets 0.
+    unbiased (n-1) estimate, as the released code computes it. A group of one gets 0 (it
+    carries no comparison); released: mean 0 and std 1, so A = r (unreachable with n >= 2).
     norm="none" drops the division (Dr. GRPO).
     """
     r = torch.as_tensor(rewards_, dtype=torch.float64).view(-1, group_size)
     adv = r - r.mean(1, keepdim=True)
     if group_size == 1:
-        return torch.zeros(r.numel())
+        return r.view(-1).float() if released else torch.zeros(r.numel())
     if norm == "std":
         adv = adv / (r.std(1, keepdim=True) + eps)  # torch.std is the unbiased (n-1) estimate
     return adv.view(-1).float()
@@ -177,7 +197,34 @@ def kl_penalty(logp, ref_logp, mask, normalizer=None):
     return (k3 * mask).sum() / normalizer
 
 
-# --- rollouts ------------------------------------------------------------------------
+# --- one record per proposal ----------------------------------------------------------
+
+@dataclass
+class Proposal:
+    """Everything a step derives from one proposal, filled in the order the step runs.
+
+    Its proposer group is `index // n` (the n proposals from one prompt); its n answers are
+    one solver group, numbered by `index` too, so mini-batches follow the step's batch
+    whatever was dropped. An invalid proposal is not solved (reason says why) and counts
+    as proposer reward 0 in its group; as released it is solved as raw text instead.
+    """
+    index: int                       # position among the step's batch x n proposals
+    sample: rollout.Sample           # the proposer's sample
+    problem: rewards.Problem = None  # what the solver sees; None: not solved
+    reason: str = "ok"               # "ok", or why the proposal is invalid
+    answers: list = field(default_factory=list)         # the n solver Samples
+    extracted: list = field(default_factory=list)       # each answer's vote (or program, code)
+    majority: object = None                             # most common extracted answer, None included
+    majority_count: int = 0
+    task_rewards: list = field(default_factory=list)    # majority vote or test pass rates
+    solver_rewards: list = field(default_factory=list)  # what the solver is trained on (task or format)
+    proposer_reward: float = 0.0
+    truth: str = None                # arith diagnostic only: the problem's true value, never a reward
+
+    @property
+    def valid(self):
+        return self.reason == "ok"
+
 
 @dataclass
 class Seq:
@@ -185,13 +232,16 @@ class Seq:
     prompt_ids: list
     completion_ids: list
     advantage: float
-    group: int                     # problem index (solver) or prompt index (proposer) in the step's batch
+    group: int                     # proposal index (solver) or prompt index (proposer) in the step's batch
+    on_policy: bool = False        # in the first mini-batch of an update: old log-probs = current, detached
     old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model before the update
     ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
 
 
+# --- rollouts ------------------------------------------------------------------------
+
 def derive_seed(*keys):
-    """An independent 63-bit seed per (run seed, step, role, chunk): a resumed run samples what it would have."""
+    """An independent 63-bit seed per (run seed, step, role, prompt): a resumed run samples what it would have."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
@@ -207,57 +257,92 @@ def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
 
 
 def propose(sampler, tokenizer, cfg, seed):
-    """Steps 1-2: batch x n proposals from the topic prompt, parsed; returns (samples, problems, reasons)."""
+    """Steps 1-2: batch x n proposals from the topic prompt, each parsed into its record."""
     topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
-    proposals = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed)
-    parsed = [rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat) for s in proposals]  # truncated ones too, as released
-    problems, reasons = [p for p, _ in parsed], [r for _, r in parsed]
+    samples = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed)
+    batch = [Proposal(i, s, *rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat, released=cfg.as_released,
+                                                     arith_check=cfg.arith_check))
+             for i, s in enumerate(samples)]  # truncated ones too, as released
     if cfg.cat:  # all CaT checks of the step in one sandbox call
-        candidates = [i for i, p in enumerate(problems) if p is not None]
-        for i, (ok, reason) in zip(candidates, rewards.cat_filter([problems[i] for i in candidates])):
-            problems[i], reasons[i] = (problems[i] if ok else None), reason
-    return proposals, problems, reasons
+        candidates = [p for p in batch if p.problem is not None]
+        for p, (ok, reason) in zip(candidates, rewards.cat_filter([p.problem for p in candidates],
+                                                                  lenient=cfg.judge == "lenient")):
+            p.problem, p.reason = (p.problem if ok else None), reason
+    if cfg.as_released:  # invalid proposals are solved as their raw text (code: no tests, so score 0)
+        for p in batch:
+            p.problem = p.problem or rewards.Problem(p.sample.text)
+    return batch
 
 
-def solve(sampler, tokenizer, cfg, problems, reasons, seed):
-    """Step 3: n answers per valid problem; too-long solver prompts invalidate their proposal."""
-    valid, prompt_ids = [], []
-    for i, problem in enumerate(problems):
-        if problem is None:
+def solve(sampler, tokenizer, cfg, batch, seed):
+    """Step 3: n answers to each proposal that has a problem. A solver prompt longer than
+    `max_prompt` invalidates its proposal (released: it is cut from the left instead)."""
+    todo, prompt_ids = [], []
+    for p in batch:
+        if p.problem is None:
             continue
-        ids = rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, problem.text))
-        if len(ids) > cfg.max_prompt:
-            problems[i], reasons[i] = None, "prompt too long"
+        ids = rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, p.problem.text))
+        if len(ids) > cfg.max_prompt and not cfg.as_released:
+            p.problem, p.reason = None, "prompt too long"
             continue
-        valid.append(i)
-        prompt_ids.append(ids)
-    return valid, sample(sampler, tokenizer, prompt_ids, cfg.n, cfg, seed)
+        todo.append(p)
+        prompt_ids.append(ids[-cfg.max_prompt:])
+    answers = iter(sample(sampler, tokenizer, prompt_ids, cfg.n, cfg, seed))
+    for p in todo:
+        p.answers = [next(answers) for _ in range(cfg.n)]
 
 
-def score(cfg, problems, valid, answers):
-    """Step 4: solver rewards (n per valid problem), one proposer reward per valid problem, and the votes.
+def score(cfg, batch):
+    """Step 4: each solved proposal's votes, task rewards, solver rewards and proposer reward.
 
-    majority: solver sample scores 1 iff its answer equals the non-None majority;
-    tests: the fraction of the proposer's tests its program passes (sandboxed);
-    format: 1 for a parseable answer. Proposer: rewards.proposer_reward (sqlm: 1 < m < n).
+    Task rewards: majority (a sample scores 1 iff its answer equals the non-None majority) or
+    tests (the share of the proposer's tests its program passes, sandboxed). The solver is
+    trained on them, or with --solver-reward format on 1 per parseable answer. The proposer
+    reward always reads the task rewards (rewards.proposer_reward, sqlm: 1 < m < n for the
+    vote, 0 < mean < 1 for tests): the format baseline changes what the solver learns, not
+    which problems count as neither trivial nor impossible.
     """
-    n, solver_r, proposer_r, votes = cfg.n, [], [], []
-    texts = [s.text for s in answers]
+    solved = [p for p in batch if p.answers]
     code = cfg.task == "code"
-    extract = rewards.extract_program if code else rewards.extract_answer
-    extracted_all = [extract(t) for t in texts]  # answers, or programs for code
-    if cfg.solver_reward == "tests":  # every program x test of the step in one sandbox call
-        solver_r = rewards.test_pass_rates(extracted_all, [problems[i].tests for i in valid for _ in range(n)])
-    for k in range(len(valid)):
-        group, extracted = texts[k * n:(k + 1) * n], extracted_all[k * n:(k + 1) * n]
-        votes.append((extracted, *rewards.majority_vote(extracted)))
-        if cfg.solver_reward == "majority":
-            solver_r += rewards.majority_solver_rewards(extracted)
-        elif cfg.solver_reward == "format":
-            solver_r += rewards.format_solver_rewards(group, cfg.task)
-        kind = "tests" if code else "majority"
-        proposer_r.append(rewards.proposer_reward(solver_r[k * n:(k + 1) * n], rule=cfg.proposer_reward, kind=kind))
-    return solver_r, proposer_r, votes
+    for p in solved:
+        p.extracted = [rewards.extract_program(s.text) if code else rewards.extract_answer(s.text, cfg.as_released)
+                       for s in p.answers]
+        p.majority, p.majority_count = rewards.majority_vote(p.extracted)
+        if not code:
+            p.task_rewards = rewards.majority_solver_rewards(p.extracted)
+    if code:  # every program x test of the step in one sandbox call
+        rates = iter(rewards.test_pass_rates([x for p in solved for x in p.extracted],
+                                             [p.problem.tests for p in solved for _ in p.answers],
+                                             lenient=cfg.judge == "lenient"))
+        for p in solved:
+            p.task_rewards = [next(rates) for _ in p.answers]
+    for p in solved:
+        p.solver_rewards = (rewards.format_solver_rewards([s.text for s in p.answers], cfg.task, cfg.as_released)
+                            if cfg.solver_reward == "format" else p.task_rewards)
+        p.proposer_reward = rewards.proposer_reward(p.task_rewards, rule=cfg.proposer_reward,
+                                                    kind="tests" if code else "majority")
+        if cfg.task == "arith":
+            p.truth = rewards.arith_truth(p.problem.text)
+
+
+def to_sequences(batch, cfg, update_proposer):
+    """Step 5: GRPO advantages per group and the sequences each update trains on.
+
+    Solver: every solved proposal's n answers, one group each. Proposer (when it updates):
+    the n proposals of a prompt form a group, an unsolved proposal counting as reward 0;
+    invalid proposals are then masked out of the update (released: all are trained).
+    """
+    solved = [p for p in batch if p.answers]
+    solver_adv = iter(grpo_advantages([r for p in solved for r in p.solver_rewards], cfg.n, cfg.adv_norm,
+                                      released=cfg.as_released).tolist() if solved else [])
+    solver = [Seq(s.prompt_ids, s.completion_ids, next(solver_adv), group=p.index) for p in solved for s in p.answers]
+    if not update_proposer:
+        return solver, []
+    proposer_adv = grpo_advantages([p.proposer_reward for p in batch], cfg.n, cfg.adv_norm,
+                                   released=cfg.as_released).tolist()
+    proposer = [Seq(p.sample.prompt_ids, p.sample.completion_ids, a, group=p.index // cfg.n)
+                for p, a in zip(batch, proposer_adv) if p.valid or cfg.as_released]
+    return solver, proposer
 
 
 # --- old / reference log-probs and the update ----------------------------------------
@@ -280,12 +365,16 @@ def micro_logprobs(model, seqs, cfg, device):
 
 @torch.no_grad()
 def prepare(model, ref_model, seqs, cfg, device):
-    """Step 6: old log-probs from the training model (so the first ratio is exactly 1) and reference log-probs."""
-    for start in range(0, len(seqs), cfg.microbatch):
-        micro = seqs[start:start + cfg.microbatch]
-        for name, net in (("old_logp", model), ("ref_logp", ref_model)):
-            if net is None:
-                continue
+    """Step 6: old log-probs from the training model and reference log-probs from the frozen one.
+
+    A sequence marked `on_policy` (the first mini-batch of the solver update) skips the old
+    forward: nothing has moved yet, so its old log-probs are its current ones, detached, in
+    the update itself (the ratio is exactly 1 there).
+    """
+    for name, net in (("old_logp", model), ("ref_logp", ref_model)):
+        todo = [s for s in seqs if not (name == "old_logp" and s.on_policy)] if net is not None else []
+        for start in range(0, len(todo), cfg.microbatch):
+            micro = todo[start:start + cfg.microbatch]
             logp, comp = micro_logprobs(net, micro, cfg, device)
             for s, row, m in zip(micro, logp, comp.bool()):
                 setattr(s, name, row[m])
@@ -294,25 +383,28 @@ def prepare(model, ref_model, seqs, cfg, device):
 def accumulate_gradients(model, ref_model, minibatch, cfg, device):
     """Backward of one mini-batch's loss in micro-batches; returns token-weighted stats.
 
-    Every micro-batch divides by the token count of the whole mini-batch, so the summed
+    Ours: every micro-batch divides by the token count of the whole mini-batch, so the summed
     gradient is the same however the mini-batch is split (a per-micro-batch normaliser
-    would weight short micro-batches' tokens more).
+    would weight short micro-batches' tokens more). Released: each micro-batch's token mean,
+    averaged over the micro-batches.
     """
     tokens = sum(len(s.completion_ids) for s in minibatch)
+    micros = [minibatch[start:start + cfg.microbatch] for start in range(0, len(minibatch), cfg.microbatch)]
     totals = {}
-    for start in range(0, len(minibatch), cfg.microbatch):
-        micro = minibatch[start:start + cfg.microbatch]
+    for micro in micros:
         logp, comp = micro_logprobs(model, micro, cfg, device)
         mask = comp.bool()
-        old = torch.zeros_like(logp).masked_scatter(mask, torch.cat([s.old_logp for s in micro]))
+        old = torch.cat([logp[i][mask[i]].detach() if s.on_policy else s.old_logp for i, s in enumerate(micro)])
+        old = torch.zeros_like(logp).masked_scatter(mask, old)
         adv = torch.tensor([s.advantage for s in micro], device=device)
-        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, tokens, cfg.clip_c)
+        normalizer = mask.sum() * len(micros) if cfg.as_released else tokens
+        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, normalizer, cfg.clip_c)
         stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
         stats["pg_loss"] = loss.item() * tokens
-        if cfg.kl and ref_model is not None:
+        if cfg.kl_coef and ref_model is not None:
             ref = torch.zeros_like(logp).masked_scatter(mask, torch.cat([s.ref_logp for s in micro]))
-            kl = kl_penalty(logp, ref, comp, tokens)
-            loss = loss + cfg.kl * kl
+            kl = kl_penalty(logp, ref, comp, normalizer)
+            loss = loss + cfg.kl_coef * kl
             stats["kl"] = kl.item() * tokens
         loss.backward()
         for key, value in stats.items():
@@ -327,9 +419,9 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device):
     Returns the mean of each statistic over the mini-batches.
     """
     model.train()
-    # Mini-batch k holds groups [k*minibatch, (k+1)*minibatch) of the step's batch, as with the
-    # released code's loss mask 0 on invalid rows: 8 solver and 2 proposer steps at the
-    # paper's shape, fewer only when a whole mini-batch's proposals were invalid (no tokens).
+    # Mini-batch k holds groups [k*minibatch, (k+1)*minibatch) of the step's batch whatever was
+    # dropped: 8 solver and 2 proposer steps at the paper's shape, fewer only when a whole
+    # mini-batch's proposals were invalid (no tokens).
     minibatches = {}
     for s in seqs:
         minibatches.setdefault(s.group // cfg.minibatch, []).append(s)
@@ -349,28 +441,20 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device):
 # --- one step ------------------------------------------------------------------------
 
 def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device):
-    """Steps 1-8 of the module docstring; returns the step's metrics and per-proposal records."""
+    """Steps 1-8 of the module docstring; returns the step's metrics and one record per proposal."""
     update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0  # released: global step 5, 10, ...
     t0 = time.perf_counter()
-    proposals, problems, reasons = propose(sampler, tokenizer, cfg, seed=(cfg.seed, step, 0))
+    batch = propose(sampler, tokenizer, cfg, seed=(cfg.seed, step, 0))
     t1 = time.perf_counter()
-    valid, answers = solve(sampler, tokenizer, cfg, problems, reasons, seed=(cfg.seed, step, 1))
+    solve(sampler, tokenizer, cfg, batch, seed=(cfg.seed, step, 1))
     t2 = time.perf_counter()
-    solver_r, proposer_r, votes = score(cfg, problems, valid, answers)
+    score(cfg, batch)
     t3 = time.perf_counter()
-
-    # step 5: advantages. Solver groups: the n answers to one problem; proposer groups: the n
-    # proposals from one prompt, where an invalid proposal counts as reward 0 (it is never
-    # solved; the released code instead solves its raw text) and is then masked out of the update.
-    solver_adv = grpo_advantages(solver_r, cfg.n, cfg.adv_norm) if valid else torch.zeros(0)
-    per_proposal = torch.zeros(len(proposals))
-    per_proposal[valid] = torch.tensor(proposer_r, dtype=torch.float32)
-    proposer_adv = grpo_advantages(per_proposal, cfg.n, cfg.adv_norm)
-    solver_seqs = [Seq(s.prompt_ids, s.completion_ids, a, group=valid[k // cfg.n])
-                   for k, (s, a) in enumerate(zip(answers, solver_adv.tolist()))]
-    proposer_seqs = [Seq(proposals[i].prompt_ids, proposals[i].completion_ids, proposer_adv[i].item(),
-                         group=i // cfg.n) for i in valid] if update_proposer else []
-
+    solver_seqs, proposer_seqs = to_sequences(batch, cfg, update_proposer)
+    if solver_seqs:  # the solver's first mini-batch is on-policy: no separate old-log-prob pass
+        first = min(s.group for s in solver_seqs) // cfg.minibatch
+        for s in solver_seqs:
+            s.on_policy = s.group // cfg.minibatch == first
     # steps 6-8: the proposer's old log-probs are taken before the solver update changes the weights
     prepare(model, ref_model, solver_seqs + proposer_seqs, cfg, device)
     solver_stats = policy_update(model, ref_model, optimizer, solver_seqs, cfg, device) if solver_seqs else {}
@@ -380,40 +464,47 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
             for p_sample, p_train in zip(sampler.parameters(), model.parameters()):
                 p_sample.copy_(p_train)
     t4 = time.perf_counter()
+    metrics = {"step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2, "t_update": t4 - t3,
+               **step_metrics(batch, cfg),
+               **{f"solver_{k}": v for k, v in solver_stats.items()},
+               **{f"proposer_{k}": v for k, v in proposer_stats.items()}}
+    return metrics, [record(step, p) for p in batch]
 
-    groups = [solver_r[k * cfg.n:(k + 1) * cfg.n] for k in range(len(valid))]
+
+def step_metrics(batch, cfg):
+    """The step's figures, read off its records (means over solved proposals unless said)."""
+    solved = [p for p in batch if p.answers]
+    answers = [s for p in solved for s in p.answers]
+    prompt_groups = [batch[g:g + cfg.n] for g in range(0, len(batch), cfg.n)]
     metrics = {
-        "step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2, "t_update": t4 - t3,
-        "valid_rate": len(valid) / len(proposals),
-        "proposer_reward": float(np.mean(proposer_r)) if valid else 0.0,
-        "solver_reward": float(np.mean(solver_r)) if valid else 0.0,
-        "majority_share": float(np.mean([v[2] / cfg.n for v in votes])) if valid else 0.0,
-        "zero_signal": float(np.mean([len(set(g)) == 1 for g in groups])) if valid else 1.0,
-        "zero_signal_proposer": float(np.mean([len(set(per_proposal[g:g + cfg.n].tolist())) == 1
-                                               for g in range(0, len(proposals), cfg.n)])),
+        "valid_rate": float(np.mean([p.valid for p in batch])),
+        "proposer_reward": float(np.mean([p.proposer_reward for p in solved])) if solved else 0.0,
+        "solver_reward": float(np.mean([r for p in solved for r in p.solver_rewards])) if solved else 0.0,
+        "majority_share": float(np.mean([p.majority_count / cfg.n for p in solved])) if solved else 0.0,
+        "zero_signal": float(np.mean([len(set(p.solver_rewards)) == 1 for p in solved])) if solved else 1.0,
+        "zero_signal_proposer": float(np.mean([len({p.proposer_reward for p in g}) == 1 for g in prompt_groups])),
         "response_len": float(np.mean([len(s.completion_ids) for s in answers])) if answers else 0.0,
-        "proposal_len": float(np.mean([len(s.completion_ids) for s in proposals])),
-        "solver_entropy": token_mean_entropy(answers), "proposer_entropy": token_mean_entropy(proposals),
-        **{f"solver_{k}": v for k, v in solver_stats.items()},
-        **{f"proposer_{k}": v for k, v in proposer_stats.items()},
+        "proposal_len": float(np.mean([len(p.sample.completion_ids) for p in batch])),
+        "solver_entropy": token_mean_entropy(answers), "proposer_entropy": token_mean_entropy([p.sample for p in batch]),
     }
-    records, truths, slot = [], [], {i: j for j, i in enumerate(valid)}
-    for i, proposal in enumerate(proposals):
-        rec = {"step": step, "proposal": proposal.text, "valid": problems[i] is not None, "reason": reasons[i]}
-        if i in slot:
-            j = slot[i]
-            extracted, majority, count = votes[j]
-            rec.update(problem=problems[i].text, responses=[s.text for s in answers[j * cfg.n:(j + 1) * cfg.n]],
-                       answers=extracted, majority=majority, majority_count=count,
-                       solver_rewards=solver_r[j * cfg.n:(j + 1) * cfg.n], proposer_reward=proposer_r[j])
-            if cfg.task == "arith":  # label-quality diagnostic only, never a reward
-                rec["truth"] = rewards.arith_truth(problems[i].text)
-                if rec["truth"] is not None and majority is not None:
-                    truths.append(majority == rec["truth"])
-        records.append(rec)
-    if cfg.task == "arith":
-        metrics["majority_correct"] = float(np.mean(truths)) if truths else None
-    return metrics, records
+    if cfg.task == "arith":  # label quality: how often the vote is right, on problems with a true value and a vote
+        checked = [p for p in solved if p.truth is not None and p.majority is not None]
+        metrics["majority_checked"] = len(checked)
+        metrics["majority_correct"] = (float(np.mean([rewards.normalize_answer(p.majority) == p.truth
+                                                      for p in checked])) if checked else None)
+    return metrics
+
+
+def record(step, p):
+    """One samples.jsonl line: the proposal, its verdict, and (if solved) its answers, vote and rewards."""
+    rec = {"step": step, "index": p.index, "proposal": p.sample.text, "valid": p.valid, "reason": p.reason}
+    if p.answers:
+        rec.update(problem=p.problem.text, responses=[s.text for s in p.answers], answers=p.extracted,
+                   majority=p.majority, majority_count=p.majority_count, task_rewards=p.task_rewards,
+                   solver_rewards=p.solver_rewards, proposer_reward=p.proposer_reward)
+        if p.truth is not None:
+            rec["truth"] = p.truth
+    return rec
 
 
 def token_mean_entropy(samples):
@@ -483,7 +574,7 @@ def format_line(m):
               f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}",
               f"ent {m['solver_entropy']:.2f}", f"len {m['response_len']:.0f}"]
     if m.get("majority_correct") is not None:
-        fields.append(f"maj_ok {m['majority_correct']:.2f}")
+        fields.append(f"maj_ok {m['majority_correct']:.2f}/{m['majority_checked']}")
     if "eval_accuracy" in m:
         fields.append(f"eval {m['eval_accuracy']:.3f}")
     return " | ".join(fields)
@@ -508,6 +599,7 @@ def bf16_copy(model):
 
 def train(cfg):
     """The whole run: load, (resume), step loop with eval, logging and checkpoints. Returns the run dir."""
+    cfg = cfg.resolve()  # idempotent: no Config reaches the loop with its task defaults unfilled
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -517,7 +609,7 @@ def train(cfg):
     os.makedirs(run, exist_ok=True)
     model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
     ref_model = None
-    if cfg.kl:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
+    if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
         # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
         ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=device)[0]
         ref_model.requires_grad_(False)
@@ -571,12 +663,12 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="Self-Questioning Language Models: train a model on problems it writes.")
     p.error = lambda message: (print(f"sqlm.py: error: {message}", file=sys.stderr), sys.exit(2))
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or f.type == "bool":
-            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS)
+        flag, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default!r})"
+        if f.type is bool or f.type == "bool":  # --cat / --no-cat: a resumed run can switch a flag off
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=f"default: {f.default!r}")
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
     given = vars(p.parse_args(argv))
     if "resume" in given:
         if last_checkpoint(given["resume"]) is None:

@@ -7,7 +7,8 @@ one `{problem}` placeholder, filled with `str.replace` because code problems con
 Contracts the parsers in rewards.py rely on:
 - solvers reason in `<think> </think>` and answer in `<answer> </answer>`; the code solver
   ends with one ```python block that reads stdin and prints;
-- the arith proposer's whole reply is the problem;
+- the arith proposer's whole reply is the problem (one problem, numbers of up to three
+  digits, any operation, as released);
 - the algebra proposer ends with `Selected Question: ...`;
 - the code proposer writes the problem, a `Test Cases:` line and five `INPUT ||| OUTPUT`
   lines; with `cat`, then `Reference Solution:` and `Wrong Solution:` sections, each

@@ -93,11 +93,12 @@ def test_stdin_is_delivered_whole():
     assert (r.status, r.stdout.split()) == ("ok", ["1000000", "3500000"])
 
 
-def test_default_check_ignores_whitespace_and_check_can_be_replaced():
-    """Spacing and line ends do not matter by default; a caller's `check` is used instead when given."""
+def test_default_check_is_exact_and_check_can_be_replaced():
+    """By default the text must be equal up to trailing newlines (the released judge); a caller's
+    `check` is used instead when given."""
     code = "print('1  2\\n3 ')"
-    assert sandbox.run_tests(code, [("", "1 2 3")]) == [True]
-    assert sandbox.run_tests(code, [("", "1 2 3")], check=lambda out, exp: out == exp) == [False]
+    assert sandbox.run_tests(code, [("", "1  2\n3 "), ("", "1 2 3")]) == [True, False]
+    assert sandbox.run_tests(code, [("", "1 2 3")], check=lambda out, exp: out.split() == exp.split()) == [True]
 
 
 def test_run_many_keeps_order_and_runs_in_parallel():

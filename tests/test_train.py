@@ -63,9 +63,9 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--task", "poetry"], "unknown task 'poetry'"),
+    (["--task", "poetry"], "invalid choice: 'poetry'"),
     (["--batch", "many"], "invalid int value"),
-    (["--adv-norm", "max"], "--adv-norm must be std or none"),
+    (["--adv-norm", "max"], "argument --adv-norm: invalid choice: 'max'"),
     (["--model", "/no/such/model", "--task", "arith"], "model directory not found: /no/such/model"),
     (["--resume", "/no/such/run"], "no complete checkpoint in /no/such/run"),
     (["--kl", "nan"], "must be finite"),
