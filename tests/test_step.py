@@ -1,0 +1,295 @@
+"""The glue of one step, on hand-built records: score, to_sequences, the on-policy pass,
+the released behaviours behind --as-released, and the CLI's config surface.
+
+Each test names the wiring mutation it guards; all of these passed the whole suite before the
+step was rebuilt around one record per proposal."""
+import dataclasses
+
+import pytest
+import torch
+
+import rewards
+import rollout
+import sqlm
+
+CPU = torch.device("cpu")
+
+
+def sample(text, prompt=(1, 2), completion=(3, 4)):
+    return rollout.Sample(list(prompt), list(completion), text, True)
+
+
+def proposal(index, problem="What is 2 * 3?", answers=(), reason="ok"):
+    """A record as propose + solve leave it: a problem (or None with a reason) and its answers' texts."""
+    p = sqlm.Proposal(index, sample(problem, completion=(5, 6, index + 7)),
+                      rewards.Problem(problem) if reason == "ok" else None, reason)
+    p.answers = [sample(text, completion=(8, k + 9)) for k, text in enumerate(answers)]
+    return p
+
+
+def answered(*values):
+    return [f"<think>.</think><answer>{v}</answer>" if v is not None else "no answer" for v in values]
+
+
+def cfg_for(**kw):
+    return sqlm.Config(**{"task": "arith", "batch": 2, "n": 4, "minibatch": 1, **kw}).resolve()
+
+
+# --- score -------------------------------------------------------------------------------
+
+def test_score_majority_rewards_and_the_majority_rule_for_the_proposer():
+    """Each record is scored from its own answers: a split vote pays the proposer, unanimity and a
+    four-way split do not. Guards: the proposer scored with the tests rule (0 < mean < 1 pays the
+    four-way split), the proposer reward read from another record's slice."""
+    batch = [proposal(0, answers=answered(6, 6, 7, None)), proposal(1, answers=answered(1, 2, 3, 4)),
+             proposal(2, answers=answered(5, 5, 5, 5)), proposal(3, answers=answered(None, None, 8, 9))]
+    sqlm.score(cfg_for(), batch)
+    assert [p.solver_rewards for p in batch] == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
+    assert [p.proposer_reward for p in batch] == [1.0, 0.0, 0.0, 0.0]
+    assert [(p.majority, p.majority_count) for p in batch] == [("6", 2), ("1", 1), ("5", 4), (None, 2)]
+    assert [p.truth for p in batch] == ["6"] * 4
+
+
+def test_score_code_runs_the_proposers_tests():
+    """Code: each answer's program is run on its own record's tests; the proposer is paid for
+    0 < mean < 1. Guards: an exception or a wrong test set in score's code branch (no test reached
+    it with a valid problem before)."""
+    cfg = cfg_for(task="code")
+    double = [("2", "4"), ("5", "10")]
+    right, wrong, half = "print(int(input()) * 2)", "print(0)", "x = int(input())\nprint(4 if x == 2 else 0)"
+    batch = [proposal(0, "Double it.", [f"```python\n{c}\n```" for c in (right, right, wrong, half)]),
+             proposal(1, "Double it.", [f"```python\n{c}\n```" for c in (right,) * 4])]
+    for p in batch:
+        p.problem.tests = double
+    batch[1].problem.tests = [("3", "6")]
+    sqlm.score(cfg, batch)
+    assert [p.solver_rewards for p in batch] == [[1.0, 1.0, 0.0, 0.5], [1.0] * 4]
+    assert [p.proposer_reward for p in batch] == [1.0, 0.0]
+
+
+def test_format_baseline_trains_on_format_and_pays_the_proposer_by_the_vote():
+    """--solver-reward format: the solver's reward is 1 per parseable answer, while the proposer
+    reward still reads the majority vote (a 2-2 split pays, though every format reward is 1)."""
+    batch = [proposal(0, answers=answered(6, 6, 7, 7)), proposal(1, answers=answered(6, None, 6, 6))]
+    sqlm.score(cfg_for(solver_reward="format"), batch)
+    assert [p.solver_rewards for p in batch] == [[1.0] * 4, [1.0, 0.0, 1.0, 1.0]]
+    assert [p.task_rewards for p in batch] == [[1, 1, 0, 0], [1, 0, 1, 1]]
+    assert [p.proposer_reward for p in batch] == [1.0, 1.0]
+
+
+# --- groups and advantages -----------------------------------------------------------------
+
+def scored_batch():
+    """Two prompts x n=4 proposals; proposals 1 and 6 invalid (not solved)."""
+    values = {0: (6, 6, 7, 7), 2: (1, 1, 1, 1), 3: (2, 2, 2, 3), 4: (4, 4, 4, 4), 5: (5, 5, 9, 9), 7: (1, 2, 3, 4)}
+    batch = [proposal(i, answers=answered(*values[i])) if i in values else proposal(i, reason="no 'x'")
+             for i in range(8)]
+    return batch
+
+
+def test_solver_groups_are_numbered_by_proposal_not_by_surviving_row():
+    """Solver group = the proposal's index in the batch, so mini-batch k holds proposals
+    [k*minibatch, ...) whatever was dropped. Guard: groups numbered 0, 1, 2... over solved rows."""
+    cfg = cfg_for()
+    batch = scored_batch()
+    sqlm.score(cfg, batch)
+    solver, _ = sqlm.to_sequences(batch, cfg, update_proposer=False)
+    assert [s.group for s in solver] == [i for i in (0, 2, 3, 4, 5, 7) for _ in range(4)]
+    expected = sqlm.grpo_advantages([r for p in batch if p.answers for r in p.solver_rewards], 4)
+    assert [s.advantage for s in solver] == pytest.approx(expected.tolist())
+
+
+def test_invalid_proposals_count_zero_in_their_group_and_are_not_trained():
+    """An invalid proposal is reward 0 in its prompt's group, then masked out of the proposer
+    update. Guards: counting it 0.5 (or its group's mean), training it."""
+    cfg = cfg_for()
+    batch = scored_batch()
+    sqlm.score(cfg, batch)
+    _, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
+    rewards_ = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # 1 < m < n, invalid 1 and 6 count 0
+    assert [p.proposer_reward for p in batch] == rewards_
+    adv = sqlm.grpo_advantages(rewards_, 4).tolist()
+    assert [(s.group, s.advantage) for s in proposer] == [(i // 4, pytest.approx(adv[i])) for i in (0, 2, 3, 4, 5, 7)]
+    assert [s.completion_ids for s in proposer] == [batch[i].sample.completion_ids for i in (0, 2, 3, 4, 5, 7)]
+
+
+def test_as_released_trains_invalid_proposals_too():
+    """--as-released: no mask, every proposal of the group is trained (the released actor applies
+    its loss mask only in multi-turn mode)."""
+    cfg = cfg_for(as_released=True)
+    batch = scored_batch()
+    sqlm.score(cfg, batch)
+    _, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
+    assert [s.group for s in proposer] == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_step_records_and_metrics_read_the_same_proposals():
+    """samples.jsonl and the metrics come from the records: the valid rate counts records, maj_ok
+    says on how many problems it rests."""
+    cfg = cfg_for()
+    batch = scored_batch()
+    batch[3].problem = rewards.Problem("Write any problem.")  # no arithmetic expression: no truth
+    sqlm.score(cfg, batch)
+    metrics = sqlm.step_metrics(batch, cfg)
+    assert metrics["valid_rate"] == 6 / 8
+    assert metrics["majority_checked"] == 5
+    assert metrics["majority_correct"] == pytest.approx(1 / 5)  # truth 6: majorities 6, 1, 4, 5, 1
+    rec = sqlm.record(7, batch[0])
+    assert rec["step"] == 7 and rec["answers"] == ["6", "6", "7", "7"] and rec["proposer_reward"] == 1.0
+    assert sqlm.record(7, batch[1]) == {"step": 7, "index": 1, "proposal": batch[1].sample.text, "valid": False,
+                                        "reason": "no 'x'"}
+
+
+# --- released behaviours -------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,ours,released", [
+    ("<answer>56088</answer>", "56088", "56088"), ("<answer> 007 </answer>", "7", "007"),
+    ("<answer>56,088</answer>", "56088", None), ("<answer>3/4</answer>", "3/4", None),
+    ("<answer>x = 3</answer>", "3", None), ("<answer>\n12\n</answer>", "12", None),
+    ("<answer>1</answer> then <answer>2</answer>", "2", "2"),
+])
+def test_released_answers_are_what_int_reads(text, ours, released):
+    """Released votes are int()-parseable stripped strings from a one-line tag, compared as strings."""
+    assert rewards.extract_answer(text) == ours
+    assert rewards.extract_answer(text, released=True) == released
+
+
+def test_released_votes_compare_raw_strings():
+    """`007` and `7` are different votes as released, the same vote in ours."""
+    texts = answered("007", 7, 7, "007")
+    assert rewards.majority_solver_rewards([rewards.extract_answer(t) for t in texts]) == [1, 1, 1, 1]
+    assert rewards.majority_solver_rewards([rewards.extract_answer(t, True) for t in texts]) == [1, 0, 0, 1]
+
+
+def test_released_code_proposals_take_every_test_line_and_none_is_valid():
+    assert rewards.parse_proposal("code", "Echo.\nTest Cases:\nab ||| ab\n")[0] is None
+    problem, reason = rewards.parse_proposal("code", "Echo.\nTest Cases:\nab ||| ab\n", released=True)
+    assert reason == "ok" and problem.tests == [("ab", "ab")]
+    assert rewards.parse_proposal("code", "Echo.\nTest Cases:\nnone\n", released=True)[0].tests == []
+
+
+def test_arith_check_rejects_malformed_problems():
+    """--arith-check: "What is 61 * 8*?" splits the vote by being ambiguous; it is not a problem."""
+    assert rewards.parse_proposal("arith", "What is 61 * 8*?")[1] == "ok"
+    assert rewards.parse_proposal("arith", "What is 61 * 8*?", arith_check=True)[0] is None
+    assert rewards.parse_proposal("arith", "What is 61 * 8?", arith_check=True)[1] == "ok"
+
+
+def fake_rollouts(monkeypatch, texts):
+    """rollout.generate replaced: every sequence gets the next text; prompts are recorded."""
+    seen = []
+
+    def generate(model, tok, prompt_ids, n=1, **kw):
+        seen.extend(prompt_ids)
+        return [sample(next(texts), prompt=ids) for ids in prompt_ids for _ in range(n)]
+    monkeypatch.setattr(rollout, "generate", generate)
+    monkeypatch.setattr(rollout, "chat_prompt", lambda tok, text: list(range(len(text))))
+    return seen
+
+
+def test_released_solves_invalid_proposals_as_raw_text_and_cuts_long_prompts_from_the_left(monkeypatch):
+    """Ours: an algebra proposal without `Selected Question:` is not solved and a solver prompt over
+    max_prompt invalidates its proposal. Released: the raw reply is solved, and a long prompt is cut
+    to its last max_prompt tokens."""
+    replies = ["no marker here", "Selected Question: " + "long " * 200, "Selected Question: x + 1 = 2", "none"]
+    for as_released in (False, True):
+        cfg = sqlm.Config(task="algebra", batch=2, n=2, max_prompt=300, as_released=as_released).resolve()
+        seen = fake_rollouts(monkeypatch, iter(replies + ["<answer>1</answer>"] * 8))
+        batch = sqlm.propose(None, None, cfg, seed=(0,))
+        sqlm.solve(None, None, cfg, batch, seed=(1,))
+        solver_prompts = seen[2:]  # the proposer's two prompts first
+        if not as_released:
+            assert [p.reason for p in batch][:3] == ["no 'Selected Question:'", "prompt too long", "ok"]
+            assert [len(p.answers) for p in batch] == [0, 0, 2, 0]
+        else:
+            assert [len(p.answers) for p in batch] == [2, 2, 2, 2]
+            assert batch[0].problem.text == "no marker here"
+            assert max(map(len, solver_prompts)) == 300 and solver_prompts[1][-1] > 300  # the tail is kept
+
+
+def test_released_loss_is_a_mean_of_micro_batch_token_means(tiny_dir):
+    """As released, each micro-batch's token mean is divided by the number of micro-batches; ours
+    divides every token by the mini-batch's count. Checked against both formulas computed directly."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    prompts = [rollout.chat_prompt(tok, "go")]
+    outs = rollout.generate(model, tok, prompts, n=4, max_new_tokens=9, seed=3)
+    seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids[:2 + 3 * i], a, group=0)
+            for i, (s, a) in enumerate(zip(outs, [1.0, -0.5, 0.25, -1.0]))]
+    cfg = sqlm.Config(kl=0, microbatch=2)
+    sqlm.prepare(model, None, seqs, cfg, CPU)
+    for as_released in (False, True):
+        stats = sqlm.accumulate_gradients(model, None, seqs, dataclasses.replace(cfg, as_released=as_released), CPU)
+        # ratio 1 everywhere: the per-token loss is -A, so the two aggregations are simple sums
+        lengths = [len(s.completion_ids) for s in seqs]
+        if as_released:
+            want = sum((-seqs[i].advantage * lengths[i] - seqs[i + 1].advantage * lengths[i + 1])
+                       / (lengths[i] + lengths[i + 1]) for i in (0, 2)) / 2
+        else:
+            want = sum(-s.advantage * n for s, n in zip(seqs, lengths)) / sum(lengths)
+        assert stats["pg_loss"] == pytest.approx(want, rel=1e-5)
+        model.zero_grad()
+
+
+def test_released_code_config_has_no_kl():
+    assert sqlm.Config(task="code", as_released=True).resolve().kl_coef == 0.0
+    assert sqlm.Config(task="code").resolve().kl_coef == 0.001
+    assert sqlm.Config(task="arith", as_released=True).resolve().kl_coef == 0.001
+
+
+def test_released_group_of_one_gets_its_reward():
+    assert sqlm.grpo_advantages([1.0, 0.0], 1, released=True).tolist() == [1.0, 0.0]
+
+
+# --- the on-policy first mini-batch ----------------------------------------------------------
+
+def test_first_solver_minibatch_skips_the_old_log_prob_pass(tiny_dir, monkeypatch):
+    """The first mini-batch's old log-probs are its current ones: prepare runs no forward for it,
+    and its ratio is exactly 1. The other mini-batches still get theirs before any update."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    outs = rollout.generate(model, tok, [rollout.chat_prompt(tok, "go")], n=8, max_new_tokens=6, seed=0)
+    seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids, 1.0 - (i % 2), group=i // 2, on_policy=i < 4)
+            for i, s in enumerate(outs)]
+    cfg = sqlm.Config(kl=0, minibatch=2, microbatch=8, lr=1e-2)
+    rows = []
+    real = sqlm.micro_logprobs
+    monkeypatch.setattr(sqlm, "micro_logprobs", lambda m, micro, *a: rows.append(len(micro)) or real(m, micro, *a))
+    sqlm.prepare(model, None, seqs, cfg, CPU)
+    assert rows == [4]  # only the second mini-batch's rows
+    assert all(s.old_logp is None for s in seqs[:4]) and all(s.old_logp is not None for s in seqs[4:])
+    stats = sqlm.accumulate_gradients(model, None, seqs[:4], cfg, CPU)
+    assert stats["ratio"] == 1.0 and stats["clip_frac"] == 0.0
+
+
+def test_train_step_marks_only_the_solvers_first_minibatch_on_policy(tiny_dir, monkeypatch):
+    """The proposer's old log-probs predate the solver update: none of its sequences may skip them."""
+    marks = []
+    real = sqlm.prepare
+    monkeypatch.setattr(sqlm, "prepare", lambda m, r, seqs, *a: marks.append([s.on_policy for s in seqs])
+                        or real(m, r, seqs, *a))
+    cfg = sqlm.Config(task="arith", batch=4, n=2, minibatch=2, max_response=4, kl=0, proposer_every=1).resolve()
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    sqlm.train_step(0, model, model, None, optimizer, tok, cfg, CPU)
+    assert marks == [[True] * 4 + [False] * 12 + [False] * 8]  # 8 solver groups of 2, 2 a mini-batch; proposer 8
+
+
+# --- config surface -------------------------------------------------------------------------
+
+def test_help_shows_each_fields_comment_and_choices(capsys):
+    with pytest.raises(SystemExit):
+        sqlm.parse_args(["--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(sqlm.Config):
+        assert "--" + f.name.replace("_", "-") in out
+    assert "Code-as-Task filter" in out and "{std,none}" in out and "--no-cat" in out
+
+
+def test_a_resumed_run_can_switch_a_flag_off(tmp_path):
+    """--no-cat on resume overrides the saved config's cat=True (store_true flags could not)."""
+    run = tmp_path / "run"
+    (run / "step-000001").mkdir(parents=True)
+    (run / "step-000001" / "trainer_state.pt").write_bytes(b"")
+    saved = dataclasses.asdict(sqlm.Config(task="code", cat=True).resolve())
+    (run / "config.json").write_text(__import__("json").dumps(saved))
+    assert sqlm.parse_args(["--resume", str(run)]).cat is True
+    assert sqlm.parse_args(["--resume", str(run), "--no-cat"]).cat is False
