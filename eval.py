@@ -16,6 +16,7 @@ Left out: few-shot prompts, answer checking by a model, third-party benchmark fi
     python eval.py --task arith --model DIR [--data F] [--limit N] [--samples K] [--out F]
 """
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -56,6 +57,43 @@ def arith_set(size=ARITH_SIZE, seed=SEED, draws=ARITH_DRAWS):
         triples.append((a, b, a * b))
     unique = list(set(triples))  # the set's iteration order is part of the released file
     return [{"problem": f"What is {a} * {b}?", "answer": str(c)} for a, b, c in unique[-size:]]
+
+
+# --- arith, the tiny world: a difficulty knob and disjoint splits ------------------------
+
+WORLD_SPLITS = {"heldout": (0, 25), "dev": (25, 40), "train": (40, 100)}  # percent buckets of a pair's hash
+
+
+def operands(d):
+    """The operands with d digits (one digit: 2-9, leaving out the trivial 0 and 1)."""
+    return range(2, 10) if d == 1 else range(10 ** (d - 1), 10 ** d)
+
+
+def parse_digits(spec):
+    """"2x1,1x1" -> ((2, 1), (1, 1)): digits of a and of b, one shape per comma."""
+    try:
+        shapes = tuple(tuple(int(d) for d in shape.split("x")) for shape in spec.split(","))
+    except ValueError:
+        shapes = ()
+    if not shapes or any(len(s) != 2 or not 1 <= min(s) <= max(s) <= 4 for s in shapes):
+        raise ValueError(f"--digits must look like 2x1 or 2x1,1x1 (1 to 4 digits a side), not {spec!r}")
+    return shapes
+
+
+def world_split(a, b):
+    """Which split the pair (a, b) belongs to, fixed by a hash of the pair (not by any seed), so
+    the held-out problems never reach the base model's training data or the dev set."""
+    bucket = int(hashlib.sha256(f"{a}*{b}".encode()).hexdigest(), 16) % 100
+    return next(name for name, (lo, hi) in WORLD_SPLITS.items() if lo <= bucket < hi)
+
+
+def arith_world(digits=((2, 1),), split="heldout", size=None, seed=0):
+    """Problems "What is a * b?" of the given digit shapes whose pair lies in `split`, shuffled
+    by `seed` (the first `size`). heldout (25% of pairs) is never used to choose anything; dev
+    (15%) is for choosing settings; train (60%) is all the base model's labels ever see."""
+    pairs = [(a, b) for da, db in digits for a in operands(da) for b in operands(db) if world_split(a, b) == split]
+    random.Random(seed).shuffle(pairs)
+    return [{"problem": f"What is {a} * {b}?", "answer": str(a * b)} for a, b in pairs[:size]]
 
 
 # --- algebra -------------------------------------------------------------------------
