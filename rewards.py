@@ -39,8 +39,6 @@ _SELECTED = re.compile(r"selected question\s*:", re.IGNORECASE)
 _TEST_HEADER = re.compile(r"^[ \t*#]*test cases[ \t*]*:", re.IGNORECASE | re.MULTILINE)  # "Read T test cases:" is prose
 _SOLUTION_HEADER = re.compile(r"^[ \t*#]*(reference|wrong) solution[^\n:]*:", re.IGNORECASE | re.MULTILINE)
 _INPUT_LINE = re.compile(r"[+-]?\d+(?:[ \t]+[+-]?\d+)*", re.ASCII)
-_FACTOR = r"[+-]?\d{1,3}(?:,\d{3})+|[+-]?\d+"
-_PRODUCT = re.compile(rf"(?<![\w.])({_FACTOR})\s*(?:\*|×|x|X|·|\\times|\\cdot)\s*({_FACTOR})(?!\w|\.\d)", re.ASCII)
 
 
 # --- proposals -------------------------------------------------------------------------
@@ -406,6 +404,17 @@ def arith_truth(problem_text):
     return None if value is None else str(value)
 
 
+def arith_shape(problem_text):
+    """The problem's kind for the proposer's mix: "AxB" (digits of each operand) for a plain
+    product of two integers, "other" for any other well-formed expression, "malformed" else."""
+    if arith_value(problem_text) is None:
+        return "malformed"
+    tokens = [tok for _, tok in _expression(problem_text)]
+    if len(tokens) == 3 and tokens[1] == "*":
+        return f"{len(tokens[0])}x{len(tokens[2])}"
+    return "other"
+
+
 # --- a safe exact reader of arithmetic problems ----------------------------------------
 
 _ARITH_TOKEN = re.compile(r"""
@@ -416,6 +425,24 @@ _ARITH_TOKEN = re.compile(r"""
 _OPS = {"×": "*", "·": "*", "\\times": "*", "\\cdot": "*", "x": "*", "X": "*", "÷": "/", "\\div": "/",
         "\u2212": "-"}
 MAX_PROBLEM_CHARS = 500  # longer problems are not read (keeps the parser cheap on any text)
+
+
+def _expression(problem_text):
+    """The (kind, token) list of the text's one run of numbers, operators and parentheses that
+    holds a number and an operator; [] if there is none or more than one, or the text is too long."""
+    if len(problem_text) > MAX_PROBLEM_CHARS:
+        return []
+    runs, current = [], []
+    for m in _ARITH_TOKEN.finditer(problem_text):
+        if m.lastgroup == "other":
+            runs.append(current)
+            current = []
+        elif m.lastgroup != "space":
+            current.append((m.lastgroup, _OPS.get(m.group(), m.group()).replace(",", "")))
+    runs = [r for r in runs + [current] if any(kind == "num" for kind, _ in r)]
+    if len(runs) != 1 or not any(kind == "op" and tok not in "()" for kind, tok in runs[0]):
+        return []
+    return runs[0]
 
 
 def arith_value(problem_text):
@@ -429,19 +456,9 @@ def arith_value(problem_text):
     not parse ("61 * 8*"), or divides by zero. Never `eval`: a recursive-descent parser
     over at most MAX_PROBLEM_CHARS characters, so no input can make it slow.
     """
-    if len(problem_text) > MAX_PROBLEM_CHARS:
+    tokens, pos = _expression(problem_text), 0
+    if not tokens:
         return None
-    runs, current = [], []
-    for m in _ARITH_TOKEN.finditer(problem_text):
-        if m.lastgroup == "other":
-            runs.append(current)
-            current = []
-        elif m.lastgroup != "space":
-            current.append((m.lastgroup, _OPS.get(m.group(), m.group()).replace(",", "")))
-    runs = [r for r in runs + [current] if any(kind == "num" for kind, _ in r)]
-    if len(runs) != 1 or not any(kind == "op" and tok not in "()" for kind, tok in runs[0]):
-        return None
-    tokens, pos = runs[0], 0
 
     def peek():
         return tokens[pos][1] if pos < len(tokens) else None

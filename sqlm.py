@@ -93,6 +93,8 @@ class Config:
     seed: int = opt(0, "run seed: sampling streams derive from (seed, step, role, prompt)")
     eval_every: int = opt(5, "greedy eval at step 0 and every k steps; 0 = never")
     eval_limit: int = opt(0, "0 = the whole held-out set")
+    eval_data: str = opt("", "JSONL file replacing the built-in held-out set (eval.py's format)")
+    eval_samples: int = opt(0, "also k samples per problem at --temperature: sampled accuracy, pass@k, maj@k")
     save_every: int = opt(0, "0 = save at the end only")
     out: str = opt("", "run directory; '' = runs/<task>-<time>")
     resume: str = opt("", "run directory to continue from its last complete checkpoint")
@@ -124,7 +126,7 @@ class Config:
                   (self.lr > 0 and self.temperature > 0 and 0 < self.top_p <= 1 and self.grad_clip > 0,
                    "--lr, --temperature and --grad-clip must be > 0, --top-p in (0, 1]"),
                   (min(self.clip_high, self.kl, self.weight_decay, self.proposer_every, self.eval_every,
-                       self.eval_limit, self.save_every, self.seed) >= 0 and 0 <= self.clip_low < 1,
+                       self.eval_limit, self.eval_samples, self.save_every, self.seed) >= 0 and 0 <= self.clip_low < 1,
                    "--clip-low must be in [0, 1); clip, kl, weight decay, periods, limits and seed must be >= 0"),
                   (self.clip_c == 0 or self.clip_c > 1, "--clip-c must be > 1 (or 0 to disable)")]
         for ok, message in checks:
@@ -492,6 +494,8 @@ def step_metrics(batch, cfg):
         metrics["majority_checked"] = len(checked)
         metrics["majority_correct"] = (float(np.mean([rewards.normalize_answer(p.majority) == p.truth
                                                       for p in checked])) if checked else None)
+        shapes = [rewards.arith_shape(p.problem.text) for p in batch if p.valid]
+        metrics["proposal_mix"] = {s: shapes.count(s) / len(shapes) for s in sorted(set(shapes))}
     return metrics
 
 
@@ -577,14 +581,24 @@ def format_line(m):
         fields.append(f"maj_ok {m['majority_correct']:.2f}/{m['majority_checked']}")
     if "eval_accuracy" in m:
         fields.append(f"eval {m['eval_accuracy']:.3f}")
+    if "eval_sampled_accuracy" in m:
+        fields.append(f"sampled {m['eval_sampled_accuracy']:.3f}")
     return " | ".join(fields)
 
 
 def run_eval(sampler, tokenizer, cfg):
+    """Held-out figures: greedy (eval_*), and with --eval-samples k also k samples per problem at
+    the training temperature (eval_sampled_*: accuracy of one sample, pass@k, maj@k)."""
     import eval as heldout
-    result = heldout.evaluate(sampler, tokenizer, cfg.task, limit=cfg.eval_limit or None,
-                              max_new_tokens=cfg.max_response, batch_size=cfg.rollout_rows)
-    return {f"eval_{k}": v for k, v in result.items() if isinstance(v, (int, float))}
+    problems = heldout.read_jsonl(cfg.eval_data, cfg.task) if cfg.eval_data else None
+    runs = [("eval_", 1, 0.0)] + ([("eval_sampled_", cfg.eval_samples, cfg.temperature)] if cfg.eval_samples else [])
+    figures = {}
+    for prefix, samples, temperature in runs:
+        result = heldout.evaluate(sampler, tokenizer, cfg.task, problems, limit=cfg.eval_limit or None,
+                                  samples=samples, temperature=temperature, max_new_tokens=cfg.max_response,
+                                  batch_size=cfg.rollout_rows)
+        figures.update({prefix + k: v for k, v in result.items() if isinstance(v, (int, float))})
+    return figures
 
 
 def bf16_copy(model):

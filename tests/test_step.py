@@ -293,3 +293,30 @@ def test_a_resumed_run_can_switch_a_flag_off(tmp_path):
     (run / "config.json").write_text(__import__("json").dumps(saved))
     assert sqlm.parse_args(["--resume", str(run)]).cat is True
     assert sqlm.parse_args(["--resume", str(run), "--no-cat"]).cat is False
+
+
+@pytest.mark.parametrize("text,shape", [
+    ("What is 47 * 8?", "2x1"), ("What is 123 × 45?", "3x2"), ("7 x 8", "1x1"), ("What is 1,234 * 5?", "4x1"),
+    ("What is 12 + 3?", "other"), ("What is 2 * 3 * 4?", "other"), ("What is 12 - 3 * 4?", "other"),
+    ("What is 61 * 8*?", "malformed"), ("Think of a number.", "malformed"),
+])
+def test_arith_shape_names_the_proposers_problem_kind(text, shape):
+    """The proposer's problem mix: digits of a plain product's operands, else other or malformed."""
+    assert rewards.arith_shape(text) == shape
+
+
+def test_eval_data_and_sampled_eval_reach_the_held_out_run(monkeypatch, tmp_path):
+    """--eval-data replaces the built-in set; --eval-samples k adds a run of k samples at the
+    training temperature whose figures are logged as eval_sampled_*."""
+    import eval as heldout
+    data = tmp_path / "dev.jsonl"
+    data.write_text('{"problem": "What is 2 * 3?", "answer": 6}\n')
+    calls = []
+
+    def evaluate(model, tok, task, problems=None, **kw):
+        calls.append((problems, kw["samples"], kw["temperature"]))
+        return {"accuracy": 0.25 * kw["samples"]}
+    monkeypatch.setattr(heldout, "evaluate", evaluate)
+    cfg = sqlm.Config(task="arith", eval_data=str(data), eval_samples=4, temperature=0.7).resolve()
+    assert sqlm.run_eval(None, None, cfg) == {"eval_accuracy": 0.25, "eval_sampled_accuracy": 1.0}
+    assert [(p[0]["problem"], k, t) for p, k, t in calls] == [("What is 2 * 3?", 1, 0.0), ("What is 2 * 3?", 4, 0.7)]
