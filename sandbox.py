@@ -208,6 +208,9 @@ class Result:
 
 # --- isolation layers, probed once ----------------------------------------------------
 
+ALL_LAYERS = ("bwrap", "uid", "cgroup", "seccomp")
+
+
 @dataclass(frozen=True)
 class Isolation:
     layers: tuple  # the subset of ("bwrap", "uid", "cgroup", "seccomp") in force
