@@ -356,8 +356,8 @@ def test_runs_share_nothing(channel, caplog):
     if "bwrap" not in LAYERS:
         skip_reported("bwrap", caplog)
     add_key, request_key = _key(channel)
-    tag = marker()
-    writer, reader = (LIBC + f"KEY, ADD_KEY, REQUEST_KEY = {random.randint(10**6, 10**9)}, {add_key}, {request_key}\n"
+    tag, key = marker(), random.randint(10**6, 10**9)
+    writer, reader = (LIBC + f"KEY, ADD_KEY, REQUEST_KEY = {key}, {add_key}, {request_key}\n"
                       + code.replace("TAG", tag.replace(".", "")) for code in CHANNELS[channel])
     beside = sandbox.run_many([(writer + "\ntime.sleep(1.5)", ""), ("import time\ntime.sleep(0.7)\n" + reader, "")],
                               timeout=5, workers=2)
@@ -422,14 +422,15 @@ def test_memory_is_capped_for_the_whole_run(caplog):
 
 
 def test_a_forking_spinner_does_not_starve_its_neighbour(caplog):
-    """40 CPU spinners in one run; a 0.1 s computation beside it still finishes within its timeout."""
+    """40 CPU spinners in one run, each in a session of its own (so autogroup scheduling does not group them);
+    a 0.3 s computation beside it still finishes within its timeout."""
     if "cgroup" not in LAYERS:
         skip_reported("cgroup", caplog)
-    spinner = "import os\nfor _ in range(40):\n    if os.fork() == 0:\n        break\nwhile True:\n    pass"
-    worker = "import time\ntime.sleep(0.3)\nprint(sum(range(3 * 10**6)))"
+    spinner = LIBC + "for _ in range(40):\n    if os.fork() == 0:\n        setsid()\n        break\nwhile True:\n    pass"
+    worker = "import time\ntime.sleep(0.3)\nprint(sum(range(10**7)))"
     results = sandbox.run_many([(spinner, ""), (worker, "")], timeout=2.5, workers=2)
     assert results[0].status == "timeout"
-    assert (results[1].status, results[1].stdout) == ("ok", f"{sum(range(3 * 10**6))}\n")
+    assert (results[1].status, results[1].stdout) == ("ok", f"{sum(range(10**7))}\n")
 
 
 def test_oom_preference_cannot_be_lowered():
