@@ -327,6 +327,16 @@ def test_no_process_outlives_its_run(attack, caplog):
     assert not left, "a process outlived its run"
 
 
+def test_no_process_of_a_test_survives_into_the_next(caplog):
+    """Tests of one program share its box: a process that test 1 leaves (in a session of its own) is gone
+    before test 2 starts."""
+    if "bwrap" not in LAYERS:
+        skip_reported("bwrap", caplog)
+    code = (LIBC + "if input() == '1':\n    if os.fork() == 0:\n        setsid()\n        os.execvp('sleep', ['sleep', '30'])\n"
+            "    print('left one')\nelse:\n    print([p for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid())])")
+    assert sandbox.run_tests(code, [("1", "left one"), ("2", "[]")], workers=1) == [True, True]
+
+
 def _key(name):
     nrs = {"x86_64": (248, 249), "aarch64": (217, 218)}.get(os.uname().machine)
     if nrs is None:
