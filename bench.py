@@ -2,7 +2,7 @@
 
     python bench.py rollout [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--prompts 8 --n 4 --new 128 --repeat 3]
     python bench.py update  [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--seqs 16 --prompt 64 --len 256 --repeat 3]
-    python bench.py sandbox [--programs 40 --tests 5]
+    python bench.py sandbox [--programs 40 --tests 5 --repeat 3]
 
 Goals (not asserted in tests): `generate` no slower than Hugging Face `generate` on the
 same job, and faster when `n > 1` shares a prompt or rows finish at different times;
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -234,46 +235,59 @@ def make_jobs(programs, tests, seed=0):
     return jobs
 
 
-def plain_subprocess(code, stdin, timeout):
+def plain_subprocess(python, code, stdin, timeout):
+    """The fair baseline: the sandbox's own interpreter with the same flags (-I -S), unsandboxed."""
     try:
-        r = subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run([python, "-I", "-S", "-c", code], input=stdin, capture_output=True, text=True,
+                           timeout=timeout, cwd=tempfile.gettempdir())
     except subprocess.TimeoutExpired:
         return False, ""
     return r.returncode == 0, r.stdout
 
 
 def bench_sandbox(args):
+    """Tests/s of four ways to run the same jobs, taking turns `--repeat` times after a warm-up: the
+    sandbox and plain subprocess.run of the same interpreter and flags, each as a pool of one thread
+    per core and one at a time. Medians and ranges; the per-test isolation cost from the serial pair."""
     jobs = make_jobs(args.programs, args.tests)
     timeout = 5.0
     iso = sandbox.isolation()  # probe before timing
     workers = os.cpu_count()
-
-    def timed(fn):
-        start = time.perf_counter()
-        verdicts = fn()
-        return verdicts, len(jobs) / (time.perf_counter() - start)
+    expected = [p % 5 != 4 for p in range(args.programs) for _ in range(args.tests)]
 
     def through_sandbox(workers):
-        results = sandbox.run_many([(code, stdin) for code, stdin, _ in jobs], timeout=timeout, workers=workers)
-        return [r.status == "ok" and sandbox.same_output(r.stdout, exp) for r, (_, _, exp) in zip(results, jobs)]
+        return sandbox.run_many(jobs, timeout=timeout, workers=workers,
+                                judge=lambda job, r: r.status == "ok" and sandbox.same_output(r.stdout, job[2]))
 
-    def serial_plain():
-        outcomes = [plain_subprocess(code, stdin, timeout) for code, stdin, _ in jobs]
-        return [ok and sandbox.same_output(out, exp) for (ok, out), (_, _, exp) in zip(outcomes, jobs)]
+    def plain(workers):
+        def one(job):
+            ok, out = plain_subprocess(iso.python, job[0], job[1], timeout)
+            return ok and sandbox.same_output(out, job[2])
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, jobs))
 
-    through_sandbox(workers)  # warm-up (page cache, first spawns)
-    pool, pool_rate = timed(lambda: through_sandbox(workers))
-    serial_sb, serial_sb_rate = timed(lambda: through_sandbox(1))
-    serial, serial_rate = timed(serial_plain)
-    expected = [p % 5 != 4 for p in range(args.programs) for _ in range(args.tests)]
+    ways = {"sandbox_pool": lambda: through_sandbox(workers), "plain_pool": lambda: plain(workers),
+            "sandbox_serial": lambda: through_sandbox(1), "plain_serial": lambda: plain(1)}
+    load_before = os.getloadavg()[0]
+    correct = all(fn() == expected for fn in ways.values())  # warm-up, and correctness first
+    rates = {name: [] for name in ways}
+    for r in range(args.repeat):
+        for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+            start = time.perf_counter()
+            fn = ways[name]()
+            rates[name].append(len(jobs) / (time.perf_counter() - start))
+            correct = correct and fn == expected
+    med = {name: statistics.median(v) for name, v in rates.items()}
     return {"bench": "sandbox", "jobs": len(jobs), "programs": args.programs, "tests_per_program": args.tests,
-            "pool_tests_per_s": round(pool_rate, 1), "serial_subprocess_tests_per_s": round(serial_rate, 1),
-            "speedup": round(pool_rate / serial_rate, 2),
-            "serial_sandbox_tests_per_s": round(serial_sb_rate, 1),  # isolation cost without the pool
-            "verdicts_correct": pool == expected == serial == serial_sb,
-            "workers": workers, "layers": list(iso.layers), "sandbox_python": iso.python,
+            "repeat": args.repeat, "verdicts_correct": correct,
+            **{f"{name}_tests_per_s": round(m, 1) for name, m in med.items()},
+            **{f"{name}_range": [round(min(v), 1), round(max(v), 1)] for name, v in rates.items()},
+            "pool_vs_plain_pool": round(med["sandbox_pool"] / med["plain_pool"], 2),
+            "serial_cost_ms_per_test": round(1000 / med["sandbox_serial"] - 1000 / med["plain_serial"], 1),
+            "workers": workers, "layers": list(iso.layers), "python": iso.python,
             "machine": f"{platform.processor() or platform.machine()} x{os.cpu_count()} cpus, "
-                       f"{platform.system()} {platform.release()}, load {os.getloadavg()[0]:.1f}"}
+                       f"{platform.system()} {platform.release()}",
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
 # --- CLI -----------------------------------------------------------------------------
@@ -299,9 +313,10 @@ def main(argv=None):
     u.add_argument("--len", type=int, default=256, help="completion tokens per sequence")
     u.add_argument("--microbatch", type=int, default=8)
     u.add_argument("--repeat", type=int, default=3, help="as for rollout")
-    s = sub.add_parser("sandbox", help="sandboxed tests per second: the pool vs serial plain subprocess.run")
+    s = sub.add_parser("sandbox", help="sandboxed tests per second vs plain subprocess.run of the same interpreter")
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
+    s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
     a = p.parse_args(argv)
     if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
                                              "programs", "tests")) < 1:
