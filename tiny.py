@@ -313,7 +313,8 @@ def main_pretrain(argv):
     p.add_argument("--corrupt", type=float, default=0.3,
                    help="share of solver replies with one wrong digit in the working (and the answer it implies)")
     p.add_argument("--proposer-share", type=float, default=0.15, help="share of proposer turns")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (on a shared 2-core machine one is many times faster than two)")
     a = p.parse_args(argv)
     check_shape(p, a)
     try:
