@@ -25,6 +25,7 @@ tiny model exists to test plumbing and measure speed, not to reproduce the paper
 import argparse
 import os
 import random
+import sys
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -51,18 +52,24 @@ def tokenizer_corpus(seed=0, transcripts=2000):
         yield from transcript(rng)
 
 
-def make_tokenizer(vocab_size=1024) -> PreTrainedTokenizerFast:
+def make_tokenizer(vocab_size=1024, single_digits=False, corpus=None) -> PreTrainedTokenizerFast:
     """Byte-level BPE (every byte sequence encodes) + the three chat special tokens.
 
     The merges are learnt from the task prompts, so a solver prompt is a few hundred tokens
     rather than a thousand bytes: that is what makes CPU pre-training and runs quick.
+    single_digits: split every digit into its own token before the merges (Qwen2.5 does the
+    same), so "376" is three ids, 3 7 6, and a product is written digit by digit; the
+    default BPE learns multi-digit tokens such as "37", which a tiny model cannot multiply
+    with. corpus: the texts the merges are learnt from (default: `tokenizer_corpus()`).
     """
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                          if single_digits else byte_level)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(tokenizer_corpus(), trainer)
+    core.train_from_iterator(tokenizer_corpus() if corpus is None else corpus, trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token="<|im_end|>",  # end of an assistant turn, as in Qwen2.5-Instruct
@@ -72,9 +79,10 @@ def make_tokenizer(vocab_size=1024) -> PreTrainedTokenizerFast:
 
 
 def make(out_dir, layers=2, hidden=64, heads=4, kv_heads=2, intermediate=None,
-         max_positions=8192, init_std=0.3, seed=0):
-    """Write a seeded random Qwen2 model and its tokenizer to `out_dir`; return `out_dir`."""
-    tokenizer = make_tokenizer()
+         max_positions=8192, init_std=0.3, seed=0, tokenizer=None):
+    """Write a seeded random Qwen2 model and its tokenizer (default: `make_tokenizer()`) to
+    `out_dir`; return `out_dir`."""
+    tokenizer = tokenizer or make_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -159,8 +167,94 @@ def transcript(rng):
     return prompts.solver_prompt("code", problem), f"<think>\nRead, compute, print.\n</think>\n```python\n{program}\n```"
 
 
-def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25):
-    """Teach the saved model the tasks' formats: cross-entropy on the assistant replies only."""
+# --- the arith world: a base model that multiplies, unreliably --------------------------
+
+PROPOSER_SHAPES = ((1, 1), (2, 1), (2, 2), (3, 1), (3, 2))  # what the base proposer writes, easy to hard
+
+
+def partial_products(a, b):
+    """[(line's left side, value)]: a * b by the place values of a, then their sum.
+
+    47 * 8 -> [("40 * 8", 320), ("7 * 8", 56), ("320 + 56", 376)]; a zero place is left
+    out (40 * 8 is one line); b has one digit here, a longer b is written the same way.
+    """
+    places = [int(d) * 10 ** i for i, d in enumerate(reversed(str(a))) if d != "0"][::-1]
+    lines = [(f"{p} * {b}", p * b) for p in places]
+    if len(lines) > 1:
+        lines.append((" + ".join(str(v) for _, v in lines), sum(v for _, v in lines)))
+    return lines
+
+
+def corrupt_one_digit(value, rng):
+    """`value` with one digit, chosen at random, replaced by another (no new leading zero)."""
+    digits = list(str(value))
+    i = rng.randrange(len(digits))
+    choices = [d for d in "0123456789" if d != digits[i] and not (d == "0" and i == 0 and len(digits) > 1)]
+    digits[i] = rng.choice(choices)
+    return int("".join(digits))
+
+
+def arith_reply(a, b, rng, corrupt=0.0):
+    """The solver's reply to "What is a * b?": partial products in <think>, the sum in <answer>.
+
+    With probability `corrupt` one digit of one line's value is wrong and every later line
+    follows from it (a wrong partial product gives a wrong sum), so the answer is the one
+    the written working implies: a model trained on these is sometimes wrong when sampled
+    but right in its majority, the regime where majority-vote RL has something to gain.
+    """
+    lines = partial_products(a, b)
+    if rng.random() < corrupt:
+        bad = rng.randrange(len(lines))
+        values = [v for _, v in lines]
+        values[bad] = corrupt_one_digit(values[bad], rng)
+        if bad < len(lines) - 1:  # the sum line adds the (now wrong) partial products
+            lines = [(left, v) for (left, _), v in zip(lines[:-1], values[:-1])]
+            lines.append((" + ".join(str(v) for _, v in lines), sum(v for _, v in lines)))
+        else:
+            lines = [(left, v) for (left, _), v in zip(lines, values)]
+    working = "\n".join(f"{left} = {v}" for left, v in lines)
+    return f"<think>\n{working}\n</think>\n<answer>{lines[-1][1]}</answer>"
+
+
+def world_pairs(shapes):
+    """{shape: [(a, b)]} of the train split only: the base never sees a dev or held-out pair."""
+    import eval as world  # the split lives with the eval sets, so both sides use one hash
+    return {shape: [(a, b) for a in world.operands(shape[0]) for b in world.operands(shape[1])
+                    if world.world_split(a, b) == "train"] for shape in shapes}
+
+
+def arith_transcripts(solver_shapes=((2, 1), (1, 1)), corrupt=0.3, proposer_share=0.15):
+    """rng -> (user prompt, reply): the arith task's real prompts, as `transcript` does.
+
+    Solver turns (1 - proposer_share): a train-split pair of a shape in `solver_shapes`
+    (shape first, uniformly, so 1x1 is not drowned by 2x1), answered by `arith_reply`.
+    Proposer turns: "What is a * b?" of a shape in PROPOSER_SHAPES, uniformly, train pairs
+    only, so the proposer starts with a spread of difficulties and no answer in its reply.
+    """
+    import prompts
+    solver_pairs, proposer_pairs = world_pairs(solver_shapes), world_pairs(PROPOSER_SHAPES)
+
+    def draw(rng):
+        if rng.random() < proposer_share:
+            a, b = rng.choice(proposer_pairs[rng.choice(PROPOSER_SHAPES)])
+            return prompts.proposer_prompt("arith"), f"What is {a} * {b}?"
+        a, b = rng.choice(solver_pairs[rng.choice(solver_shapes)])
+        return prompts.solver_prompt("arith", f"What is {a} * {b}?"), arith_reply(a, b, rng, corrupt)
+    return draw
+
+
+def arith_tokenizer(seed=0, transcripts=2000):
+    """One token per digit, merges learnt from arith transcripts (short prompts)."""
+    draw, rng = arith_transcripts(PROPOSER_SHAPES), random.Random(seed)
+    return make_tokenizer(single_digits=True, corpus=(text for _ in range(transcripts) for text in draw(rng)))
+
+
+def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25, transcripts=transcript):
+    """Train the saved model by cross-entropy on the assistant replies only, then save it.
+
+    transcripts(rng) -> (user prompt, reply): default `transcript` (the three tasks' formats);
+    `arith_transcripts(...)` for the arith world. Linear warm-up, linear decay to 0.
+    """
     import rollout
     model, tokenizer = rollout.load(out_dir, device="cpu")
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -173,7 +267,7 @@ def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25):
     for step in range(steps):
         pairs = []
         for _ in range(batch):
-            user, reply = transcript(rng)
+            user, reply = transcripts(rng)
             pairs.append((rollout.chat_prompt(tokenizer, user), tokenizer.encode(reply, add_special_tokens=False) + [end]))
         ids, attn, comp = rollout.pack(pairs, tokenizer.pad_token_id, "cpu")
         logp = rollout.token_logprobs(model, ids, attn, comp)
@@ -190,20 +284,66 @@ def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25):
     return losses
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Write a tiny random Qwen2 model + tokenizer (offline).")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
-                   help="then teach it the tasks' formats on synthetic transcripts (CPU; try 200)")
-    a = p.parse_args(argv)
+def check_shape(p, a):
     if a.hidden % a.heads or a.heads % a.kv_heads or (a.hidden // a.heads) % 2:
         p.error("--hidden must be divisible by --heads into an even head size (rotary embeddings), "
                 "and --heads by --kv-heads")
+
+
+def add_shape_args(p, layers=2, hidden=64):
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--hidden", type=int, default=hidden)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def main_pretrain(argv):
+    """`tiny.py pretrain --task arith`: a base model for the arith world (see `arith_transcripts`)."""
+    import eval as world
+    p = argparse.ArgumentParser(prog="tiny.py pretrain",
+                                description="Write a tiny Qwen2 model pre-trained to play both roles of a task (CPU).")
+    p.add_argument("--task", required=True, choices=["arith"])
+    add_shape_args(p, layers=4, hidden=128)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--digits", default="2x1,1x1", help="solver problems' shapes, digits of a x digits of b")
+    p.add_argument("--corrupt", type=float, default=0.3,
+                   help="share of solver replies with one wrong digit in the working (and the answer it implies)")
+    p.add_argument("--proposer-share", type=float, default=0.15, help="share of proposer turns")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (on a shared 2-core machine one is many times faster than two)")
+    a = p.parse_args(argv)
+    check_shape(p, a)
+    try:
+        shapes = world.parse_digits(a.digits)
+    except ValueError as e:
+        p.error(str(e))
+    if a.steps < 1 or a.batch < 1 or not a.lr > 0 or a.threads < 1:
+        p.error("--steps, --batch and --threads must be at least 1 and --lr positive")
+    if not 0 <= a.corrupt <= 1 or not 0 <= a.proposer_share <= 1:
+        p.error("--corrupt and --proposer-share must lie in [0, 1]")
+    torch.set_num_threads(a.threads)
+    make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
+         init_std=0.02, tokenizer=arith_tokenizer(a.seed))
+    pretrain(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
+             transcripts=arith_transcripts(shapes, a.corrupt, a.proposer_share))
+    print(f"pre-trained {a.out} on the arith world ({a.digits}, corrupt {a.corrupt}) for {a.steps} steps")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pretrain"]:
+        return main_pretrain(argv[1:])
+    p = argparse.ArgumentParser(description="Write a tiny random Qwen2 model + tokenizer (offline). "
+                                "`tiny.py pretrain --task arith --help`: a base model for the arith world.")
+    add_shape_args(p)
+    p.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
+                   help="then teach it the tasks' formats on synthetic transcripts (CPU; try 200)")
+    a = p.parse_args(argv)
+    check_shape(p, a)
     make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
          init_std=0.02 if a.pretrain else 0.3)  # Qwen's own init when it is going to be trained
     print(f"wrote tiny Qwen2 model to {a.out}")

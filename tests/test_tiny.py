@@ -1,4 +1,5 @@
 """tiny.py: the offline model every other test stands on."""
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,3 +40,107 @@ def test_format_pretraining_lowers_the_loss(tmp_path):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
     after = load_file(f"{out}/model.safetensors")
     assert not all(torch.equal(before[k], after[k]) for k in before)
+
+
+# --- the arith world's base model ----------------------------------------------------
+
+import random  # noqa: E402
+import re  # noqa: E402
+
+import eval as world  # noqa: E402
+import prompts  # noqa: E402
+import rewards  # noqa: E402
+
+
+def working_lines(reply):
+    """[(left side, value)] of the `x * y = v` / `u + v = w` lines inside <think>."""
+    think = reply.split("<think>\n", 1)[1].split("\n</think>", 1)[0]
+    return [(left, int(v)) for left, v in (line.rsplit(" = ", 1) for line in think.split("\n"))]
+
+
+def test_arith_reply_works_by_partial_products_and_a_corrupted_one_follows_its_working():
+    """Clean: every line is true and the answer is a * b. Corrupted: each line after the wrong
+    one is computed from the lines above it (the answer is what the working implies), so the
+    answer is wrong; the wrong value differs from the true one in exactly one digit."""
+    rng = random.Random(0)
+    assert tiny.arith_reply(47, 8, rng) == "<think>\n40 * 8 = 320\n7 * 8 = 56\n320 + 56 = 376\n</think>\n<answer>376</answer>"
+    for a, b in [(47, 8), (7, 8), (40, 8), (99, 9), (305, 6)] * 20:
+        clean, bad = tiny.arith_reply(a, b, rng), tiny.arith_reply(a, b, rng, corrupt=1.0)
+        assert rewards.extract_answer(clean) == str(a * b)
+        assert all(rewards.arith_value(left) == v for left, v in working_lines(clean))
+        lines, true = working_lines(bad), working_lines(clean)
+        assert rewards.extract_answer(bad) == str(lines[-1][1]) != str(a * b)
+        first_wrong = next(i for i, ((_, v), (_, t)) in enumerate(zip(lines, true)) if v != t)
+        v, t = str(lines[first_wrong][1]), str(true[first_wrong][1])
+        assert len(v) == len(t) and sum(x != y for x, y in zip(v, t)) == 1
+        assert all(rewards.arith_value(left) == v for left, v in lines[first_wrong + 1:])
+
+
+def test_arith_transcripts_use_real_prompts_train_pairs_only_and_vary_the_proposer():
+    """Solver turns: the real solver prompt on train-split pairs of the asked shapes; proposer
+    turns (about 15%): the real proposer prompt, a problem of each proposer shape, no answer."""
+    draw, rng = tiny.arith_transcripts(((2, 1), (1, 1)), corrupt=0.3), random.Random(1)
+    solver_prompts, proposer_shapes, n_proposer, wrong = set(), set(), 0, 0
+    for _ in range(3000):
+        user, reply = draw(rng)
+        if user == prompts.proposer_prompt("arith"):
+            n_proposer += 1
+            a, b = map(int, re.fullmatch(r"What is (\d+) \* (\d+)\?", reply).groups())
+            proposer_shapes.add((len(str(a)), len(str(b))))
+        else:
+            problem = re.search(r"What is \d+ \* \d+\?", user).group()
+            assert user == prompts.solver_prompt("arith", problem)
+            a, b = map(int, re.findall(r"\d+", problem))
+            assert (len(str(a)), len(str(b))) in {(2, 1), (1, 1)} and b >= 2
+            wrong += rewards.extract_answer(reply) != str(a * b)
+        assert world.world_split(a, b) == "train"
+    assert 0.12 < n_proposer / 3000 < 0.18
+    assert proposer_shapes == set(tiny.PROPOSER_SHAPES)
+    assert 0.25 < wrong / (3000 - n_proposer) < 0.35
+
+
+def test_arith_tokenizer_gives_each_digit_its_own_token_the_default_does_not():
+    text = "<answer>376</answer> 40 * 8 = 320"
+    split = tiny.arith_tokenizer()
+    pieces = [split.decode([i]) for i in split.encode(text, add_special_tokens=False)]
+    assert split.decode(split.encode(text, add_special_tokens=False)) == text
+    assert all(len(p) == 1 for p in pieces if any(c.isdigit() for c in p))
+    default = tiny.make_tokenizer()
+    assert any(sum(c.isdigit() for c in default.decode([i])) > 1 for i in default.encode(text, add_special_tokens=False))
+
+
+def role_rates(out_dir, n=16):
+    """(share of greedy solver replies with an <answer>, share of proposer replies sampled at
+    T=1 that are an arithmetic problem)."""
+    model, tok = rollout.load(out_dir, device="cpu")
+    problems = [p["problem"] for p in world.arith_world(((2, 1),), split="dev", size=n)]
+    solved = rollout.generate(model, tok, [rollout.chat_prompt(tok, prompts.solver_prompt("arith", p)) for p in problems],
+                              max_new_tokens=64, temperature=0.0)
+    proposed = rollout.generate(model, tok, [rollout.chat_prompt(tok, prompts.proposer_prompt("arith"))], n=n,
+                                max_new_tokens=16, temperature=1.0, seed=0)
+    return (sum(rewards.extract_answer(s.text) is not None for s in solved) / n,
+            sum(rewards.arith_value(s.text) is not None for s in proposed) / n)
+
+
+def test_arith_pretraining_teaches_both_roles_their_formats(tmp_path):
+    """A short run (a 2 x 64 model, 120 steps, more proposer turns than the default so both
+    roles are seen often) already answers in <answer> tags and proposes parseable problems
+    far more often than the same model untrained."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine one thread is many times faster than two
+    try:
+        out = tiny.make(str(tmp_path / "m"), layers=2, hidden=64, init_std=0.02, tokenizer=tiny.arith_tokenizer())
+        untrained = role_rates(out)
+        tiny.pretrain(out, steps=120, batch=8, lr=1e-2, log_every=0, transcripts=tiny.arith_transcripts(proposer_share=0.3))
+        trained = role_rates(out)
+    finally:
+        torch.set_num_threads(threads)
+    assert trained[0] >= untrained[0] + 0.5 and trained[1] >= untrained[1] + 0.5, (untrained, trained)
+
+
+def test_pretrain_cli_checks_its_flags(tmp_path, capsys):
+    for bad in (["--digits", "2y1"], ["--corrupt", "1.5"], ["--steps", "0"]):
+        with pytest.raises(SystemExit) as e:
+            tiny.main(["pretrain", "--task", "arith", "--out", str(tmp_path / "m"), *bad])
+        assert e.value.code == 2
+    assert not (tmp_path / "m").exists()
