@@ -113,6 +113,8 @@ def test_stop_token_kept_and_finished(tiny_model):
         model.generation_config.eos_token_id = saved
     assert s.finished and s.completion_ids == free.completion_ids[:first + 1]
     assert s.text == tok.decode(free.completion_ids[:first])
+    last = with_stops(model, [stop], lambda: rollout.generate(model, tok, [prompt], max_new_tokens=first + 1, temperature=0)[0])
+    assert last.finished and last.completion_ids == s.completion_ids  # a stop drawn at the very last step still counts
 
 
 def with_stops(model, stops, fn):
@@ -277,6 +279,8 @@ def test_check_interval_does_not_change_samples(tiny_model):
                                                                  seed=11, check_every=k)) for k in (1, 3, 8, 25)]
     lengths = [len(s.completion_ids) for s in runs[0]]
     assert len(set(lengths)) >= 4 and any(s.finished for s in runs[0]) and not all(s.finished for s in runs[0])
+    for s in runs[0]:  # a completion ends at its first stop token
+        assert not set(s.completion_ids[:-1]) & set(frequent) and s.finished == (s.completion_ids[-1] in frequent)
     for other in runs[1:]:
         assert [(s.completion_ids, s.finished, s.text) for s in other] == \
                [(s.completion_ids, s.finished, s.text) for s in runs[0]]
