@@ -2,12 +2,16 @@
 
     python bench.py rollout [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--prompts 8 --n 4 --new 128 --repeat 3]
     python bench.py update  [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--seqs 16 --prompt 64 --len 256 --repeat 3]
+    python bench.py decode  [--model tiny|qwen2.5-3b|DIR] [--batches 64,256,1024 --prompt 128 --new 256 --repeat 3]
+    python bench.py memory  [--model qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-3b,qwen2.5-7b --cards 24,40,80,141]
     python bench.py sandbox [--programs 40 --tests 5 --repeat 3]
 
 Goals (not asserted in tests): `generate` no slower than Hugging Face `generate` on the
 same job, and faster when `n > 1` shares a prompt or rows finish at different times;
 chunked `token_logprobs` equal to the full-vocabulary reference and no slower, with far
-less peak memory at a real vocabulary (151,936).
+less peak memory at a real vocabulary (151,936). On a GPU (`decode`, 3B shape, batch 256): at
+least 3x Hugging Face `generate` and half the memory-bandwidth roofline. `memory` prints
+`rollout.memory_plan`'s predictions (arithmetic, nothing is run).
 """
 import argparse
 import copy
@@ -209,6 +213,90 @@ def bench_update(a):
             "update_tokens_per_s": round(tokens / (t2 - t0), 1)}
 
 
+# --- decode: tokens per second and achieved bandwidth at large batches ------------------
+
+def copy_bandwidth(device, gib=1.0):
+    """Bytes read + written per second by one large tensor copy: the card's practical bandwidth."""
+    src = torch.empty(int(gib * 2**30) // 2, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(5):
+        dst.copy_(src)
+    sync(device)
+    return 2 * 5 * src.numel() * src.element_size() / (time.perf_counter() - start)
+
+
+def bench_decode(a):
+    """Ours vs Hugging Face generate at each batch size (one prompt per row, n=1, temperature 1), and our
+    decode's achieved bandwidth: (weight bytes + KV bytes read) per decode step / step time, against the
+    measured copy bandwidth. Rows of random weights rarely stop, so every row is assumed to run all steps."""
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model, tokenizer = get_model(a.model, device, dtype)
+    config = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_bytes_per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
+    vocab = config.vocab_size
+    prompt = lambda batch: [[(7 * i + j) % (vocab - 10) + 5 for j in range(a.prompt)] for i in range(batch)]
+    ours = rollout.generate(model, tokenizer, prompt(4), max_new_tokens=min(16, a.new), temperature=0)
+    _, ref = hf_generate(model, tokenizer, prompt(4), 1, min(16, a.new), 0, 1.0)
+    agree = all(s.completion_ids == ref[i, :len(s.completion_ids)].tolist() for i, s in enumerate(ours))
+    bandwidth = copy_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.125)
+    rows = []
+    for batch in a.batches:
+        prompts_ = prompt(batch)
+        jobs = {"ours": lambda: sum(len(s.completion_ids) for s in rollout.generate(
+                    model, tokenizer, prompts_, max_new_tokens=a.new, seed=0)),
+                "hf": lambda: hf_generate(model, tokenizer, prompts_, 1, a.new, 1.0, 1.0)[0]}
+        rates, _ = interleaved(jobs, a.repeat, device)
+        step_s = batch / rates["ours"]  # seconds per decode step of the whole batch
+        kv_read = batch * (a.prompt + a.new / 2) * kv_bytes_per_token  # mean over the steps
+        achieved = (weight_bytes + kv_read) / step_s
+        rows.append({"batch": batch, "ours_tokens_per_s": rates["ours"], "hf_tokens_per_s": rates["hf"],
+                     "speedup": round(rates["ours"] / rates["hf"], 2), "ours_step_ms": round(1e3 * step_s, 2),
+                     "achieved_gb_per_s": float(f"{achieved / 1e9:.3g}"),
+                     "share_of_copy_bandwidth": float(f"{achieved / bandwidth:.3g}")})
+    return {"bench": "decode", "model": a.model, "device": machine(), "dtype": str(dtype).split(".")[-1],
+            "prompt_tokens": a.prompt, "max_new_tokens": a.new, "repeat": a.repeat, "greedy_agrees_with_hf": agree,
+            "weight_gb": float(f"{weight_bytes / 1e9:.3g}"), "copy_gb_per_s": round(bandwidth / 1e9, 1),
+            "load": round(os.getloadavg()[0], 1), "rows": rows}
+
+
+# --- memory: the predicted plan per model and card ----------------------------------------
+
+def model_config(name):
+    if name in tiny.QWEN25_SHAPES:
+        return tiny.shape_config(name)
+    from transformers import AutoConfig
+    return AutoConfig.from_pretrained(tiny.make(tempfile.mkdtemp()) if name == "tiny" else name)
+
+
+def bench_memory(a):
+    """For each model and card: the largest rollout rows and micro-batch that fit, without and with gradient
+    checkpointing, and the planned peak per phase (GB) at those sizes. Predictions, not measurements."""
+    settings = dict(max_prompt=a.max_prompt, max_response=a.max_response, n=a.n, kl=a.kl > 0,
+                    fused_adamw=a.fused_adamw, chunk_tokens=a.chunk_tokens)
+    rows = []
+    for name in a.model.split(","):
+        config = model_config(name)
+        for card in a.cards:
+            row = {"model": name, "card_gb": card, "params_b": round(rollout.parameter_count(config) / 1e9, 2)}
+            for checkpointing in (False, True):
+                key = "checkpointing" if checkpointing else "plain"
+                fit = rollout.fit_memory(config, card * 1e9, grad_checkpointing=checkpointing, **settings)
+                row[key] = None
+                if fit:
+                    plan = rollout.memory_plan(config, rollout_rows=fit[0], microbatch=fit[1],
+                                               grad_checkpointing=checkpointing, **settings)
+                    row[key] = {"rollout_rows": fit[0], "microbatch": fit[1], **{
+                        k: round(v / 1e9, 1) for k, v in plan.items() if k.endswith("_peak")}}
+            rows.append(row)
+    return {"bench": "memory", "predicted_not_measured": True, **settings, "rows": rows}
+
+
 # --- sandbox: the pool vs one plain subprocess at a time ----------------------------
 
 # (program, reference answer for an input of integers); each reads one line of integers
@@ -313,16 +401,34 @@ def main(argv=None):
     u.add_argument("--len", type=int, default=256, help="completion tokens per sequence")
     u.add_argument("--microbatch", type=int, default=8)
     u.add_argument("--repeat", type=int, default=3, help="as for rollout")
+    d = sub.add_parser("decode", help="decode throughput (ours vs Hugging Face generate) and achieved bandwidth")
+    d.add_argument("--model", default="tiny", help="as for rollout")
+    d.add_argument("--device", default=None)
+    d.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[64, 256, 1024])
+    d.add_argument("--prompt", type=int, default=128, help="prompt tokens per row")
+    d.add_argument("--new", type=int, default=256, help="new tokens per row")
+    d.add_argument("--repeat", type=int, default=3, help="as for rollout")
+    m = sub.add_parser("memory", help="predicted peak memory per phase and the sizes that fit each card")
+    m.add_argument("--model", default=",".join(tiny.QWEN25_SHAPES), help="comma-separated shapes, tiny, or directories")
+    m.add_argument("--cards", type=lambda s: [float(x) for x in s.split(",")], default=[24, 40, 80, 141], help="GB")
+    m.add_argument("--max-prompt", type=int, default=512)
+    m.add_argument("--max-response", type=int, default=1024)
+    m.add_argument("--n", type=int, default=4)
+    m.add_argument("--kl", type=float, default=0.001, help="0: no reference model")
+    m.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=False)
+    m.add_argument("--chunk-tokens", type=int, default=4096)
     s = sub.add_parser("sandbox", help="sandboxed tests per second vs plain subprocess.run of the same interpreter")
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
     a = p.parse_args(argv)
     if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
-                                             "programs", "tests")) < 1:
+                                             "programs", "tests", "max_prompt", "max_response", "chunk_tokens")) < 1 \
+            or min(getattr(a, "batches", [1]) + getattr(a, "cards", [1])) <= 0:
         p.error("counts (--repeat, --prompts, --n, --new, --seqs, ...) must be at least 1")
     try:
-        result = {"rollout": bench_rollout, "update": bench_update, "sandbox": bench_sandbox}[a.which](a)
+        result = {"rollout": bench_rollout, "update": bench_update, "decode": bench_decode, "memory": bench_memory,
+                  "sandbox": bench_sandbox}[a.which](a)
     except rollout.LoadError as e:
         print(f"bench.py: {e}", file=sys.stderr)
         return 2

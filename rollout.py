@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import Cache, CacheLayerMixin
 
 
 class LoadError(RuntimeError):
@@ -100,11 +101,62 @@ def left_pad(seqs, pad_id, device):
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def sample_next(logits, temperature, top_p, generator):
+# Counter-based random numbers: sample j of prompt i draws its token at step t from a uniform that
+# depends only on (prompt i's seed, j, t), never on the batch it shares or the order rows finish in.
+# splitmix64 (Steele, Lea, Flood 2014) in wrapping int64 arithmetic; a logical shift is emulated by
+# masking the sign-extended bits of torch's arithmetic shift.
+_GOLDEN, _MUL1, _MUL2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _int64(value):
+    """A Python int as the int64 with the same low 64 bits."""
+    return (int(value) + 2**63) % 2**64 - 2**63
+
+
+def _shift_right(x, bits):
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(x):
+    """splitmix64's finaliser on an int64 tensor: a bijection of 64-bit words that scrambles every bit."""
+    x = (x ^ _shift_right(x, 30)) * _MUL1
+    x = (x ^ _shift_right(x, 27)) * _MUL2
+    return x ^ _shift_right(x, 31)
+
+
+def sample_keys(prompt_seeds, n):
+    """(len(prompt_seeds) * n,) int64 key of each sample's random stream: mix64(mix64(seed_i) + (j + 1) * golden)."""
+    j = torch.arange(n, device=prompt_seeds.device).repeat(len(prompt_seeds))
+    return mix64(mix64(prompt_seeds).repeat_interleave(n) + (j + 1) * _GOLDEN)
+
+
+def uniforms(keys, step):
+    """(B,) float64 in [0, 1): the top 53 bits of mix64(key + (step + 1) * golden)."""
+    return _shift_right(mix64(keys + _int64((step + 1) * _GOLDEN)), 11).double() * 2.0 ** -53
+
+
+def prompt_seeds(seed, count, device):
+    """(count,) int64 seed per prompt. seed: one per prompt (a list), or an int from which prompt i's is
+    mix64(seed + (i + 1) * golden), or None (drawn from torch's global generator)."""
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != count:
+            raise ValueError(f"generate got {len(seed)} seeds for {count} prompts")
+        return torch.tensor([_int64(s) for s in seed], dtype=torch.long, device=device)
+    if seed is None:
+        seed = int(torch.randint(2**62, (1,)))
+    base = torch.tensor(_int64(seed), dtype=torch.long, device=device)
+    return mix64(base + (torch.arange(count, device=device) + 1) * _GOLDEN)
+
+
+def sample_next(logits, temperature, top_p, u):
     """Next token per row, its log-prob and the entropy (nats) of the distribution it was drawn from.
 
-    logits: (B, V) fp32. temperature 0 is greedy (log-prob and entropy reported at temperature 1).
-    top-p keeps the smallest set of tokens whose probability reaches `top_p` and renormalises.
+    logits: (B, V) fp32; u: (B,) uniforms in [0, 1). The token is the inverse CDF at u of
+    softmax(logits / temperature) (cumulative sum in float64, in token-id order): the first token
+    whose cumulative probability exceeds u. A zero-probability token can never be drawn (its
+    cumulative sum equals its predecessor's). temperature 0 is greedy (u unused; log-prob and
+    entropy reported at temperature 1). top-p keeps the smallest set of tokens whose probability
+    reaches `top_p` and renormalises.
     """
     if temperature == 0:
         token, logp = logits.argmax(-1), logits.log_softmax(-1)
@@ -118,66 +170,133 @@ def sample_next(logits, temperature, top_p, generator):
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     logp = logits.log_softmax(-1)  # (B, V)
     probs = logp.exp()
-    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.double().cumsum(-1)  # (B, V); float64 so that a small token's share is not lost in the sum
+    target = u.to(cdf.dtype) * cdf[:, -1]  # < cdf[:, -1] for u < 1
+    token = torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
     return token, logp.gather(-1, token[:, None]).squeeze(-1), torch.special.entr(probs).sum(-1)  # entr(0) = 0
 
 
+class _PreallocatedLayer(CacheLayerMixin):
+    """One layer's KV cache in buffers allocated once for the whole generation, (B, kv_heads, max_len, head_dim).
+
+    `update` writes the new keys/values at the current length and returns views of the filled part,
+    so attention reads only what exists; `keep` compacts the batch to the rows still running.
+    """
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, keys, values, length):
+        super().__init__()
+        self.keys, self.values, self.length = keys, values, length
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states, value_states):
+        raise AssertionError("a preallocated layer is built full")
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.keys[:, :, self.length:end] = key_states
+        self.values[:, :, self.length:end] = value_states
+        self.length = end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_mask_sizes(self, query_length):
+        return self.length + query_length, 0
+
+    def get_seq_length(self):
+        return self.length
+
+    def get_max_length(self):
+        return self.keys.shape[2]
+
+    def keep(self, rows):
+        self.keys, self.values = self.keys[rows], self.values[rows]  # the old buffers are freed layer by layer
+
+
+def preallocated_cache(prefill, n, max_len):
+    """A cache of `max_len` positions per row holding each prefilled prompt's keys/values repeated n times."""
+    layers = []
+    for layer in prefill.layers:
+        keys, values = layer.keys, layer.values  # (P, kv_heads, width, head_dim)
+        width = keys.shape[2]
+        shape = (keys.shape[0] * n, keys.shape[1], max_len, keys.shape[3])
+        k, v = keys.new_empty(shape), values.new_empty(shape[:3] + values.shape[3:])
+        k[:, :, :width] = keys.repeat_interleave(n, 0)
+        v[:, :, :width] = values.repeat_interleave(n, 0)
+        layers.append(_PreallocatedLayer(k, v, width))
+    return Cache(layers=layers)
+
+
 @torch.no_grad()
-def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, seed=None):
-    """Sample `n` completions for each prompt (lists of token ids); prompt i's at [i*n:(i+1)*n]."""
+def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, seed=None,
+             check_every=8):
+    """Sample `n` completions for each prompt (lists of token ids); prompt i's at [i*n:(i+1)*n].
+
+    seed: an int, one int per prompt, or None. Sample j of prompt i draws step t's token from
+    uniforms(sample_keys(seed_i, j), t), so it is the same whichever call, batch or chunk it runs in
+    (an int seed gives prompt i the seed derived from (seed, i): pass per-prompt seeds when a
+    caller splits one set of prompts into several calls).
+    The loop never waits on the device for a token: rows that stop keep decoding (their tokens past
+    the stop are discarded) until the next check, every `check_every` steps, which ends the loop
+    when every row has stopped and drops finished rows from the batch and the cache once a quarter
+    of the batch has finished.
+    """
     from transformers import DynamicCache
-    if temperature < 0 or not 0 < top_p <= 1 or not all(prompts):
-        raise ValueError(f"generate needs temperature >= 0, 0 < top_p <= 1 and non-empty prompts "
-                         f"(got temperature={temperature}, top_p={top_p})")
+    if temperature < 0 or not 0 < top_p <= 1 or not all(prompts) or max_new_tokens < 1 or check_every < 1:
+        raise ValueError(f"generate needs temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, check_every >= 1 "
+                         f"and non-empty prompts (got temperature={temperature}, top_p={top_p}, "
+                         f"max_new_tokens={max_new_tokens}, check_every={check_every})")
     device = next(model.parameters()).device
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    keys = sample_keys(prompt_seeds(seed, len(prompts), device), n)  # (B*n,)
     stops = torch.tensor(stop_token_ids(model, tokenizer), device=device)
     ids, mask, positions = left_pad(prompts, tokenizer.pad_token_id, device)
 
     # Prefill each distinct prompt once; only the last position's logits are needed.
-    cache = DynamicCache(config=model.config)
+    prefill = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                past_key_values=prefill, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # (B*n, V)
-    cache.batch_repeat_interleave(n)
     width = mask.shape[1]
+    cache = preallocated_cache(prefill, n, width + max_new_tokens)
+    del prefill, out
     mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones((len(prompts) * n, max_new_tokens))], dim=1)
     next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1  # (B*n, 1)
 
     total = len(prompts) * n
     tokens = torch.zeros((total, max_new_tokens), dtype=torch.long, device=device)
     token_logp = torch.zeros((total, max_new_tokens), device=device)
-    entropy = torch.zeros(total, device=device)  # summed over each row's tokens
+    entropy = torch.zeros(total, device=device)  # summed over each row's tokens up to its stop
     lengths = torch.full((total,), max_new_tokens, dtype=torch.long, device=device)
-    finished = torch.zeros(total, dtype=torch.bool, device=device)
-    rows = torch.arange(total, device=device)  # which sample each live batch row is
+    rows = torch.arange(total, device=device)  # which sample each batch row is
+    running = torch.ones(total, dtype=torch.bool, device=device)  # per batch row: not stopped yet
     for step in range(max_new_tokens):
-        token, logp, token_entropy = sample_next(logits, temperature, top_p, generator)
+        token, logp, token_entropy = sample_next(logits, temperature, top_p, uniforms(keys[rows], step))
         tokens[rows, step] = token
         token_logp[rows, step] = logp
-        entropy[rows] += token_entropy
-        stopped = torch.isin(token, stops)
+        entropy[rows] += token_entropy * running
+        stopped = running & torch.isin(token, stops)
+        lengths[rows] = torch.where(stopped, step + 1, lengths[rows])
+        running &= ~stopped
         if step + 1 == max_new_tokens:
-            finished[rows[stopped]] = True
-            lengths[rows[stopped]] = step + 1
             break
-        if stopped.any():  # drop finished rows from the batch and the cache (one sync per step)
-            finished[rows[stopped]] = True
-            lengths[rows[stopped]] = step + 1
-            keep = (~stopped).nonzero().squeeze(-1)
-            if len(keep) == 0:
+        if (step + 1) % check_every == 0:  # the loop's only host synchronisation
+            live = int(running.sum())
+            if live == 0:
                 break
-            rows, token, mask, next_pos = rows[keep], token[keep], mask[keep], next_pos[keep]
-            cache.batch_select_indices(keep)
+            if live <= 3 * len(rows) // 4:  # drop finished rows from the batch and the cache
+                keep = running.nonzero().squeeze(-1)
+                rows, token, mask, next_pos, running = rows[keep], token[keep], mask[keep], next_pos[keep], running[keep]
+                for layer in cache.layers:
+                    layer.keep(keep)
         # the mask is preallocated to its final width; each step uses one more column
         out = model(input_ids=token[:, None], attention_mask=mask[:, :width + step + 1], position_ids=next_pos,
                     past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
 
-    entropy = entropy / lengths.clamp(min=1)
+    entropy = entropy / lengths
+    finished = lengths < max_new_tokens
+    finished |= (lengths == max_new_tokens) & torch.isin(tokens[:, -1], stops)
     tokens, token_logp, lengths, finished, entropy = (t.tolist() for t in (tokens, token_logp, lengths, finished, entropy))
     samples = []
     for i in range(total):
@@ -210,6 +329,30 @@ def _chunk_logprobs(hidden, weight, targets, temperature):
         return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
+PLAIN_HEAD_FAMILIES = ("qwen2", "qwen3", "llama", "mistral")  # logits = decoder(x) @ lm_head.weight.T, nothing else
+
+
+def check_plain_head(model):
+    """Raise ValueError (one line) unless the model's logits are exactly decoder output @ lm-head weight.T.
+
+    token_logprobs reads those two directly (the model's own forward would build full-vocabulary
+    logits); a head with a bias, a logit scale or a final-logit soft-cap would give wrong numbers.
+    """
+    config = model.config.get_text_config(decoder=True)
+    problem = None
+    if getattr(model.get_output_embeddings(), "bias", None) is not None:
+        problem = "its lm-head has a bias"
+    else:
+        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+            if getattr(config, name, None) not in (None, 1, 1.0):
+                problem = f"its config sets {name}={getattr(config, name)}"
+        if problem is None and config.model_type not in PLAIN_HEAD_FAMILIES:
+            problem = f"model type '{config.model_type}' is not one whose head is known to be plain"
+    if problem:
+        raise ValueError(f"token_logprobs reads the lm-head weight directly, exact only for plain heads "
+                         f"({', '.join(PLAIN_HEAD_FAMILIES)}): {problem}")
+
+
 def token_logprobs(model, input_ids, attention_mask, completion_mask, temperature=1.0, chunk_tokens=4096):
     """Per-token log pi(x_t | x_<t) at completion positions, (B, T) fp32, zero elsewhere.
 
@@ -221,6 +364,7 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask, temperatur
     """
     if temperature <= 0:
         raise ValueError(f"token_logprobs needs temperature > 0 (greedy samples are scored at 1.0), got {temperature}")
+    check_plain_head(model)
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                  position_ids=positions, use_cache=False).last_hidden_state  # (B, T, H)
@@ -239,3 +383,111 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask, temperatur
     flat = torch.cat(pieces) if pieces else out.new_zeros(0)
     out[:, 1:] = out[:, 1:].masked_scatter(scored, flat)
     return out
+
+
+# --- memory plan ---------------------------------------------------------------------
+
+GIB = 2**30
+
+
+def parameter_count(config):
+    """Weights of a Qwen2/Llama-style decoder (q/k/v biases where the family has them, tied or untied head)."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    bias = config.model_type == "qwen2" or getattr(config, "attention_bias", False)
+    attention = hidden * (q_width + 2 * kv_width) + q_width * hidden + bias * (q_width + 2 * kv_width)
+    per_layer = attention + 3 * hidden * inter + 2 * hidden  # + MLP (gate, up, down) + two RMSNorm weights
+    embeddings = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
+    return embeddings + layers * per_layer + hidden  # + the final norm
+
+
+def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n=4, kl=True,
+                grad_checkpointing=False, gpu=True, fused_adamw=False, chunk_tokens=4096):
+    """Predicted peak memory (bytes) of each phase of an SQLM step, from the model config and the run's settings.
+
+    gpu=True is sqlm.py's CUDA path: fp32 weights under bf16 autocast, a bf16 sampling copy, bf16
+    KV cache; gpu=False is its CPU path (everything fp32, sampling on the trained model). N weights:
+
+      resident    4N fp32 weights + 8N AdamW moments + 2N bf16 sampling copy + 4N fp32 KL reference (kl > 0)
+      rollout     + the largest of, in time order: the prefill (its own cache of rollout_rows / n prompts
+                  x max_prompt, and one layer's transients); the prefill's cache copied into the preallocated
+                  one, rollout_rows x (max_prompt + max_response) x layers x 2 (K, V) x kv_width x 2 B; that
+                  cache and a decode step's (rows, vocab) sampling buffers (logits bf16 + fp32, log-probs,
+                  probs, float64 CDF: 26 B per row per vocabulary entry)
+      logprobs    (old and reference log-probs, no grad) + 2N autocast's bf16 weight casts + the final
+                  hidden states + the larger of the lm-head chunk (chunk x vocab fp32 logits and their exp)
+                  and an MLP's three I-wide transients
+      update      + 4N gradients + 2N autocast casts + the activations autograd keeps for backward
+                  (below) + the lm-head chunk recomputed in backward (logits, exp, gradient, softmax);
+                  with checkpointing, the larger of that chunk and one recomputed layer with its gradients
+      optimizer   + 4N gradients + 4N (AdamW's default foreach step holds sqrt(v) for every weight at
+                  once; fused_adamw=True, AdamW(fused=True) on CUDA, has no such copy)
+
+    Activations kept for backward, per token of a micro-batch (tokens = microbatch x (max_prompt + max_response)),
+    per layer: 4 fp32 H-wide tensors (the two RMSNorms' inputs and normalised values) and, at e bytes per
+    element (2 under bf16 autocast, 4 in fp32), 3 H-wide (norm outputs, attention output), 4 kv-wide (k, v,
+    rotated k, RoPE input) and 4 I-wide (gate, silu, up, their product) tensors; plus 3 fp32 H-wide outside the
+    layers (embedding, final norm). With gradient checkpointing only each layer's fp32 input is kept and one
+    layer at a time is recomputed. Counted from Qwen2's decoder layer and checked against allocations measured
+    on CPU (tests/test_memory.py); on a GPU the attention kernel's own workspace, the CUDA context (~0.5 GB)
+    and allocator fragmentation are not counted: `fit_memory` leaves headroom for them.
+    Assumes the gradients are freed after each update (optimizer.zero_grad(set_to_none=True)).
+    """
+    weights = parameter_count(config)
+    hidden, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv_width = config.num_key_value_heads * head_dim
+    e = 2 if gpu else 4  # bytes per element of what autocast computes (and of the sampler's KV cache)
+    length = max_prompt + max_response
+    tokens, scored = microbatch * length, microbatch * max_response
+
+    resident = {"weights": 4 * weights, "adamw": 8 * weights,
+                "sampler_copy": 2 * weights if gpu else 0, "kl_reference": 4 * weights if kl else 0}
+    kv_cache = rollout_rows * length * layers * 2 * kv_width * e
+    prompts = -(-rollout_rows // n)
+    prefill_cache = prompts * max_prompt * layers * 2 * kv_width * e
+    prefill_layer = prompts * max_prompt * (16 * hidden + e * 3 * inter)  # no grad: one layer's transients
+    sampling = rollout_rows * (vocab * 26 + e * 3 * inter + 12 * hidden)  # + one decode layer's transients
+    per_layer = 16 * hidden + e * (3 * hidden + 4 * kv_width + 4 * inter)  # bytes kept per token per layer
+    outside = 12 * hidden  # per token: embedding output, final norm
+    chunk = min(chunk_tokens, scored) * vocab * 4
+    casts = 2 * weights if gpu else 0
+    if grad_checkpointing:  # the lm-head chunk's backward and one recomputed layer's come one after the other
+        saved = tokens * (layers * 4 * hidden + outside)
+        backward = max(7 * chunk // 2, tokens * (per_layer + e * inter))
+    else:  # the chunk's backward runs while every layer's activations are still kept
+        saved = tokens * (layers * per_layer + outside)
+        backward = 4 * chunk
+    phases = {
+        "rollout": max(prefill_cache + prefill_layer, prefill_cache + kv_cache, kv_cache + sampling),  # in that order
+        "logprobs": casts + tokens * outside + max(2 * chunk, tokens * e * 3 * inter),
+        "update": 4 * weights + casts + saved + backward,
+        "optimizer": 4 * weights * (1 if fused_adamw else 2),
+    }
+    plan = dict(resident, kv_cache=kv_cache, activations=saved, logprob_chunk=chunk, grads=4 * weights)
+    plan.update({f"{name}_peak": sum(resident.values()) + extra for name, extra in phases.items()})
+    plan["peak"] = max(plan[f"{name}_peak"] for name in phases)
+    plan["peak_phase"] = max(phases, key=lambda name: plan[f"{name}_peak"])
+    return plan
+
+
+def fit_memory(config, device_bytes, *, max_rows=1024, max_microbatch=128, usable=0.9, **settings):
+    """(rollout_rows, microbatch): the largest powers of two up to the step's sizes whose planned peaks fit
+    `usable` x device_bytes (the rest for the CUDA context, kernel workspaces and fragmentation), or None
+    when even one row and one sequence do not fit. settings: memory_plan's (max_prompt, max_response, n,
+    kl, grad_checkpointing, gpu, fused_adamw, chunk_tokens). Rows only touch the rollout phase, the micro-batch only
+    the log-prob and update phases, so each is the largest that fits on its own."""
+    budget = usable * device_bytes
+
+    def largest(top, fits):
+        size = 1 << (top.bit_length() - 1)
+        while size >= 1 and not fits(size):
+            size //= 2
+        return size if size >= 1 else None
+
+    rows = largest(max_rows, lambda r: memory_plan(config, rollout_rows=r, microbatch=1, **settings)["rollout_peak"] <= budget)
+    micro = largest(max_microbatch, lambda m: max(
+        memory_plan(config, rollout_rows=1, microbatch=m, **settings)[f"{phase}_peak"]
+        for phase in ("logprobs", "update", "optimizer")) <= budget)
+    return (rows, micro) if rows and micro else None

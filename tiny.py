@@ -110,15 +110,22 @@ QWEN25_SHAPES = {
                          num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                        num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, vocab_size=152064,
+                       num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
 }
+
+
+def shape_config(shape):
+    """The Qwen2Config of a real Qwen2.5 shape (vocabulary 151,936 unless the shape says otherwise)."""
+    return Qwen2Config(**{"vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1e6, **QWEN25_SHAPES[shape]})
 
 
 def random_real(shape, device="cpu", dtype=torch.float32, seed=0):
     """(model, tokenizer): random weights in a real Qwen2.5 shape with the byte tokenizer."""
     tokenizer = make_tokenizer()
-    config = Qwen2Config(vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6,
-                         eos_token_id=tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]),
-                         pad_token_id=tokenizer.pad_token_id, **QWEN25_SHAPES[shape])
+    config = shape_config(shape)
+    config.eos_token_id = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
+    config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen2ForCausalLM(config).to(dtype)

@@ -25,3 +25,20 @@ def test_update_bench_matches_the_full_vocabulary_reference(capsys):
                     capsys)
     assert row["max_abs_logp_diff"] < 1e-4 and row["max_rel_grad_diff"] < 1e-4
     assert row["update_tokens_per_s"] > 0
+
+
+def test_decode_bench_checks_greedy_agreement_and_reports_bandwidth(capsys):
+    """The decode row (ours vs Hugging Face at each batch, achieved bandwidth) runs on CPU at small sizes."""
+    row = run_bench(["decode", "--device", "cpu", "--batches", "2,3", "--prompt", "6", "--new", "5", "--repeat", "1"], capsys)
+    assert row["greedy_agrees_with_hf"] is True and row["copy_gb_per_s"] > 0
+    assert [r["batch"] for r in row["rows"]] == [2, 3]
+    assert all(r["ours_tokens_per_s"] > 0 and r["hf_tokens_per_s"] > 0 and r["achieved_gb_per_s"] > 0 for r in row["rows"])
+
+
+def test_memory_bench_prints_the_plan_that_fit_memory_chose(capsys):
+    """Each row's sizes are fit_memory's and its peaks memory_plan's at those sizes, labelled as predictions."""
+    row = run_bench(["memory", "--model", "qwen2.5-0.5b,qwen2.5-7b", "--cards", "24,141"], capsys)
+    assert row["predicted_not_measured"] is True and len(row["rows"]) == 4
+    small, big = row["rows"][1], row["rows"][2]  # 0.5B on 141 GB; 7B on 24 GB
+    assert small["checkpointing"]["rollout_rows"] == 1024 and big["plain"] is None and big["checkpointing"] is None
+    assert max(v for k, v in small["plain"].items() if k.endswith("_peak")) <= 0.9 * 141

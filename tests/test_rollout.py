@@ -113,6 +113,8 @@ def test_stop_token_kept_and_finished(tiny_model):
         model.generation_config.eos_token_id = saved
     assert s.finished and s.completion_ids == free.completion_ids[:first + 1]
     assert s.text == tok.decode(free.completion_ids[:first])
+    last = with_stops(model, [stop], lambda: rollout.generate(model, tok, [prompt], max_new_tokens=first + 1, temperature=0)[0])
+    assert last.finished and last.completion_ids == s.completion_ids  # a stop drawn at the very last step still counts
 
 
 def with_stops(model, stops, fn):
@@ -214,12 +216,11 @@ def test_top_p_near_zero_is_greedy(tiny_model):
 
 def test_top_p_logprobs_are_of_the_renormalised_distribution():
     """Tokens outside the nucleus get no mass; kept tokens' log-probs renormalise to sum 1."""
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    gen = torch.Generator().manual_seed(0)
-    seen = {rollout.sample_next(logits, 1.0, 0.7, gen)[0].item() for _ in range(200)}
-    assert seen == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
-    token, logp, _ = rollout.sample_next(logits, 1.0, 0.7, gen)
-    assert abs(logp.item() - torch.log(torch.tensor([0.5, 0.3]) / 0.8)[token.item()].item()) < 1e-6
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(201, 4)
+    u = torch.linspace(0, 1 - 1e-12, 201, dtype=torch.float64)  # the whole unit interval
+    token, logp, _ = rollout.sample_next(logits, 1.0, 0.7, u)
+    assert set(token.tolist()) == {0, 1}  # 0.5 < 0.7 needs the second token; 0.8 >= 0.7 stops there
+    assert torch.allclose(logp, torch.log(torch.tensor([0.5, 0.3]) / 0.8)[token], atol=1e-6)
 
 
 def test_entropy_is_that_of_the_sampling_distribution(tiny_model):
@@ -227,7 +228,7 @@ def test_entropy_is_that_of_the_sampling_distribution(tiny_model):
     distribution each token was drawn from: temperature applied, top-p renormalised."""
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = torch.tensor([0.5, 0.3], dtype=torch.float64) / 0.8
-    _, _, entropy = rollout.sample_next(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    _, _, entropy = rollout.sample_next(logits, 1.0, 0.7, torch.zeros(1, dtype=torch.float64))
     assert abs(entropy.item() - float(-(kept * kept.log()).sum())) < 1e-6
     model, tok = tiny_model
     samples = rollout.generate(model, tok, chat_ids(tok), n=2, max_new_tokens=10, temperature=0.7, seed=3)
@@ -239,3 +240,141 @@ def test_entropy_is_that_of_the_sampling_distribution(tiny_model):
         start = len(s.prompt_ids)  # completion token t is drawn at position t - 1
         expected = per_position[i, start - 1:start - 1 + len(s.completion_ids)].mean().item()
         assert abs(s.entropy - expected) < 1e-4
+
+
+# --- the preallocated-cache decode loop and per-sample random streams -----------------------
+
+def uncached_greedy(model, prompt, steps, stops):
+    """The plainest reference: a full forward over the whole prefix for every token, argmax, stop."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            ids.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+            if ids[-1] in stops:
+                break
+    return ids[len(prompt):]
+
+
+def test_greedy_equals_uncached_forward(tiny_model):
+    """The preallocated cache (written in place, read as views, rows compacted) must decode exactly what a
+    full forward over the prefix decodes, whichever check interval ends the rows."""
+    model, tok = tiny_model
+    prompts = chat_ids(tok)
+    free = rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0)
+    stops = {free[0].completion_ids[3], free[1].completion_ids[9]}  # rows end at different steps
+    reference = [uncached_greedy(model, p, 30, stops) for p in prompts]
+    assert len({len(r) for r in reference}) > 1 and len(set(reference[2])) > 3
+    for check_every in (1, 4, 64):
+        greedy = with_stops(model, stops, lambda: rollout.generate(model, tok, prompts, max_new_tokens=30,
+                                                                   temperature=0, check_every=check_every))
+        assert [s.completion_ids for s in greedy] == reference
+
+
+def test_check_interval_does_not_change_samples(tiny_model):
+    """Rows that stop keep decoding until the next check: their extra tokens must leave no trace in the
+    completion, its log-probs, its entropy or its finished flag."""
+    model, tok = tiny_model
+    frequent = range(0, model.config.vocab_size, 9)
+    runs = [with_stops(model, frequent, lambda: rollout.generate(model, tok, chat_ids(tok), n=4, max_new_tokens=25,
+                                                                 seed=11, check_every=k)) for k in (1, 3, 8, 25)]
+    lengths = [len(s.completion_ids) for s in runs[0]]
+    assert len(set(lengths)) >= 4 and any(s.finished for s in runs[0]) and not all(s.finished for s in runs[0])
+    for s in runs[0]:  # a completion ends at its first stop token
+        assert not set(s.completion_ids[:-1]) & set(frequent) and s.finished == (s.completion_ids[-1] in frequent)
+    for other in runs[1:]:
+        assert [(s.completion_ids, s.finished, s.text) for s in other] == \
+               [(s.completion_ids, s.finished, s.text) for s in runs[0]]
+        for a, b in zip(other, runs[0]):
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4) and a.entropy == pytest.approx(b.entropy, abs=1e-4)  # fp32 sums vary with batch size
+
+
+def test_samples_do_not_depend_on_how_prompts_are_split(tiny_model):
+    """Issue 9: a memory knob (--rollout-rows) used to change the samples, because the random stream was one
+    per generate call. With per-prompt seeds a prompt's samples are the same alone or in any batch."""
+    model, tok = tiny_model
+    prompts = chat_ids(tok)
+    seeds = [101, -7, 2**63 + 5]
+    frequent = range(0, model.config.vocab_size, 11)  # rows leave the batch at different steps
+    whole = with_stops(model, frequent, lambda: rollout.generate(model, tok, prompts, n=3, max_new_tokens=20, seed=seeds))
+    parts = with_stops(model, frequent, lambda: rollout.generate(model, tok, prompts[:1], n=3, max_new_tokens=20, seed=seeds[:1])
+                       + rollout.generate(model, tok, prompts[1:], n=3, max_new_tokens=20, seed=seeds[1:]))
+    assert [s.completion_ids for s in whole] == [s.completion_ids for s in parts]
+    assert len({tuple(s.completion_ids) for s in whole}) == 9  # no two samples share a stream
+    by_int = rollout.generate(model, tok, prompts, n=2, max_new_tokens=12, seed=7)  # an int seed: one derived per prompt
+    by_list = rollout.generate(model, tok, prompts, n=2, max_new_tokens=12,
+                               seed=rollout.prompt_seeds(7, len(prompts), "cpu").tolist())
+    assert [s.completion_ids for s in by_int] == [s.completion_ids for s in by_list]
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        rollout.generate(model, tok, prompts, seed=[1, 2])
+
+
+def test_mix64_is_splitmix64():
+    """The int64 tensor hash must be splitmix64 bit for bit (torch's >> is arithmetic, and overflow must wrap):
+    its published first output from state 0 is 0xE220A8397B1DCDAF."""
+    def reference(x):  # Python ints, unsigned 64-bit
+        m = 2**64 - 1
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+        return x ^ (x >> 31)
+    golden = 0x9E3779B97F4A7C15
+    assert reference(golden) == 0xE220A8397B1DCDAF
+    words = [golden, 0, 1, 2**63, 2**64 - 1, 0x0123456789ABCDEF, 3 * golden % 2**64]
+    got = rollout.mix64(torch.tensor([rollout._int64(w) for w in words]))
+    assert [v % 2**64 for v in got.tolist()] == [reference(w) for w in words]
+
+
+def chi_square(tokens, probs):
+    counts = torch.bincount(tokens, minlength=len(probs)).double()
+    expected = probs.double() * len(tokens)
+    assert (counts[expected == 0] == 0).all()  # a token outside the support was drawn
+    kept = expected > 0
+    return float(((counts[kept] - expected[kept]) ** 2 / expected[kept]).sum()), int(kept.sum()) - 1
+
+
+def test_sampler_draws_from_the_softmax():
+    """The inverse-CDF sampler on the counter-based uniforms must follow softmax(logits / T) (top-p
+    renormalised), across samples at one step and along one sample's steps. Chi-square with 4-5 degrees of
+    freedom: 40 is far beyond its 1e-6 quantile, while a sampler off by a few percent scores hundreds."""
+    logits = torch.tensor([1.0, 0.2, -0.5, 2.0, 0.0, -3.0])
+    draws = 40_000
+    across = rollout.uniforms(rollout.sample_keys(rollout.prompt_seeds(3, draws // 4, "cpu"), 4), step=5)
+    one_key = rollout.sample_keys(rollout.prompt_seeds([42], 1, "cpu"), 1)
+    along = torch.cat([rollout.uniforms(one_key, t) for t in range(draws // 8)])
+    for temperature, top_p in ((1.0, 1.0), (0.7, 1.0), (1.0, 0.9)):
+        probs = (logits / temperature).softmax(-1)
+        if top_p < 1:
+            order = probs.argsort(descending=True)
+            before = probs[order].cumsum(0) - probs[order]
+            probs[order[before >= top_p]] = 0
+            probs = probs / probs.sum()
+        assert (probs == 0).any() == (top_p < 1)
+        for u in (across, along):
+            token, _, _ = rollout.sample_next(logits.expand(len(u), -1), temperature, top_p, u)
+            stat, dof = chi_square(token, probs)
+            assert dof >= 3 and stat < 40, (temperature, top_p, stat)
+
+
+def with_lm_head_bias(model, fn):
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.zeros(head.out_features))
+    try:
+        return fn()
+    finally:
+        del head.bias
+        head.register_parameter("bias", None)
+
+
+def test_logprobs_refuse_a_head_they_cannot_read(tiny_model):
+    """token_logprobs multiplies the decoder's output by the lm-head weight itself: exact for Qwen2/Llama
+    heads only. A biased head or a soft-capped / scaled one must be one clear error, not wrong numbers."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+    model, tok = tiny_model
+    samples = rollout.generate(model, tok, chat_ids(tok)[:1], max_new_tokens=4, temperature=0)
+    ids, attn, comp = pack(samples)
+    with pytest.raises(ValueError, match="lm-head has a bias"):
+        with_lm_head_bias(model, lambda: rollout.token_logprobs(model, ids, attn, comp))
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        rollout.token_logprobs(gemma, ids % 64, attn, comp)
+    rollout.token_logprobs(model, ids, attn, comp)  # the plain Qwen2 head is accepted
