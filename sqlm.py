@@ -99,6 +99,8 @@ class Config:
     out: str = opt("", "run directory; '' = runs/<task>-<time>")
     resume: str = opt("", "run directory to continue from its last complete checkpoint")
     grad_checkpointing: bool = opt(False, "recompute activations in backward (memory for speed)")
+    fit_memory: bool = opt(True, "on a GPU, set --rollout-rows and --microbatch to the largest the memory plan "
+                                 "fits on the card; --no-fit-memory keeps them as given")
 
     def resolve(self):
         """Fill the task-dependent defaults and check values (idempotent); ValueError is one line for the CLI."""
@@ -248,13 +250,18 @@ def derive_seed(*keys):
 
 
 def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
-    """n samples per prompt, in generate calls of at most `rollout_rows` sequences; seed: a key tuple."""
+    """n samples per prompt, in generate calls of at most `rollout_rows` sequences; seed: a key tuple.
+
+    Prompt i draws from its own stream, derived from (seed, i), so the samples are the same
+    however the prompts are split into calls: --rollout-rows is a memory knob only.
+    """
     per_call = max(1, cfg.rollout_rows // n)
+    seeds = [derive_seed(*seed, i) for i in range(len(prompt_ids))]
     out = []
     for start in range(0, len(prompt_ids), per_call):
         out += rollout.generate(sampler, tokenizer, prompt_ids[start:start + per_call], n=n,
                                 max_new_tokens=cfg.max_response, temperature=cfg.temperature,
-                                top_p=cfg.top_p, seed=derive_seed(*seed, start))
+                                top_p=cfg.top_p, seed=seeds[start:start + per_call])
     return out
 
 
@@ -611,6 +618,22 @@ def bf16_copy(model):
     return sampler.requires_grad_(False)
 
 
+def fit_to_memory(cfg, model_config, device):
+    """On a GPU with --fit-memory: --rollout-rows and --microbatch become the largest that the memory
+    plan (rollout.memory_plan) fits on the card, up to the step's own sizes. Memory knobs only: the
+    samples and the gradient do not depend on them."""
+    if device.type == "cuda" and cfg.fit_memory:
+        fit = rollout.fit_memory(model_config, torch.cuda.get_device_properties(device).total_memory,
+                                 max_rows=cfg.batch * cfg.n * cfg.n, max_microbatch=cfg.minibatch * cfg.n,
+                                 max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n,
+                                 kl=bool(cfg.kl_coef), grad_checkpointing=cfg.grad_checkpointing, gpu=True)
+        if fit is None:
+            raise ValueError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
+                             "--kl 0 or a shorter --max-response")
+        cfg.rollout_rows, cfg.microbatch = fit
+        print(f"memory plan: --rollout-rows {cfg.rollout_rows} --microbatch {cfg.microbatch}", flush=True)
+
+
 def train(cfg):
     """The whole run: load, (resume), step loop with eval, logging and checkpoints. Returns the run dir."""
     cfg = cfg.resolve()  # idempotent: no Config reaches the loop with its task defaults unfilled
@@ -631,6 +654,7 @@ def train(cfg):
         model.activation_checkpointing_enable()
     # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy.
     sampler = bf16_copy(model) if device.type == "cuda" else model
+    fit_to_memory(cfg, model.config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if resume_from:

@@ -320,3 +320,30 @@ def test_eval_data_and_sampled_eval_reach_the_held_out_run(monkeypatch, tmp_path
     cfg = sqlm.Config(task="arith", eval_data=str(data), eval_samples=4, temperature=0.7).resolve()
     assert sqlm.run_eval(None, None, cfg) == {"eval_accuracy": 0.25, "eval_sampled_accuracy": 1.0}
     assert [(p[0]["problem"], k, t) for p, k, t in calls] == [("What is 2 * 3?", 1, 0.0), ("What is 2 * 3?", 4, 0.7)]
+
+
+def test_samples_do_not_depend_on_rollout_rows(tiny_dir):
+    """--rollout-rows splits a phase into generate calls; each prompt draws from its own stream,
+    so the samples are identical however they are split (the seed used to be per chunk)."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    prompts = [rollout.chat_prompt(tok, text) for text in ("a", "bb", "a", "ccc", "dd")]
+    texts = []
+    for rows in (4, 8, 64):
+        cfg = sqlm.Config(max_response=12, rollout_rows=rows).resolve()
+        texts.append([s.completion_ids for s in sqlm.sample(model, tok, prompts, 2, cfg, seed=(0, 1, 1))])
+    assert texts[0] == texts[1] == texts[2]
+    assert texts[0][0] != texts[0][4]  # two identical prompts still draw different samples
+
+
+def test_memory_plan_sets_the_memory_knobs_on_a_gpu(monkeypatch):
+    """On a GPU with --fit-memory the plan's choice replaces both knobs; --no-fit-memory keeps them."""
+    monkeypatch.setattr(rollout, "fit_memory", lambda config, total, **kw: (kw["max_rows"] // 8, 3))
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: type("Props", (), {"total_memory": 80 * 2**30}))
+    for fit, expected in ((True, (16 * 4 * 4 // 8, 3)), (False, (256, 8))):
+        cfg = sqlm.Config(batch=16, fit_memory=fit)
+        sqlm.fit_to_memory(cfg, None, torch.device("cuda"))
+        assert (cfg.rollout_rows, cfg.microbatch) == expected
+    cpu = sqlm.Config()
+    sqlm.fit_to_memory(cpu, None, CPU)
+    assert (cpu.rollout_rows, cpu.microbatch) == (256, 8)
