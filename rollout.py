@@ -12,12 +12,12 @@ model's forward pass (no `model.generate`):
 - `token_logprobs` computes log pi(token | prefix) in fp32 with logits divided by the
   sampling temperature, in chunks of completion tokens, so a long batch never holds
   B x T x vocab logits at once (Qwen's vocabulary is 151,936 wide).
-
 - `memory_plan` / `fit_memory` predict the GPU memory of each phase of a step and the
   rollout rows and micro-batch that fit a card (arithmetic only).
 
-Left out on purpose: CUDA graphs and torch.compile of the decode step (not built yet), beam search, top-k (the sampled policy must be the trained policy),
-repetition penalties, speculative decoding, paged attention. Callers chunk very large
+Left out on purpose: beam search, top-k (the sampled policy must be the trained policy),
+repetition penalties, speculative decoding, paged attention. Not built yet: CUDA graphs or
+torch.compile of the decode step. Callers chunk very large
 batches themselves (`sqlm.py` does).
 """
 import os
