@@ -4,15 +4,20 @@ Everything SQLM samples (proposals, answers, eval responses) goes through `gener
 everything it trains on goes through `token_logprobs`. Both are written by hand on the
 model's forward pass (no `model.generate`):
 
-- `generate` left-pads a batch of prompts, prefills each prompt once and repeats its
-  KV cache for its `n` samples, then runs one forward per new token over the
-  rows that are still unfinished only (finished rows leave the batch and the cache).
+- `generate` left-pads a batch of prompts, prefills each prompt once and copies its
+  KV cache for its `n` samples into a cache allocated once for the whole call, then runs
+  one forward per new token; stop tokens are checked every few steps (no host sync per
+  token) and finished rows leave the batch and the cache in a few large compactions.
+  Each sample draws from its own counter-based random stream (prompt seed, sample, step).
 - `token_logprobs` computes log pi(token | prefix) in fp32 with logits divided by the
   sampling temperature, in chunks of completion tokens, so a long batch never holds
   B x T x vocab logits at once (Qwen's vocabulary is 151,936 wide).
+- `memory_plan` / `fit_memory` predict the GPU memory of each phase of a step and the
+  rollout rows and micro-batch that fit a card (arithmetic only).
 
 Left out on purpose: beam search, top-k (the sampled policy must be the trained policy),
-repetition penalties, speculative decoding, paged attention. Callers chunk very large
+repetition penalties, speculative decoding, paged attention. Not built yet: CUDA graphs or
+torch.compile of the decode step. Callers chunk very large
 batches themselves (`sqlm.py` does).
 """
 import os
