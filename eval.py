@@ -310,8 +310,8 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
              max_new_tokens=None, batch_size=64, progress=None):
     """Answer `problems` (default: the built-in set) `samples` times each and score them.
 
-    temperature: 0 (greedy) for one sample, 1.0 for several, unless given; sampled batches are
-    seeded by their first problem's index, so a run repeats. batch_size: sequences per
+    temperature: 0 (greedy) for one sample, 1.0 for several, unless given; each problem's samples
+    draw from a stream seeded by its index, so a run repeats whatever the batch size. batch_size: sequences per
     `rollout.generate` call. progress(done, total, figures) is called after each batch.
     Returns the figures, the settings and "records" (see `score_responses`, plus "length").
     """
@@ -326,7 +326,8 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
         batch = problems[start:start + per_call]
         prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])) for p in batch]
         outs = rollout.generate(model, tokenizer, prompt_ids, n=samples, max_new_tokens=max_new_tokens,
-                                temperature=temperature, seed=start if temperature > 0 else None)
+                                temperature=temperature,
+                                seed=list(range(start, start + len(batch))) if temperature > 0 else None)
         batch_records = score_responses(task, batch, [s.text for s in outs])
         for record, sample in zip(batch_records, outs):
             record["length"] = len(sample.completion_ids)

@@ -443,6 +443,7 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device):
         optimizer.step()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / len(minibatches)
+    optimizer.zero_grad(set_to_none=True)  # no gradients held through the next rollout (12 GB at 3B)
     model.eval()
     return totals
 
@@ -645,6 +646,7 @@ def train(cfg):
     run = cfg.resume or cfg.out
     os.makedirs(run, exist_ok=True)
     model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
+    rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
     ref_model = None
     if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
         # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
@@ -725,7 +727,7 @@ def main(argv=None):
         return 2
     try:
         train(cfg)
-    except rollout.LoadError as e:
+    except (rollout.LoadError, ValueError) as e:
         print(f"sqlm.py: error: {e}", file=sys.stderr)
         return 2
     return 0
