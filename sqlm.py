@@ -640,7 +640,12 @@ def check_prompts(cfg, tokenizer):
         raise RunError(f"a prompt file is empty ({files})")
     if prompts.PROBLEM_SLOT not in solver:
         raise RunError(f"prompts/{cfg.task}_solver.txt has no {prompts.PROBLEM_SLOT} slot for the problem")
-    frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))
+    try:  # a model directory without tokenizer files loads an empty tokenizer with no chat template
+        frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RunError(f"the tokenizer of {cfg.model} cannot build a chat prompt ({first}): "
+                       f"does the model directory hold its tokenizer files?") from None
     if frame >= cfg.max_prompt:
         raise RunError(f"--max-prompt {cfg.max_prompt} leaves no room for a problem: the {cfg.task} solver prompt "
                        f"alone is {frame} tokens with this tokenizer")
@@ -866,7 +871,7 @@ def parse_args(argv):
     if "resume" in given:
         given = {**saved_config(given["resume"]), **given}
     cfg = Config(**given)
-    if cfg.minibatch > cfg.batch:  # on the command line; a Config built in code may shrink a batch for a test
+    if 0 < cfg.batch < cfg.minibatch:  # on the command line; a Config built in code may shrink a batch for a test
         raise ValueError(f"--minibatch {cfg.minibatch} is more groups than the proposer's --batch {cfg.batch}: "
                          f"give --minibatch {cfg.batch} or less")
     return cfg
