@@ -15,7 +15,7 @@ import os
 import sys
 
 PANELS = [  # (title, [(metrics.jsonl key, line style)])
-    ("held-out accuracy", [("eval_accuracy", "-"), ("eval_sampled_accuracy", "--")]),
+    ("held-out accuracy (greedy -, sampled --)", [("eval_accuracy", "-"), ("eval_sampled_accuracy", "--")]),
     ("reward (solver -, proposer --)", [("solver_reward", "-"), ("proposer_reward", "--")]),
     ("solver KL to the initial model", [("solver_kl", "-")]),
     ("solver entropy (nats/token)", [("solver_entropy", "-")]),

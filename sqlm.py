@@ -619,7 +619,7 @@ def check_new_run_dir(out):
         raise RunError(f"--out {out} is a file, not a directory")
     if os.path.isdir(out) and any(n in RUN_FILES or n.startswith("step-") for n in os.listdir(out)):
         raise RunError(f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out")
-    parent = out
+    parent = os.path.abspath(out)  # dirname('run') is '': the walk up needs a root to stop at
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):

@@ -436,3 +436,12 @@ def test_help_states_the_checkpoint_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--keep-last" in text and "(default: 2)" in text and "(default: 10)" in text
     assert {f.name for f in dataclasses.fields(sqlm.Config)} >= {"save_every", "keep_last"}
+
+
+def test_a_relative_out_is_checked_without_looping(tmp_path, monkeypatch):
+    """The walk up to the nearest existing parent looped for ever on a relative name ('run' -> '')."""
+    monkeypatch.chdir(tmp_path)
+    sqlm.check_new_run_dir("run")
+    (tmp_path / "run").write_text("")
+    with pytest.raises(sqlm.RunError, match="is a file"):
+        sqlm.check_new_run_dir("run/sub")
