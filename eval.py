@@ -18,6 +18,7 @@ Left out: few-shot prompts, answer checking by a model, third-party benchmark fi
 import argparse
 import hashlib
 import json
+import os
 import random
 import re
 import sys
@@ -215,6 +216,8 @@ def read_jsonl(path, task):
             problems.append(_checked(json.loads(line), task))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise ValueError(f"{path}:{number}: JSON nested too deeply") from None
         except ValueError as e:
             raise ValueError(f"{path}:{number}: {e}") from None
     if not problems:
@@ -223,8 +226,8 @@ def read_jsonl(path, task):
 
 
 def _checked(row, task):
-    if not isinstance(row, dict) or not isinstance(row.get("problem"), str):
-        raise ValueError('expected an object with a string "problem"')
+    if not isinstance(row, dict) or not isinstance(row.get("problem"), str) or not row["problem"].strip():
+        raise ValueError('expected an object with a non-empty string "problem"')
     if task == "code":
         inputs, outputs = row.get("inputs"), row.get("outputs")
         if not (isinstance(inputs, list) and isinstance(outputs, list) and inputs and len(inputs) == len(outputs)
@@ -341,12 +344,69 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
 
 # --- command line --------------------------------------------------------------------
 
+def progress_printer(label, samples=1, stream=None):
+    """A `progress(done, total, figures)` for `evaluate`: rows done, tokens/s, ETA and accuracy, as
+    one line refreshed in place on a terminal, or a plain line at most every 10 s (and the last) in a log."""
+    stream, started, last = stream or sys.stderr, time.time(), [0.0]
+
+    def show(done, total, figures):
+        elapsed = max(time.time() - started, 1e-9)
+        tokens = figures.get("mean_length", 0) * done * samples
+        eta = elapsed * (total - done) / done
+        line = (f"{label}  {done:>{len(str(total))}}/{total} rows  {tokens / elapsed:.0f} tok/s  "
+                f"eta {eta:.0f}s  acc {figures['accuracy']:.3f}")
+        if stream.isatty():
+            stream.write("\r" + line + ("\n" if done == total else ""))
+        elif done == total or time.time() - last[0] >= 10:
+            stream.write(line + "\n")
+            last[0] = time.time()
+        stream.flush()
+    return show
+
+
 def fail(message):
     print(f"eval.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
+def check_out(out, overwrite):
+    """The result file: not a directory, not an earlier result unless --overwrite, in a writable place.
+    Nothing is created here, so a failed evaluation leaves no file behind."""
+    if out.is_dir():
+        fail(f"--out {out} is a directory")
+    if out.exists() and not overwrite:
+        fail(f"--out {out} already exists: give --overwrite to replace it, or choose another --out")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        fail(f"--out {out}: no permission to write in {parent}")
+
+
+def write_result(out, result):
+    """Write the result JSON atomically: a temporary file renamed into place (no partial file on a kill)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, out)
+    except OSError as e:
+        fail(f"cannot write {out}: {e.strerror}")
+
+
 def main(argv=None):
+    """CLI entry: bad input is one line on stderr and exit code 2; Ctrl-C one line and exit code 130."""
+    try:
+        return run_cli(argv)
+    except KeyboardInterrupt:
+        print("eval.py: interrupted; no result was written", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def run_cli(argv):
+    from sqlm import negative_values_joined
     parser = argparse.ArgumentParser(description="Score a model on a held-out set.")
     parser.add_argument("--task", required=True, help="arith, algebra or code")
     parser.add_argument("--model", required=True, help="local directory or hub id")
@@ -356,39 +416,42 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, help="default: 0 for one sample, 1.0 for several")
     parser.add_argument("--max-new-tokens", type=int, help="default: 1024 arith, 3072 algebra, 512 code")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
-    parser.add_argument("--device", help="default: cuda if available, else cpu")
+    parser.add_argument("--device", help="cpu, or cuda[:N] on a GPU machine (default: cuda if available, else cpu)")
     parser.add_argument("--out", help="result JSON with per-problem records (default runs/eval-TASK.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.error = fail  # usage errors too: one line, exit code 2
-    args = parser.parse_args(argv)
+    args = parser.parse_args(negative_values_joined(sys.argv[1:] if argv is None else argv))
     if args.task not in TASKS:
         fail(f"unknown task '{args.task}' (choose from {', '.join(TASKS)})")
-    if args.samples < 1 or (args.limit is not None and args.limit < 1) or args.batch_size < 1 or \
-            (args.max_new_tokens is not None and args.max_new_tokens < 1):
-        fail("--samples, --limit, --batch-size and --max-new-tokens must be at least 1")
-    if args.temperature is not None and not args.temperature >= 0:  # nan too
-        fail("--temperature must be >= 0 (0 is greedy)")
+    for flag in ("samples", "limit", "batch_size", "max_new_tokens"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            fail(f"--{flag.replace('_', '-')} must be at least 1, not {value}")
+    if args.temperature is not None and not 0 <= args.temperature < float("inf"):  # nan too
+        fail(f"--temperature must be finite and >= 0 (0 is greedy), not {args.temperature}")
+    if args.device is not None:
+        import torch
+        kind = args.device.split(":")[0]
+        if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
+            fail(f"unknown or unavailable --device '{args.device}' (cpu, or cuda[:N] on a GPU machine)")
     out = Path(args.out or f"runs/eval-{args.task}.json")
+    check_out(out, args.overwrite)
     try:
         problems = load_problems(args.task, args.data)[:args.limit]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(out, "a"):  # writable now, not after an hour of generation
-            pass
         model, tokenizer = rollout.load(args.model, device=args.device)
     except (ValueError, OSError, rollout.LoadError) as e:
         fail(str(e))
-
-    started = time.time()
-
-    def show(done, total, figures):
-        print(f"eval {args.task}  {done:>{len(str(total))}}/{total}  acc {figures['accuracy']:.3f}  "
-              f"{time.time() - started:.0f}s", file=sys.stderr, flush=True)
+    try:  # a model directory without tokenizer files loads an empty tokenizer with no chat template
+        rollout.chat_prompt(tokenizer, prompts.solver_prompt(args.task, problems[0]["problem"]))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        fail(f"the tokenizer of {args.model} cannot build a chat prompt ({first}): "
+             f"does the model directory hold its tokenizer files?")
 
     result = evaluate(model, tokenizer, args.task, problems, samples=args.samples, temperature=args.temperature,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=show)
-    try:
-        out.write_text(json.dumps(result, indent=1))
-    except OSError as e:
-        fail(f"cannot write {out}: {e.strerror}")
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      progress=progress_printer(f"eval {args.task}", args.samples))
+    write_result(out, result)
     for key, value in result.items():
         if key != "records":
             print(f"{key:<16}{value:.4f}" if isinstance(value, float) else f"{key:<16}{value}")

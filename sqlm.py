@@ -32,6 +32,8 @@ import json
 import math
 import os
 import random
+import re
+import shlex
 import shutil
 import sys
 import time
@@ -50,6 +52,12 @@ TASKS = ("arith", "algebra", "code")
 DEFAULT_MODELS = {"arith": "Qwen/Qwen2.5-3B-Instruct", "algebra": "Qwen/Qwen2.5-3B-Instruct",
                   "code": "Qwen/Qwen2.5-Coder-3B-Instruct"}
 MAX_RESPONSE = {"arith": 1024, "algebra": 3072, "code": 512}
+
+
+POSITIVE = ("batch", "minibatch", "microbatch", "steps", "rollout_rows", "max_prompt", "max_response", "lr",
+            "temperature", "top_p", "grad_clip")
+NON_NEGATIVE = ("clip_low", "clip_high", "clip_c", "kl", "weight_decay", "proposer_every", "eval_every",
+                "eval_limit", "eval_samples", "save_every", "keep_last", "seed")
 
 
 def opt(default, help, choices=None):
@@ -95,42 +103,49 @@ class Config:
     eval_limit: int = opt(0, "0 = the whole held-out set")
     eval_data: str = opt("", "JSONL file replacing the built-in held-out set (eval.py's format)")
     eval_samples: int = opt(0, "also k samples per problem at --temperature: sampled accuracy, pass@k, maj@k")
-    save_every: int = opt(0, "0 = save at the end only")
-    out: str = opt("", "run directory; '' = runs/<task>-<time>")
-    resume: str = opt("", "run directory to continue from its last complete checkpoint")
+    save_every: int = opt(10, "save a checkpoint every k steps and at the end; 0 = at the end only "
+                              "(ours: a kill loses at most k steps)")
+    keep_last: int = opt(2, "complete checkpoints kept: older ones are deleted once a newer one is written; "
+                            "0 = keep all (a 3B one with AdamW state is ~37 GB)")
+    out: str = opt("", "run directory (must not hold a run already); '' = runs/<task>-<time>")
+    resume: str = opt("", "run directory to continue from its last complete checkpoint (none yet: from step 0)")
     grad_checkpointing: bool = opt(False, "recompute activations in backward (memory for speed)")
     fit_memory: bool = opt(True, "on a GPU, set --rollout-rows and --microbatch to the largest the memory plan "
                                  "fits on the card; --no-fit-memory keeps them as given")
 
     def resolve(self):
-        """Fill the task-dependent defaults and check values (idempotent); ValueError is one line for the CLI."""
+        """Fill the task-dependent defaults, make paths absolute (a run resumes from any directory)
+        and check values (idempotent); ValueError is one line naming the flag, for the CLI."""
         if self.task not in MAX_RESPONSE:
             raise ValueError(f"unknown task '{self.task}' (arith, algebra, code)")
         self.model = self.model or DEFAULT_MODELS[self.task]
+        if os.path.isdir(os.path.expanduser(self.model)):  # a local model; a hub id stays as given
+            self.model = os.path.abspath(os.path.expanduser(self.model))
         self.max_response = self.max_response or MAX_RESPONSE[self.task]
         self.solver_reward = self.solver_reward or ("tests" if self.task == "code" else "majority")
         self.out = self.out or os.path.join("runs", f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-        numbers = [getattr(self, f.name) for f in dataclasses.fields(self) if f.type in (float, "float")]
-        checks = [(self.adv_norm in ("std", "none"), "--adv-norm must be std or none"),
-                  (self.proposer_reward in ("sqlm", "azr", "rzero"), "--proposer-reward must be sqlm, azr or rzero"),
-                  (self.solver_reward in ("majority", "format", "tests"), "--solver-reward must be majority, tests or format"),
-                  (self.judge in ("exact", "lenient"), "--judge must be exact or lenient"),
-                  ((self.solver_reward == "tests") == (self.task == "code") or self.solver_reward == "format",
+        self.out, self.resume, self.eval_data = (os.path.abspath(os.path.expanduser(p)) if p else p
+                                                 for p in (self.out, self.resume, self.eval_data))
+        for f in dataclasses.fields(self):
+            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
+            if f.metadata["choices"] and value not in f.metadata["choices"]:
+                raise ValueError(f"{flag} must be one of {', '.join(c for c in f.metadata['choices'] if c)}, "
+                                 f"not {value!r}")
+            if f.type in (float, "float") and not math.isfinite(value):
+                raise ValueError(f"{flag} must be finite, not {value}")
+            if f.name in POSITIVE and not value > 0:
+                raise ValueError(f"{flag} must be positive, not {value}")
+            if f.name in NON_NEGATIVE and not value >= 0:
+                raise ValueError(f"{flag} must be >= 0, not {value}")
+        checks = [((self.solver_reward == "tests") == (self.task == "code") or self.solver_reward == "format",
                    f"--solver-reward {self.solver_reward} does not fit --task {self.task}"),
                   (not self.cat or self.task == "code", "--cat applies to --task code only"),
                   (not self.arith_check or self.task == "arith", "--arith-check applies to --task arith only"),
-                  (self.n >= 2, "--n must be at least 2 (groups of one carry no signal)"),
-                  (all(math.isfinite(v) for v in numbers), "numeric flags must be finite (no nan or inf)"),
-                  (min(self.batch, self.minibatch, self.microbatch, self.steps, self.rollout_rows, self.max_prompt,
-                       self.max_response) > 0,
-                   "--batch, --minibatch, --microbatch, --steps, --rollout-rows, --max-prompt, --max-response "
-                   "must be positive"),
-                  (self.lr > 0 and self.temperature > 0 and 0 < self.top_p <= 1 and self.grad_clip > 0,
-                   "--lr, --temperature and --grad-clip must be > 0, --top-p in (0, 1]"),
-                  (min(self.clip_high, self.kl, self.weight_decay, self.proposer_every, self.eval_every,
-                       self.eval_limit, self.eval_samples, self.save_every, self.seed) >= 0 and 0 <= self.clip_low < 1,
-                   "--clip-low must be in [0, 1); clip, kl, weight decay, periods, limits and seed must be >= 0"),
-                  (self.clip_c == 0 or self.clip_c > 1, "--clip-c must be > 1 (or 0 to disable)")]
+                  (self.n >= 2, f"--n must be at least 2, not {self.n} (groups of one carry no signal)"),
+                  (self.top_p <= 1, f"--top-p must be in (0, 1], not {self.top_p}"),
+                  (self.clip_low < 1, f"--clip-low must be in [0, 1), not {self.clip_low}"),
+                  (self.clip_c == 0 or self.clip_c > 1, f"--clip-c must be > 1 (or 0 to disable), not {self.clip_c}"),
+                  (self.seed <= 2**32 - 1, f"--seed must be at most 2**32-1 = {2**32 - 1}, not {self.seed}")]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
@@ -546,14 +561,103 @@ def save_checkpoint(run, step, model, tokenizer, optimizer, cfg):
     return final
 
 
+def complete_checkpoints(run):
+    """A run's complete step-* directories (a trainer_state.pt written, not a .tmp), oldest first."""
+    return sorted(d for d in os.listdir(run) if d.startswith("step-") and not d.endswith(".tmp")
+                  and os.path.exists(os.path.join(run, d, "trainer_state.pt"))) if os.path.isdir(run) else []
+
+
 def last_checkpoint(run):
     """The newest complete step-* directory of a run, or None."""
-    done = sorted(d for d in os.listdir(run) if d.startswith("step-") and not d.endswith(".tmp")
-                  and os.path.exists(os.path.join(run, d, "trainer_state.pt"))) if os.path.isdir(run) else []
+    done = complete_checkpoints(run)
     return os.path.join(run, done[-1]) if done else None
 
 
+def prune_checkpoints(run, keep_last):
+    """Delete all but the newest `keep_last` complete checkpoints (0: keep all) and any .tmp a kill left.
+
+    Called only after a save has completed, so the newest complete checkpoint always stays. An
+    old one loses its trainer_state.pt first, so a kill mid-delete leaves it incomplete, never
+    half a checkpoint that `last_checkpoint` would pick.
+    """
+    for name in os.listdir(run):
+        if name.startswith("step-") and name.endswith(".tmp"):
+            shutil.rmtree(os.path.join(run, name), ignore_errors=True)
+    for name in complete_checkpoints(run)[:-keep_last] if keep_last else []:
+        os.remove(os.path.join(run, name, "trainer_state.pt"))
+        shutil.rmtree(os.path.join(run, name), ignore_errors=True)
+
+
+def read_trainer_state(checkpoint):
+    """A checkpoint's trainer_state.pt (optimizer, step, RNG states); RunError if it cannot be read."""
+    path = os.path.join(checkpoint, "trainer_state.pt")
+    try:
+        state = torch.load(path, weights_only=False)  # our own file: numpy RNG state needs the unpickler
+        state["step"], state["optimizer"], state["rng"]["python"]  # noqa: B018 (the fields a resume reads)
+    except Exception as e:  # truncated, overwritten, not a torch file: one line, no traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RunError(f"cannot read {path} ({first}): delete {checkpoint} to resume from the checkpoint "
+                       f"before it") from None
+    return state
+
+
 # --- the run -------------------------------------------------------------------------
+
+class RunError(Exception):
+    """Bad input found as a run starts (run directory, checkpoint, prompts): one line for the CLI."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run; the message says where it stopped and the command that continues it."""
+
+    def __init__(self, run, step):
+        checkpoint = last_checkpoint(run)
+        script = os.path.relpath(__file__) if not os.path.relpath(__file__).startswith("..") else __file__
+        super().__init__(f"interrupted at step {step}; last complete checkpoint: {checkpoint or 'none yet'}; "
+                         f"resume with: python {shlex.quote(script)} --resume {shlex.quote(run)}")
+        self.run, self.step = run, step
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl")  # and step-* directories
+
+
+def check_new_run_dir(out):
+    """A new run's --out: not a file, not a run already (its logs would be appended to), creatable."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out} is a file, not a directory")
+    if os.path.isdir(out) and any(n in RUN_FILES or n.startswith("step-") for n in os.listdir(out)):
+        raise RunError(f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out")
+    parent = os.path.abspath(out)  # dirname('run') is '': the walk up needs a root to stop at
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise RunError(f"--out {out}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: no permission to write in {parent}")
+
+
+def check_prompts(cfg, tokenizer):
+    """The task's prompt files are usable: a proposer prompt, a solver prompt with its {problem}
+    slot, and room under --max-prompt for a problem after the solver prompt's own tokens."""
+    files = f"prompts/{cfg.task}_proposer{'_cat' if cfg.cat else ''}.txt, prompts/{cfg.task}_solver.txt"
+    try:
+        topic, solver = prompts.proposer_prompt(cfg.task, cat=cfg.cat), prompts.load(cfg.task, "solver")
+    except OSError as e:
+        raise RunError(f"cannot read the prompts ({files}): {e.strerror}: {e.filename}") from None
+    if not topic or not solver:
+        raise RunError(f"a prompt file is empty ({files})")
+    if prompts.PROBLEM_SLOT not in solver:
+        raise RunError(f"prompts/{cfg.task}_solver.txt has no {prompts.PROBLEM_SLOT} slot for the problem")
+    try:  # a model directory without tokenizer files loads an empty tokenizer with no chat template
+        frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RunError(f"the tokenizer of {cfg.model} cannot build a chat prompt ({first}): "
+                       f"does the model directory hold its tokenizer files?") from None
+    if frame >= cfg.max_prompt:
+        raise RunError(f"--max-prompt {cfg.max_prompt} leaves no room for a problem: the {cfg.task} solver prompt "
+                       f"alone is {frame} tokens with this tokenizer")
+
 
 def truncate_logs(run, step):
     """Keep only the records of steps before `step` in the run's jsonl logs (and no line a kill cut short)."""
@@ -604,7 +708,8 @@ def run_eval(sampler, tokenizer, cfg):
     for prefix, samples, temperature in runs:
         result = heldout.evaluate(sampler, tokenizer, cfg.task, problems, limit=cfg.eval_limit or None,
                                   samples=samples, temperature=temperature, max_new_tokens=cfg.max_response,
-                                  batch_size=cfg.rollout_rows)
+                                  batch_size=cfg.rollout_rows,
+                                  progress=heldout.progress_printer(f"{prefix.rstrip('_')} step", samples))
         figures.update({prefix + k: v for k, v in result.items() if isinstance(v, (int, float))})
     return figures
 
@@ -629,24 +734,45 @@ def fit_to_memory(cfg, model_config, device):
                                  max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n,
                                  kl=bool(cfg.kl_coef), grad_checkpointing=cfg.grad_checkpointing, gpu=True)
         if fit is None:
-            raise ValueError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
+            raise RunError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
                              "--kl 0 or a shorter --max-response")
         cfg.rollout_rows, cfg.microbatch = fit
         print(f"memory plan: --rollout-rows {cfg.rollout_rows} --microbatch {cfg.microbatch}", flush=True)
 
 
 def train(cfg):
-    """The whole run: load, (resume), step loop with eval, logging and checkpoints. Returns the run dir."""
+    """The whole run: load, (resume), step loop with eval, logging and checkpoints. Returns the run dir.
+
+    Raises RunError on bad input found as the run starts (nothing is written then) and
+    Interrupted on Ctrl-C.
+    """
     cfg = cfg.resolve()  # idempotent: no Config reaches the loop with its task defaults unfilled
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    resume_from = last_checkpoint(cfg.resume) if cfg.resume else None
-    run = cfg.resume or cfg.out
-    os.makedirs(run, exist_ok=True)
+    run, resume_from, state = cfg.resume or cfg.out, None, None
+    if cfg.resume:  # from its last complete checkpoint, or from step 0 if it has none yet
+        cfg.out = run
+        resume_from = last_checkpoint(run)
+        state = read_trainer_state(resume_from) if resume_from else None
+        if state and cfg.steps <= state["step"]:
+            raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({resume_from}, step "
+                           f"{state['step']}): give --steps above {state['step']} to train on")
+    else:
+        check_new_run_dir(run)
+    if cfg.eval_data:  # read now, not at the first eval
+        import eval as heldout
+        try:
+            heldout.read_jsonl(cfg.eval_data, cfg.task)
+        except ValueError as e:
+            raise RunError(f"--eval-data: {e}") from None
     model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
-    rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
+    try:
+        rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    check_prompts(cfg, tokenizer)
     ref_model = None
     if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
         # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
@@ -659,44 +785,105 @@ def train(cfg):
     fit_to_memory(cfg, model.config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    if resume_from:
-        state = torch.load(os.path.join(resume_from, "trainer_state.pt"), weights_only=False)
+    if state:
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-        truncate_logs(run, start)  # steps after the checkpoint are run again
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         if state["rng"]["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        print(f"resumed from {resume_from} at step {start}", flush=True)
+    try:  # only now: a start that fails leaves no directory behind
+        os.makedirs(run, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run directory {run}: {e.strerror}") from None
+    if cfg.resume:
+        truncate_logs(run, start)  # steps after the checkpoint are run again
+        print(f"resumed from {resume_from} at step {start}" if resume_from else
+              f"no checkpoint in {run} yet: running it again from step 0", flush=True)
     with open(os.path.join(run, "config.json"), "w") as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2)
     print("config " + json.dumps(dataclasses.asdict(cfg)), flush=True)
 
-    for step in range(start, cfg.steps + 1):
-        metrics = {}
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            metrics.update(run_eval(sampler, tokenizer, cfg))
-        if step == cfg.steps:  # the last iteration only evaluates the final weights
-            if metrics:
-                log(run, "metrics.jsonl", {"step": step, **metrics})
-                print(f"step {step:4d} | eval {metrics.get('eval_accuracy', float('nan')):.3f}", flush=True)
-            break
-        step_metrics, records = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device)
-        metrics = {**step_metrics, **metrics}
-        log(run, "metrics.jsonl", metrics)
-        for rec in records:
-            log(run, "samples.jsonl", rec)
-        print(format_line(metrics), flush=True)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save_checkpoint(run, step + 1, model, tokenizer, optimizer, cfg)
-    if last_checkpoint(run) != os.path.join(run, f"step-{cfg.steps:06d}"):
-        save_checkpoint(run, cfg.steps, model, tokenizer, optimizer, cfg)
+    step = start
+    try:
+        for step in range(start, cfg.steps + 1):
+            metrics = {}
+            if cfg.eval_every and step % cfg.eval_every == 0:
+                metrics.update(run_eval(sampler, tokenizer, cfg))
+            if step == cfg.steps:  # the last iteration only evaluates the final weights
+                if metrics:
+                    log(run, "metrics.jsonl", {"step": step, **metrics})
+                    print(f"step {step:4d} | eval {metrics.get('eval_accuracy', float('nan')):.3f}", flush=True)
+                break
+            step_metrics, records = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device)
+            metrics = {**step_metrics, **metrics}
+            log(run, "metrics.jsonl", metrics)
+            for rec in records:
+                log(run, "samples.jsonl", rec)
+            print(format_line(metrics), flush=True)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                save_checkpoint(run, step + 1, model, tokenizer, optimizer, cfg)
+                prune_checkpoints(run, cfg.keep_last)
+        if last_checkpoint(run) != os.path.join(run, f"step-{cfg.steps:06d}"):
+            save_checkpoint(run, cfg.steps, model, tokenizer, optimizer, cfg)
+            prune_checkpoints(run, cfg.keep_last)
+    except KeyboardInterrupt:
+        raise Interrupted(run, step) from None
+    print(run_summary(run), flush=True)
     return run
 
 
+def run_summary(run):
+    """Where the run and its final checkpoint are, and its held-out accuracy against step."""
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        evals = [(m["step"], m["eval_accuracy"]) for m in map(json.loads, f) if "eval_accuracy" in m]
+    trajectory = ", ".join(f"{step}: {accuracy:.3f}" for step, accuracy in evals) or "none (--eval-every 0)"
+    return (f"run directory     {run}\nfinal checkpoint  {last_checkpoint(run)}\n"
+            f"eval accuracy     {trajectory} (step: greedy accuracy)")
+
+
 # --- CLI -----------------------------------------------------------------------------
+
+NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)", re.IGNORECASE)
+
+
+def negative_values_joined(argv):
+    """`--lr -1e-6` becomes `--lr=-1e-6`: argparse takes a token that starts with '-' for a flag
+    unless it looks like -1 or -.5, so `-1e-6` or `-inf` read as "expected one argument"."""
+    out = []
+    for token in argv:
+        if out and out[-1].startswith("--") and out[-1] != "--" and "=" not in out[-1] \
+                and NEGATIVE_NUMBER.fullmatch(token):
+            out[-1] += "=" + token
+        else:
+            out.append(token)
+    return out
+
+
+def saved_config(run):
+    """The config a run was started with (its config.json), checked field by field; ValueError if unusable."""
+    path = os.path.join(run, "config.json")
+    if not os.path.isdir(run):
+        raise ValueError(f"--resume {run}: no such run directory")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--resume {run}: cannot read {path} ({e.strerror})") from None
+    except (ValueError, RecursionError):
+        raise ValueError(f"--resume {run}: {path} is damaged (not valid JSON)") from None
+    kinds = {f.name: {"int": int, "float": (int, float), "str": str, "bool": bool}[
+        f.type if isinstance(f.type, str) else f.type.__name__] for f in dataclasses.fields(Config)}
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume {run}: {path} is not a config (a JSON object)")
+    for key, value in saved.items():
+        if key not in kinds:
+            raise ValueError(f"--resume {run}: {path} has an unknown field {key!r}")
+        if not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool):
+            raise ValueError(f"--resume {run}: {path} has {key} = {value!r}, not a valid value")
+    return saved
+
 
 def parse_args(argv):
     """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
@@ -709,27 +896,36 @@ def parse_args(argv):
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
-    given = vars(p.parse_args(argv))
+    given = vars(p.parse_args(negative_values_joined(sys.argv[1:] if argv is None else argv)))
     if "resume" in given:
-        if last_checkpoint(given["resume"]) is None:
-            raise ValueError(f"no complete checkpoint in {given['resume']}")
-        with open(os.path.join(given["resume"], "config.json")) as f:
-            given = {**json.load(f), **given}
-    return Config(**given)
+        given = {**saved_config(given["resume"]), **given}
+    cfg = Config(**given)
+    if 0 < cfg.batch < cfg.minibatch:  # on the command line; a Config built in code may shrink a batch for a test
+        raise ValueError(f"--minibatch {cfg.minibatch} is more groups than the proposer's --batch {cfg.batch}: "
+                         f"give --minibatch {cfg.batch} or less")
+    return cfg
 
 
 def main(argv=None):
-    """CLI entry: bad input (flag, value, task, model) is one line on stderr and exit code 2."""
+    """CLI entry: bad input (flag, value, task, model, run directory) is one line on stderr and exit
+    code 2; Ctrl-C is one line saying how to resume, exit code 130."""
     try:
-        cfg = parse_args(argv).resolve()
-    except ValueError as e:
-        print(f"sqlm.py: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        train(cfg)
-    except (rollout.LoadError, ValueError) as e:
-        print(f"sqlm.py: error: {e}", file=sys.stderr)
-        return 2
+        try:
+            cfg = parse_args(argv).resolve()
+        except ValueError as e:
+            print(f"sqlm.py: error: {e}", file=sys.stderr)
+            return 2
+        try:
+            train(cfg)
+        except (RunError, rollout.LoadError) as e:
+            print(f"sqlm.py: error: {e}", file=sys.stderr)
+            return 2
+        except Interrupted as e:
+            print(f"sqlm.py: {e}", file=sys.stderr)
+            return 130
+    except KeyboardInterrupt:  # before the run directory exists: nothing was written
+        print("sqlm.py: interrupted before the first step; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -67,7 +67,7 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
     (["--batch", "many"], "invalid int value"),
     (["--adv-norm", "max"], "argument --adv-norm: invalid choice: 'max'"),
     (["--model", "/no/such/model", "--task", "arith"], "model directory not found: /no/such/model"),
-    (["--resume", "/no/such/run"], "no complete checkpoint in /no/such/run"),
+    (["--resume", "/no/such/run"], "--resume /no/such/run: no such run directory"),
     (["--kl", "nan"], "must be finite"),
     (["--clip-low", "1.5"], "--clip-low must be in [0, 1)"),
     (["--seed", "-1"], "seed must be >= 0"),

@@ -1,0 +1,447 @@
+"""The command lines as a careful user meets them: one line and exit 2 for every bad input, no
+silent data loss (refusals to overwrite or rewind a run), Ctrl-C, progress, the end of a run,
+plots, and nothing left behind (no run directory or result file after a failure, nothing
+written into the checkout by the test suite)."""
+import dataclasses
+import io
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import eval as ev
+import plot
+import prompts
+import sqlm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--batch", "2", "--n", "2", "--minibatch", "1", "--microbatch", "4", "--max-response", "8",
+        "--eval-every", "0", "--proposer-every", "1", "--device", "cpu", "--task", "arith"]
+
+
+# --- nothing written into the checkout ---------------------------------------------------
+
+def tree(root):
+    """Every file and directory under root (not .git or caches), with each file's size and mtime."""
+    found = {}
+    for here, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in (".git", "__pycache__", ".pytest_cache")]
+        for name in dirs:
+            found[os.path.relpath(os.path.join(here, name), root)] = None
+        for name in files:
+            st = os.stat(os.path.join(here, name))
+            found[os.path.relpath(os.path.join(here, name), root)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+CHECKOUT_AT_COLLECTION = tree(REPO)  # taken when pytest imports this file, before any test runs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_unchanged_by_the_suite():
+    """After the whole session, the checkout holds no new or changed file (the tests used to be able
+    to write runs/ into it): a failure here is reported as an error at the session's teardown."""
+    yield
+    after = tree(REPO)
+    changed = sorted(p for p in set(after) | set(CHECKOUT_AT_COLLECTION)
+                     if after.get(p, "gone") != CHECKOUT_AT_COLLECTION.get(p, "gone"))
+    assert not changed, f"the test suite wrote into the checkout: {changed[:10]}"
+
+
+def test_the_checkout_check_sees_a_new_file(tmp_path):
+    """The teardown check compares trees: a file written under the root must show up as a change."""
+    before = tree(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "metrics.jsonl").write_text("{}\n")
+    after = tree(tmp_path)
+    assert set(after) - set(before) == {"runs", os.path.join("runs", "metrics.jsonl")}
+
+
+# --- shared set-up -----------------------------------------------------------------------
+
+def exit_code(main, argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dir, tmp_path_factory):
+    """A finished 2-step run with checkpoints at steps 1 and 2 (copy it before changing it)."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert sqlm.main(["--model", tiny_dir, "--steps", "2", "--save-every", "1", "--out", str(run)] + FAST) == 0
+    return run
+
+
+@pytest.fixture
+def places(tiny_dir, trained_run, tmp_path):
+    """Named inputs for the bad-input tables, each built under tmp_path."""
+    def write(name, text):
+        (tmp_path / name).write_text(text)
+        return str(tmp_path / name)
+
+    def run_copy(name, damage=None):
+        run = tmp_path / name
+        shutil.copytree(trained_run, run)
+        if damage:
+            damage(run)
+        return str(run)
+
+    notok = tmp_path / "notok"  # a model directory without its tokenizer files
+    notok.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        shutil.copy(os.path.join(tiny_dir, name), notok / name)
+    return {
+        "TINY": tiny_dir, "NOTOK": str(notok), "FILE": write("file.txt", "x"),
+        "FILE/SUB": str(tmp_path / "file.txt" / "sub"),
+        "NESTED": write("nested.jsonl", "[" * 100_000 + "]" * 100_000 + "\n"),
+        "EMPTYPROBLEM": write("empty.jsonl", '{"problem": "  ", "answer": 1}\n'),
+        "RESULT": write("result.json", '{"earlier": "result"}'),
+        "RUN": run_copy("run"),
+        "NOCONFIG": run_copy("noconfig", lambda r: os.remove(r / "config.json")),
+        "BADCONFIG": run_copy("badconfig", lambda r: (r / "config.json").write_text("{oops")),
+        "TYPECONFIG": run_copy("typeconfig", lambda r: (r / "config.json").write_text('{"batch": "many"}')),
+        "BADSTATE": run_copy("badstate", lambda r: (r / "step-000002" / "trainer_state.pt").write_bytes(b"junk")),
+        "NEW": str(tmp_path / "new-run"),
+    }
+
+
+# --- one line and exit 2 -------------------------------------------------------------------
+
+SQLM_BAD = [  # (argv, what the line must say); every case starts a new run into NEW unless it says otherwise
+    (["--lr", "-1e-6"], "--lr must be positive, not -1e-06"),  # argparse alone: "expected one argument"
+    (["--lr", "0"], "--lr must be positive"),
+    (["--temperature", "-inf"], "--temperature must be finite"),
+    (["--kl", "nan"], "--kl must be finite"),
+    (["--grad-clip", "-1"], "--grad-clip must be positive"),
+    (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["--clip-low", "1.5"], "--clip-low must be in [0, 1)"),
+    (["--clip-high", "-0.1"], "--clip-high must be >= 0"),
+    (["--clip-c", "0.5"], "--clip-c must be > 1 (or 0 to disable)"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--seed", str(2**32)], "--seed must be at most 2**32-1"),
+    (["--batch", "0"], "--batch must be positive"),
+    (["--steps", "-3"], "--steps must be positive"),
+    (["--max-response", "-5"], "--max-response must be positive"),
+    (["--eval-every", "-5"], "--eval-every must be >= 0"),
+    (["--keep-last", "-1"], "--keep-last must be >= 0"),
+    (["--n", "1"], "--n must be at least 2"),
+    (["--batch", "4", "--minibatch", "8"], "--minibatch 8 is more groups than the proposer's --batch 4"),
+    (["--cat"], "--cat applies to --task code only"),
+    (["--solver-reward", "tests"], "--solver-reward tests does not fit --task arith"),
+    (["--task", "poetry"], "invalid choice: 'poetry'"),
+    (["--batch", "many"], "invalid int value"),
+    (["--no-cat", "-1"], "ignored explicit argument '-1'"),
+    (["--device", "foo"], "unknown or unavailable --device 'foo'"),
+    (["--model", "/no/such/model"], "model directory not found: /no/such/model"),
+    (["--model", "NOTOK"], "cannot build a chat prompt"),
+    (["--max-prompt", "8"], "--max-prompt 8 leaves no room for a problem"),
+    (["--eval-data", "NESTED"], "nested.jsonl:1: JSON nested too deeply"),
+    (["--eval-data", "EMPTYPROBLEM"], 'empty.jsonl:1: expected an object with a non-empty string "problem"'),
+    (["--eval-data", "/no/such.jsonl"], "cannot read data file /no/such.jsonl"),
+    (["--out", "FILE"], "file.txt is a file, not a directory"),
+    (["--out", "FILE/SUB"], "file.txt is a file, not a directory"),
+    (["--out", "RUN"], "already holds a run: continue it with --resume"),
+    (["--resume", "/no/such/run"], "--resume /no/such/run: no such run directory"),
+    (["--resume", "NOCONFIG"], "config.json (No such file or directory)"),
+    (["--resume", "BADCONFIG"], "config.json is damaged (not valid JSON)"),
+    (["--resume", "TYPECONFIG"], "has batch = 'many', not a valid value"),
+    (["--resume", "BADSTATE"], "cannot read"),
+    (["--resume", "RUN", "--steps", "1"], "--steps 1 is not beyond the last checkpoint"),
+    (["--resume", "RUN", "--steps", "2"], "--steps 2 is not beyond the last checkpoint"),
+]
+if not torch.cuda.is_available():
+    SQLM_BAD.append((["--device", "cuda"], "unknown or unavailable --device 'cuda'"))
+
+
+@pytest.mark.parametrize("argv, message", SQLM_BAD)
+def test_sqlm_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, message, places, capsys):
+    """Each of these gave a traceback, a message not naming the flag, or was accepted silently."""
+    argv = [places.get(a, a) for a in argv]
+    if "--resume" not in argv:
+        argv = ["--model", places["TINY"], "--steps", "2", "--out", places["NEW"]] + FAST + argv
+    run = argv[argv.index("--resume") + 1] if "--resume" in argv else None
+    before = tree(run) if run and os.path.isdir(run) else None
+    assert exit_code(sqlm.main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not os.path.exists(places["NEW"])  # no run directory after a failed start
+    if before is not None:
+        assert tree(run) == before  # a refused resume changes nothing in the run
+
+
+EVAL_BAD = [  # every case writes to --out NEW unless it says otherwise
+    (["--temperature", "inf"], "--temperature must be finite and >= 0"),
+    (["--temperature", "-1e-3"], "--temperature must be finite and >= 0"),
+    (["--temperature", "nan"], "--temperature must be finite and >= 0"),
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--limit", "0"], "--limit must be at least 1"),
+    (["--batch-size", "-1"], "--batch-size must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    (["--device", "tpu"], "unknown or unavailable --device 'tpu'"),
+    (["--data", "NESTED"], "nested.jsonl:1: JSON nested too deeply"),
+    (["--data", "EMPTYPROBLEM"], 'expected an object with a non-empty string "problem"'),
+    (["--model", "NOTOK"], "cannot build a chat prompt"),
+    (["--model", "/no/such/model"], "model directory not found"),
+    (["--out", "RESULT"], "result.json already exists: give --overwrite"),
+    (["--out", "FILE/SUB"], "file.txt is a file, not a directory"),
+    (["--task", "poetry"], "unknown task 'poetry'"),
+]
+if not torch.cuda.is_available():
+    EVAL_BAD.append((["--device", "cuda"], "unknown or unavailable --device 'cuda'"))
+
+
+@pytest.mark.parametrize("argv, message", EVAL_BAD)
+def test_eval_bad_input_is_one_line_exit_2_and_leaves_no_file(argv, message, places, capsys):
+    argv = ["--task", "arith", "--model", places["TINY"], "--limit", "2", "--max-new-tokens", "4",
+            "--out", places["NEW"]] + [places.get(a, a) for a in argv]
+    assert exit_code(ev.main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not os.path.exists(places["NEW"])  # no empty result file after a failed eval
+    assert json.loads(open(places["RESULT"]).read()) == {"earlier": "result"}
+
+
+def test_negative_values_reach_the_flag():
+    """argparse reads `-1e-6` as a flag ("expected one argument"); joined to its flag it is a value."""
+    assert sqlm.negative_values_joined(["--lr", "-1e-6", "--seed", "-1", "--out", "-x", "--", "-2"]) == \
+        ["--lr=-1e-6", "--seed=-1", "--out", "-x", "--", "-2"]
+    assert sqlm.parse_args(["--lr", "-1e-6", "--temperature", "-inf"]).lr == -1e-6
+
+
+def test_empty_prompt_file_is_refused(tiny_dir, tmp_path, monkeypatch, capsys):
+    """An emptied prompt file used to run a whole training with an empty topic prompt."""
+    for name in os.listdir(os.path.dirname(prompts.__file__)):
+        if name.endswith(".txt"):
+            shutil.copy(os.path.join(os.path.dirname(prompts.__file__), name), tmp_path / name)
+    (tmp_path / "arith_proposer.txt").write_text("\n")
+    monkeypatch.setattr(prompts, "_DIR", str(tmp_path))
+    prompts.load.cache_clear()
+    try:
+        code = sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST)
+    finally:
+        prompts.load.cache_clear()
+    assert code == 2 and "a prompt file is empty" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+# --- runs: checkpoints, resume, Ctrl-C, the end -------------------------------------------
+
+def test_checkpoint_defaults_save_periodically_and_keep_the_last_two():
+    """With save only at the end, a kill lost every step; keeping all filled the disk (37 GB each at 3B)."""
+    cfg = sqlm.Config()
+    assert (cfg.save_every, cfg.keep_last) == (10, 2)
+
+
+def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
+    for step in range(1, 5):
+        (tmp_path / f"step-{step:06d}").mkdir()
+        (tmp_path / f"step-{step:06d}" / "trainer_state.pt").write_bytes(b"x")
+    (tmp_path / "step-000005.tmp").mkdir()  # a save a kill cut short
+    (tmp_path / "step-000006").mkdir()      # incomplete: no trainer_state.pt
+    sqlm.prune_checkpoints(str(tmp_path), 2)
+    assert sorted(os.listdir(tmp_path)) == ["step-000003", "step-000004", "step-000006"]
+    sqlm.prune_checkpoints(str(tmp_path), 1)
+    assert sorted(os.listdir(tmp_path)) == ["step-000004", "step-000006"]
+    sqlm.prune_checkpoints(str(tmp_path), 0)  # 0 keeps all
+    assert sorted(os.listdir(tmp_path)) == ["step-000004", "step-000006"]
+
+
+def test_ctrl_c_says_where_and_how_to_resume_and_the_resume_completes(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Ctrl-C gave a traceback. Now: one line with the step, the last complete checkpoint and the
+    exact resume command, exit 130; that command finishes the run with each step logged once, and
+    keeps only the last --keep-last checkpoints; the end of the run says where everything is."""
+    run = tmp_path / "run"
+    real_step = sqlm.train_step
+
+    def interrupted_at_3(step, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(step, *args)
+    monkeypatch.setattr(sqlm, "train_step", interrupted_at_3)
+    argv = ["--model", tiny_dir, "--steps", "4", "--save-every", "1", "--keep-last", "2", "--out", str(run)]
+    assert sqlm.main(argv + FAST[:FAST.index("--eval-every")] + ["--eval-every", "2", "--eval-limit", "2"]
+                     + FAST[FAST.index("--proposer-every"):]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("sqlm.py: interrupted at step 3; last complete checkpoint: ")
+    assert err.split("checkpoint: ")[1].split(";")[0] == str(run / "step-000003")
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "samples.jsonl", "step-000002", "step-000003"]
+    monkeypatch.setattr(sqlm, "train_step", real_step)
+    command = shlex.split(err.split("resume with: ")[1])
+    assert command[:2] == ["python", os.path.relpath(sqlm.__file__)] and command[2:] == ["--resume", str(run)]
+    assert sqlm.main(command[2:]) == 0
+    out = capsys.readouterr().out
+    assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3, 4]
+    assert sorted(d for d in os.listdir(run) if d.startswith("step-")) == ["step-000003", "step-000004"]
+    assert f"run directory     {run}\n" in out and f"final checkpoint  {run / 'step-000004'}\n" in out
+    assert "eval accuracy     0: 0.000, 2: 0.000, 4: 0.000" in out
+
+
+def test_a_real_sigint_gives_one_line_and_exit_130(tiny_dir, tmp_path):
+    """A signal, not a monkeypatch: whatever code runs when it lands, no traceback reaches the user."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "sqlm.py"), "--model", tiny_dir, "--steps", "500",
+                             "--out", str(run)] + FAST, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 240
+    while not (run / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("sqlm.py: interrupted at step ")
+    assert f"--resume {run}" in err
+
+
+def test_resume_works_from_another_directory(tiny_dir, tmp_path, monkeypatch):
+    """Relative --model, --eval-data and --out are stored absolute, so `--resume` from elsewhere finds them."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    os.symlink(tiny_dir, work / "model")
+    (work / "dev.jsonl").write_text('{"problem": "What is 2 * 3?", "answer": 6}\n')
+    monkeypatch.chdir(work)
+    argv = ["--model", "model", "--eval-data", "dev.jsonl", "--out", "run", "--steps", "1"] + FAST
+    argv[argv.index("--eval-every") + 1] = "1"
+    assert sqlm.main(argv) == 0
+    saved = json.load(open(work / "run" / "config.json"))
+    assert (saved["model"], saved["eval_data"], saved["out"]) == (
+        str(work / "model"), str(work / "dev.jsonl"), str(work / "run"))
+    monkeypatch.chdir(elsewhere)
+    assert sqlm.main(["--resume", str(work / "run"), "--steps", "2"]) == 0
+    assert [m["step"] for m in jsonl(work / "run" / "metrics.jsonl")] == [0, 1, 2]
+    assert os.listdir(elsewhere) == []
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tiny_dir, tmp_path):
+    """A kill before the first checkpoint left a run that --out refuses: --resume runs it from step 0,
+    its earlier records replaced, not duplicated."""
+    run = tmp_path / "run"
+    assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(run)] + FAST) == 0
+    shutil.rmtree(run / "step-000001")  # as if killed before the save
+    assert sqlm.main(["--resume", str(run), "--steps", "2"]) == 0
+    assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0, 1]
+
+
+def test_in_training_eval_shows_progress(tiny_dir, tmp_path, capsys):
+    """In-training eval over 4,096 problems was silent for minutes: it prints rows, tokens/s and ETA."""
+    argv = ["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run"), "--eval-limit", "3"] + FAST
+    argv[argv.index("--eval-every") + 1] = "1"
+    assert sqlm.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "eval step  3/3 rows" in err and "tok/s" in err and "eta 0s" in err
+
+
+# --- progress lines ---------------------------------------------------------------------------
+
+class Stream(io.StringIO):
+    def __init__(self, tty):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_progress_refreshes_one_line_on_a_terminal_and_writes_plain_lines_in_a_log():
+    for tty in (True, False):
+        stream = Stream(tty)
+        show = ev.progress_printer("eval arith", samples=2, stream=stream)
+        show(1, 4, {"accuracy": 0.5, "mean_length": 10.0})
+        show(4, 4, {"accuracy": 0.25, "mean_length": 10.0})
+        text = stream.getvalue()
+        if tty:
+            assert text.startswith("\reval arith  1/4 rows") and text.count("\n") == 1 and text.endswith("\n")
+            assert "\reval arith  4/4 rows" in text
+        else:
+            lines = text.splitlines()
+            assert len(lines) == 2 and "\r" not in text
+            assert lines[0].startswith("eval arith  1/4 rows") and lines[1].startswith("eval arith  4/4 rows")
+            assert lines[1].endswith("eta 0s  acc 0.250") and " tok/s " in lines[1]
+
+
+# --- eval: overwrite only when asked ----------------------------------------------------------
+
+def test_eval_overwrites_only_with_overwrite(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    argv = ["--task", "arith", "--model", tiny_dir, "--limit", "1", "--max-new-tokens", "2", "--device", "cpu",
+            "--out", str(out)]
+    assert exit_code(ev.main, argv) == 2 and out.read_text() == "{}"
+    ev.main(argv + ["--overwrite"])
+    assert json.loads(out.read_text())["n_problems"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["r.json"]  # no temporary file left
+
+
+# --- plot -------------------------------------------------------------------------------------
+
+METRICS = [{"step": 0, "valid_rate": 1.0, "solver_reward": 0.5, "proposer_reward": 0.0, "response_len": 9.0,
+            "solver_entropy": 1.2, "solver_kl": 0.0, "eval_accuracy": 0.1},
+           {"step": 1, "valid_rate": 0.5, "solver_reward": 0.75, "proposer_reward": 0.5, "response_len": 7.0,
+            "solver_entropy": 1.1, "solver_kl": 0.01},
+           {"step": 2, "eval_accuracy": 0.3}]
+
+
+def write_run(path, records, tail=""):
+    path.mkdir()
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return str(path)
+
+
+def test_plot_curves_read_each_figure_against_step(tmp_path):
+    run = write_run(tmp_path / "run", METRICS, tail='{"step": 3, "valid_ra')  # a line a kill cut short
+    curves = plot.curves(run)
+    assert curves["eval_accuracy"] == ([0, 2], [0.1, 0.3])
+    assert curves["valid_rate"] == ([0, 1], [1.0, 0.5])
+    assert curves["proposer_reward"] == ([0, 1], [0.0, 0.5]) and curves["solver_kl"] == ([0, 1], [0.0, 0.01])
+    assert set(curves) == {k for _, keys in plot.PANELS for k, _ in keys} - {"eval_sampled_accuracy"}
+
+
+def test_plot_without_matplotlib_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    run = write_run(tmp_path / "run", METRICS)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    assert exit_code(plot.main, [run]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install matplotlib" in err and not os.path.exists(tmp_path / "run" / "curves.png")
+
+
+def test_plot_bad_run_is_one_line(tmp_path, capsys):
+    assert exit_code(plot.main, [str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_plot_writes_a_png_of_several_runs(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra (pip install matplotlib)")
+    runs = [write_run(tmp_path / "a", METRICS), write_run(tmp_path / "b", METRICS[:2])]
+    out = tmp_path / "curves.png"
+    assert plot.main(runs + ["--out", str(out)]) == str(out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_help_states_the_checkpoint_defaults(capsys):
+    with pytest.raises(SystemExit):
+        sqlm.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--keep-last" in text and "(default: 2)" in text and "(default: 10)" in text
+    assert {f.name for f in dataclasses.fields(sqlm.Config)} >= {"save_every", "keep_last"}
+
+
+def test_a_relative_out_is_checked_without_looping(tmp_path, monkeypatch):
+    """The walk up to the nearest existing parent looped for ever on a relative name ('run' -> '')."""
+    monkeypatch.chdir(tmp_path)
+    sqlm.check_new_run_dir("run")
+    (tmp_path / "run").write_text("")
+    with pytest.raises(sqlm.RunError, match="is a file"):
+        sqlm.check_new_run_dir("run/sub")
