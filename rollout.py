@@ -21,6 +21,7 @@ torch.compile of the decode step. Callers chunk very large
 batches themselves (`sqlm.py` does).
 """
 import os
+import socket
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +35,19 @@ class LoadError(RuntimeError):
 
 
 # --- loading -------------------------------------------------------------------------
+
+def hub_reachable(host="huggingface.co", timeout=2.0):
+    """Whether the model hub answers a TCP connection within `timeout` s (never with HF_HUB_OFFLINE=1).
+    Checked once before loading, so an offline machine gets one line at once instead of a minute
+    of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
 
 def load(name_or_path, device=None, dtype=None):
     """Load `(model, tokenizer)` from a local directory or a hub id, in eval mode.
@@ -50,10 +64,15 @@ def load(name_or_path, device=None, dtype=None):
     is_dir = os.path.isdir(name)
     if not is_dir and (name.startswith((".", "/")) or name.count("/") > 1):  # a path, not "org/name" or "gpt2"
         raise LoadError(f"model directory not found: {name_or_path}")
+    offline = not is_dir and not hub_reachable()  # once, quickly: a cached hub model still loads offline
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32, local_files_only=offline)
     except Exception as e:  # hub unreachable, unknown id, broken files: one line, no traceback
+        if offline:
+            raise LoadError(f"cannot load model '{name_or_path}': it is not a local directory, not in the Hugging "
+                            f"Face cache, and the hub is unreachable (offline); pass the directory of a "
+                            f"downloaded model") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         where = "the directory holds no loadable model" if is_dir else "not a local directory, and the hub gave"
         raise LoadError(f"cannot load model '{name_or_path}' ({where}: {first})") from None

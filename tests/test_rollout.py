@@ -1,5 +1,6 @@
 """rollout.py: the sampler and the log-prob function everything else stands on."""
 import os
+import time
 
 import pytest
 import torch
@@ -378,3 +379,22 @@ def test_logprobs_refuse_a_head_they_cannot_read(tiny_model):
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         rollout.token_logprobs(gemma, ids % 64, attn, comp)
     rollout.token_logprobs(model, ids, attn, comp)  # the plain Qwen2 head is accepted
+
+
+def test_offline_hub_id_fails_at_once_in_one_line(monkeypatch):
+    """An unknown slash-less name on an offline machine used to print 22 retry lines and wait about a
+    minute: the hub is probed once and the error says what was tried and how to fix it."""
+    tried = []
+    monkeypatch.setattr(rollout, "hub_reachable", lambda: tried.append(1) or False)
+    start = time.monotonic()
+    with pytest.raises(rollout.LoadError, match="not a local directory, not in the Hugging Face cache, and the hub "
+                                                "is unreachable") as e:
+        rollout.load("qwen-misspelt")
+    assert tried == [1] and time.monotonic() - start < 20 and "\n" not in str(e.value)
+
+
+def test_hub_is_never_probed_offline(monkeypatch):
+    """HF_HUB_OFFLINE=1 (as in these tests) means no connection attempt at all."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(rollout.socket, "create_connection", lambda *a, **k: pytest.fail("probed the hub"))
+    assert rollout.hub_reachable() is False
