@@ -292,6 +292,16 @@ def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25, transcr
 
 
 def check_shape(p, a):
+    """One line and exit 2 for a shape no model can have, an --out that holds something, a bad seed."""
+    for flag in ("layers", "hidden", "heads", "kv_heads"):
+        if getattr(a, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(a, flag)})")
+    if not 0 <= a.seed < 2**32:
+        p.error(f"--seed must be in [0, 2**32) (got {a.seed})")
+    if os.path.isfile(a.out):
+        p.error(f"--out {a.out} is a file, not a directory")
+    if os.path.isdir(a.out) and os.listdir(a.out) and not a.overwrite:
+        p.error(f"--out {a.out} already holds files; pass --overwrite to replace the model there")
     if a.hidden % a.heads or a.heads % a.kv_heads or (a.hidden // a.heads) % 2:
         p.error("--hidden must be divisible by --heads into an even head size (rotary embeddings), "
                 "and --heads by --kv-heads")
@@ -304,6 +314,8 @@ def add_shape_args(p, layers=2, hidden=64):
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="write over a model already in --out")
+    p.error = lambda message: (print(f"{p.prog}: error: {message}", file=sys.stderr), sys.exit(2))
 
 
 def main_pretrain(argv):
@@ -351,6 +363,8 @@ def main(argv=None):
                    help="then teach it the tasks' formats on synthetic transcripts (CPU; try 200)")
     a = p.parse_args(argv)
     check_shape(p, a)
+    if a.pretrain < 0:
+        p.error(f"--pretrain must be >= 0 steps (got {a.pretrain})")
     make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
          init_std=0.02 if a.pretrain else 0.3)  # Qwen's own init when it is going to be trained
     print(f"wrote tiny Qwen2 model to {a.out}")

@@ -144,3 +144,32 @@ def test_pretrain_cli_checks_its_flags(tmp_path, capsys):
             tiny.main(["pretrain", "--task", "arith", "--out", str(tmp_path / "m"), *bad])
         assert e.value.code == 2
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "0"], "--layers must be at least 1"), (["--hidden", "-4"], "--hidden must be at least 1"),
+    (["--pretrain", "-5"], "--pretrain must be >= 0"), (["--seed", "99999999999"], "--seed must be in [0, 2**32)"),
+    (["--heads", "3"], "--hidden must be divisible by --heads"),
+    (["pretrain", "--task", "arith", "--kv-heads", "0"], "--kv-heads must be at least 1"),
+])
+def test_bad_tiny_flags_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    """Zero or negative sizes and steps used to be accepted (or crash in the model constructor)."""
+    out = tmp_path / "model"
+    args = argv[:1] + ["--out", str(out)] + argv[1:] if argv[0] == "pretrain" else ["--out", str(out)] + argv
+    with pytest.raises(SystemExit) as e:
+        tiny.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_tiny_refuses_to_overwrite_a_model_unless_asked(tmp_path, capsys):
+    out = tmp_path / "model"
+    tiny.main(["--out", str(out)])
+    before = (out / "model.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        tiny.main(["--out", str(out), "--seed", "1"])
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    tiny.main(["--out", str(out), "--seed", "1", "--overwrite"])
+    assert (out / "model.safetensors").read_bytes() != before
