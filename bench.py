@@ -16,6 +16,7 @@ least 3x Hugging Face `generate` and half the memory-bandwidth roofline. `memory
 import argparse
 import copy
 import json
+import math
 import os
 import platform
 import random
@@ -50,7 +51,8 @@ def sync(device):
 def get_model(name, device, dtype):
     """A local directory, the tiny model, or random weights in a real Qwen2.5 shape."""
     if name == "tiny":
-        return rollout.load(tiny.make(tempfile.mkdtemp()), device=device, dtype=dtype)
+        with tempfile.TemporaryDirectory() as scratch:  # loaded into memory: nothing is left on disk
+            return rollout.load(tiny.make(scratch), device=device, dtype=dtype)
     if name in tiny.QWEN25_SHAPES:
         return tiny.random_real(name, device=device, dtype=dtype)
     return rollout.load(name, device=device, dtype=dtype)
@@ -421,7 +423,20 @@ def main(argv=None):
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
+    for parser in (p, r, u, d, m, s):  # usage errors too: one line, exit code 2
+        parser.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
     a = p.parse_args(argv)
+    temperature, top_p, kl = getattr(a, "temperature", 1.0), getattr(a, "top_p", 1.0), getattr(a, "kl", 0.0)
+    if not (temperature >= 0 and math.isfinite(temperature)):  # nan fails >= too
+        p.error(f"--temperature must be a finite number >= 0 (got {temperature})")
+    if not 0 < top_p <= 1:
+        p.error(f"--top-p must be in (0, 1] (got {top_p})")
+    if not (kl >= 0 and math.isfinite(kl)):
+        p.error(f"--kl must be a finite number >= 0 (got {kl})")
+    device = getattr(a, "device", None)
+    if device is not None and (device.split(":")[0] not in ("cpu", "cuda") or
+                               (device.startswith("cuda") and not torch.cuda.is_available())):
+        p.error(f"unknown or unavailable --device '{device}' (cpu, or cuda[:N] on a GPU machine)")
     if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
                                              "programs", "tests", "max_prompt", "max_response", "chunk_tokens")) < 1 \
             or min(getattr(a, "batches", [1]) + getattr(a, "cards", [1])) <= 0:

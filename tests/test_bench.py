@@ -4,6 +4,9 @@ On CPU in fp32, also where a GPU is present: there the bench runs bf16 and agree
 """
 import json
 
+import pytest
+import torch
+
 import bench
 
 
@@ -42,3 +45,28 @@ def test_memory_bench_prints_the_plan_that_fit_memory_chose(capsys):
     small, big = row["rows"][1], row["rows"][2]  # 0.5B on 141 GB; 7B on 24 GB
     assert small["checkpointing"]["rollout_rows"] == 1024 and big["plain"] is None and big["checkpointing"] is None
     assert max(v for k, v in small["plain"].items() if k.endswith("_peak")) <= 0.9 * 141
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["rollout", "--temperature", "nan"], "--temperature must be a finite number"),
+    (["rollout", "--temperature", "-1"], "--temperature must be a finite number"),
+    (["rollout", "--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["update", "--device", "cuda:0" if not torch.cuda.is_available() else "tpu"], "unknown or unavailable --device"),
+    (["memory", "--kl", "-1"], "--kl must be a finite number"),
+    (["rollout", "--n", "0"], "must be at least 1"),
+    (["decode", "--batches", "64,x"], "argument --batches"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_bench_flags_are_one_line_and_exit_2(argv, message, capsys):
+    """NaN or negative temperatures and an unavailable device used to give a traceback or run anyway."""
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_leaves_no_temporary_model_behind(monkeypatch, tmp_path):
+    """The random tiny model used to be written with mkdtemp and never removed."""
+    monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))
+    bench.get_model("tiny", torch.device("cpu"), torch.float32)
+    assert list(tmp_path.iterdir()) == []
