@@ -82,7 +82,7 @@ def test_algebra_proposal_takes_text_after_the_last_marker():
 @pytest.mark.parametrize("reply,why", [("Find N if N + N = M.", "no 'Selected Question:'"),
                                        ("Selected Question:   ", "empty")])
 def test_malformed_algebra_proposal_is_invalid(reply, why):
-    """No marker, or nothing after it, makes the proposal invalid (DESIGN: missing -> invalid)."""
+    """No marker, or nothing after it, makes the proposal invalid (a missing marker makes the proposal invalid)."""
     assert rewards.parse_proposal("algebra", reply) == (None, why)
 
 
