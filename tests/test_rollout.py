@@ -192,7 +192,7 @@ def test_missing_model_path_is_one_clear_error(tmp_path):
         rollout.load(str(tmp_path / "nope"))
     with pytest.raises(rollout.LoadError, match="cannot load model 'no-such-org/no-such-model'"):
         rollout.load("no-such-org/no-such-model")
-    with pytest.raises(rollout.LoadError, match="cannot load model 'no-such-model' \\(not a local directory"):
+    with pytest.raises(rollout.LoadError, match="cannot load model 'no-such-model': it is not a local directory"):
         rollout.load("no-such-model")  # an id without an org (like gpt2) goes to the hub, not "not found"
     with pytest.raises(rollout.LoadError, match="directory holds no loadable model"):
         rollout.load(str(tmp_path))  # a directory, but empty: say so, not "not a local directory"
