@@ -344,18 +344,22 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
 
 # --- command line --------------------------------------------------------------------
 
-def progress_printer(label, samples=1, stream=None):
-    """A `progress(done, total, figures)` for `evaluate`: rows done, tokens/s, ETA and accuracy, as
-    one line refreshed in place on a terminal, or a plain line at most every 10 s (and the last) in a log."""
+def progress_printer(label, samples=1, stream=None, quiet_seconds=0.0):
+    """A `progress(done, total, figures)` for `evaluate` (and sqlm's rollout phases): rows done,
+    tokens/s, ETA and accuracy if known, as one line refreshed in place on a terminal, or a plain
+    line at most every 10 s (and the last) in a log; nothing for a phase shorter than quiet_seconds."""
     stream, started, last = stream or sys.stderr, time.time(), [0.0]
 
     def show(done, total, figures):
         elapsed = max(time.time() - started, 1e-9)
-        tokens = figures.get("mean_length", 0) * done * samples
+        if elapsed < quiet_seconds and not last[0]:
+            return
+        tokens = figures.get("tokens", figures.get("mean_length", 0) * done * samples)
         eta = elapsed * (total - done) / done
-        line = (f"{label}  {done:>{len(str(total))}}/{total} rows  {tokens / elapsed:.0f} tok/s  "
-                f"eta {eta:.0f}s  acc {figures['accuracy']:.3f}")
+        line = (f"{label}  {done:>{len(str(total))}}/{total} rows  {tokens / elapsed:.0f} tok/s  eta {eta:.0f}s"
+                + (f"  acc {figures['accuracy']:.3f}" if "accuracy" in figures else ""))
         if stream.isatty():
+            last[0] = last[0] or time.time()
             stream.write("\r" + line + ("\n" if done == total else ""))
         elif done == total or time.time() - last[0] >= 10:
             stream.write(line + "\n")

@@ -270,13 +270,16 @@ def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
     Prompt i draws from its own stream, derived from (seed, i), so the samples are the same
     however the prompts are split into calls: --rollout-rows is a memory knob only.
     """
+    import eval as heldout  # its progress line: shown only for a phase longer than 10 s
     per_call = max(1, cfg.rollout_rows // n)
     seeds = [derive_seed(*seed, i) for i in range(len(prompt_ids))]
+    show = heldout.progress_printer(("propose", "solve")[seed[-1]] if len(seed) == 3 else "sample", quiet_seconds=10)
     out = []
     for start in range(0, len(prompt_ids), per_call):
         out += rollout.generate(sampler, tokenizer, prompt_ids[start:start + per_call], n=n,
                                 max_new_tokens=cfg.max_response, temperature=cfg.temperature,
                                 top_p=cfg.top_p, seed=seeds[start:start + per_call])
+        show(len(out), len(prompt_ids) * n, {"tokens": sum(len(s.completion_ids) for s in out)})
     return out
 
 

@@ -347,3 +347,21 @@ def test_memory_plan_sets_the_memory_knobs_on_a_gpu(monkeypatch):
     cpu = sqlm.Config()
     sqlm.fit_to_memory(cpu, None, CPU)
     assert (cpu.rollout_rows, cpu.microbatch) == (256, 8)
+
+
+def test_a_long_rollout_phase_shows_progress(monkeypatch, capsys):
+    """A 3B rollout phase takes minutes and printed nothing: past 10 s it reports rows, tokens/s and
+    ETA after each generate call (a short phase stays silent)."""
+    import eval as heldout
+    fake_rollouts(monkeypatch, iter(["<answer>1</answer>"] * 16))
+    clock = iter(range(0, 1000, 11))  # each reading 11 s later: a long phase
+    monkeypatch.setattr(heldout.time, "time", lambda: next(clock))
+    cfg = sqlm.Config(rollout_rows=4, n=2).resolve()
+    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 1))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("  ")[:2] for line in lines] == [["solve", "4/8 rows"], ["solve", "8/8 rows"]]
+    assert all("tok/s" in line and "eta" in line for line in lines)
+    clock = iter(range(1000))
+    monkeypatch.setattr(heldout.time, "time", lambda: next(clock))
+    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 0))
+    assert capsys.readouterr().err == ""
