@@ -425,7 +425,7 @@ def main(argv=None):
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
     for parser in (p, r, u, d, m, s):  # usage errors too: one line, exit code 2
         parser.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
-    a = p.parse_args(argv)
+    a = p.parse_args(sqlm.negative_values_joined(sys.argv[1:] if argv is None else argv))
     temperature, top_p, kl = getattr(a, "temperature", 1.0), getattr(a, "top_p", 1.0), getattr(a, "kl", 0.0)
     if not (temperature >= 0 and math.isfinite(temperature)):  # nan fails >= too
         p.error(f"--temperature must be a finite number >= 0 (got {temperature})")

@@ -374,4 +374,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # one line, no traceback; a half-written model directory says so
+        print("tiny.py: interrupted; the model in --out is incomplete (write it again with --overwrite)",
+              file=sys.stderr)
+        sys.exit(130)

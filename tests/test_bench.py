@@ -50,6 +50,7 @@ def test_memory_bench_prints_the_plan_that_fit_memory_chose(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["rollout", "--temperature", "nan"], "--temperature must be a finite number"),
     (["rollout", "--temperature", "-1"], "--temperature must be a finite number"),
+    (["rollout", "--temperature", "-1e-3"], "--temperature must be a finite number"),
     (["rollout", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["update", "--device", "cuda:0" if not torch.cuda.is_available() else "tpu"], "unknown or unavailable --device"),
     (["memory", "--kl", "-1"], "--kl must be a finite number"),
