@@ -445,13 +445,6 @@ def run_cli(argv):
         model, tokenizer = rollout.load(args.model, device=args.device)
     except (ValueError, OSError, rollout.LoadError) as e:
         fail(str(e))
-    try:  # a model directory without tokenizer files loads an empty tokenizer with no chat template
-        rollout.chat_prompt(tokenizer, prompts.solver_prompt(args.task, problems[0]["problem"]))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        fail(f"the tokenizer of {args.model} cannot build a chat prompt ({first}): "
-             f"does the model directory hold its tokenizer files?")
-
     result = evaluate(model, tokenizer, args.task, problems, samples=args.samples, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       progress=progress_printer(f"eval {args.task}", args.samples))

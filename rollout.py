@@ -76,6 +76,12 @@ def load(name_or_path, device=None, dtype=None):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         where = "the directory holds no loadable model" if is_dir else "not a local directory, and the hub gave"
         raise LoadError(f"cannot load model '{name_or_path}' ({where}: {first})") from None
+    try:  # a model directory without tokenizer files loads an empty tokenizer with no chat template
+        chat_prompt(tokenizer, "x")
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise LoadError(f"the tokenizer of {name_or_path} cannot build a chat prompt ({first}): "
+                        f"does the model directory hold its tokenizer files?") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

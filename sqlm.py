@@ -264,7 +264,7 @@ def derive_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
+def sample(sampler, tokenizer, prompt_ids, n, cfg, seed, label="sample"):
     """n samples per prompt, in generate calls of at most `rollout_rows` sequences; seed: a key tuple.
 
     Prompt i draws from its own stream, derived from (seed, i), so the samples are the same
@@ -273,7 +273,7 @@ def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
     import eval as heldout  # its progress line: shown only for a phase longer than 10 s
     per_call = max(1, cfg.rollout_rows // n)
     seeds = [derive_seed(*seed, i) for i in range(len(prompt_ids))]
-    show = heldout.progress_printer(("propose", "solve")[seed[-1]] if len(seed) == 3 else "sample", quiet_seconds=10)
+    show = heldout.progress_printer(label, quiet_seconds=10)
     out = []
     for start in range(0, len(prompt_ids), per_call):
         out += rollout.generate(sampler, tokenizer, prompt_ids[start:start + per_call], n=n,
@@ -286,7 +286,7 @@ def sample(sampler, tokenizer, prompt_ids, n, cfg, seed):
 def propose(sampler, tokenizer, cfg, seed):
     """Steps 1-2: batch x n proposals from the topic prompt, each parsed into its record."""
     topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
-    samples = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed)
+    samples = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed, "propose")
     batch = [Proposal(i, s, *rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat, released=cfg.as_released,
                                                      arith_check=cfg.arith_check))
              for i, s in enumerate(samples)]  # truncated ones too, as released
@@ -314,7 +314,7 @@ def solve(sampler, tokenizer, cfg, batch, seed):
             continue
         todo.append(p)
         prompt_ids.append(ids[-cfg.max_prompt:])
-    answers = iter(sample(sampler, tokenizer, prompt_ids, cfg.n, cfg, seed))
+    answers = iter(sample(sampler, tokenizer, prompt_ids, cfg.n, cfg, seed, "solve"))
     for p in todo:
         p.answers = [next(answers) for _ in range(cfg.n)]
 
@@ -651,12 +651,7 @@ def check_prompts(cfg, tokenizer):
         raise RunError(f"a prompt file is empty ({files})")
     if prompts.PROBLEM_SLOT not in solver:
         raise RunError(f"prompts/{cfg.task}_solver.txt has no {prompts.PROBLEM_SLOT} slot for the problem")
-    try:  # a model directory without tokenizer files loads an empty tokenizer with no chat template
-        frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise RunError(f"the tokenizer of {cfg.model} cannot build a chat prompt ({first}): "
-                       f"does the model directory hold its tokenizer files?") from None
+    frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))  # load checked the template
     if frame >= cfg.max_prompt:
         raise RunError(f"--max-prompt {cfg.max_prompt} leaves no room for a problem: the {cfg.task} solver prompt "
                        f"alone is {frame} tokens with this tokenizer")

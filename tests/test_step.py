@@ -357,11 +357,11 @@ def test_a_long_rollout_phase_shows_progress(monkeypatch, capsys):
     clock = iter(range(0, 1000, 11))  # each reading 11 s later: a long phase
     monkeypatch.setattr(heldout.time, "time", lambda: next(clock))
     cfg = sqlm.Config(rollout_rows=4, n=2).resolve()
-    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 1))
+    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 1), label="solve")
     lines = capsys.readouterr().err.splitlines()
     assert [line.split("  ")[:2] for line in lines] == [["solve", "4/8 rows"], ["solve", "8/8 rows"]]
     assert all("tok/s" in line and "eta" in line for line in lines)
     clock = iter(range(1000))
     monkeypatch.setattr(heldout.time, "time", lambda: next(clock))
-    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 0))
+    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 0), label="propose")
     assert capsys.readouterr().err == ""
