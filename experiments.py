@@ -17,6 +17,7 @@ Arms: sqlm (proposer updated every 5 steps, the paper's setting), format (the fo
 solver reward, the paper's baseline), never (proposer never updated), every (every step).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -28,7 +29,7 @@ import eval as heldout
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIGITS = "2x1,1x1"  # the solver's world: A 10-99 or 2-9, B 2-9
 BASE_ARGS = ["--task", "arith", "--digits", DIGITS]  # tiny.py pretrain flags beyond these: BASE_FLAGS
-BASE_FLAGS = ["--layers", "4", "--hidden", "128", "--steps", "2000", "--seed", "0"]
+BASE_FLAGS = ["--layers", "4", "--hidden", "128", "--steps", "3000", "--batch", "32", "--seed", "0", "--threads", "2"]
 # Chosen on the dev split (see DEV_CHOICES); the paper's lr 1e-6 is for 3B weights.
 WORLD = ["--task", "arith", "--batch", "16", "--n", "4", "--minibatch", "8", "--microbatch", "64",
          "--max-response", "64", "--lr", "3e-5", "--kl", "0", "--arith-check", "--eval-every", "10",
@@ -38,10 +39,11 @@ ARMS = {"sqlm": [], "format": ["--solver-reward", "format"], "never": ["--propos
 DEV_CHOICES = "see README, 'The tiny world'"
 
 
-def sh(args, log):
+def sh(args, log, threads=None):
     """Run a python entry point of this project, its output to `log`; exit on failure."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     with open(log, "a") as f:
-        code = subprocess.call([sys.executable, *args], cwd=HERE, stdout=f, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable, *args], cwd=HERE, stdout=f, stderr=subprocess.STDOUT, env=env)
     if code:
         sys.exit(f"experiments.py: {' '.join(args[:2])} failed (exit {code}); see {log}")
 
@@ -81,9 +83,15 @@ def base_model(out):
         return base, json.load(f)
 
 
-def run_arm(out, base, arm, seed, steps, split):
-    """One training run; returns its result (cached in result.json)."""
-    run = os.path.join(out, f"{arm}-s{seed}")
+def run_name(arm, seed, split, extra):
+    """sqlm-s0 for the reported runs; sqlm-s0-dev-lr_1e-4 for a dev-split variant."""
+    variant = "" if split == "heldout" else "-dev"
+    return f"{arm}-s{seed}{variant}" + ("-" + "_".join(x.lstrip("-") for x in extra) if extra else "")
+
+
+def run_arm(out, base, arm, seed, steps, split, threads=None, extra=()):
+    """One training run (`extra`: sqlm.py flags after WORLD's); returns its result (cached in result.json)."""
+    run = os.path.join(out, run_name(arm, seed, split, extra))
     result_path = os.path.join(run, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -93,8 +101,8 @@ def run_arm(out, base, arm, seed, steps, split):
     started = time.time()
     print(f"{arm} seed {seed}: {steps} steps -> {run}", flush=True)
     os.makedirs(run)
-    sh(["sqlm.py", *WORLD, *ARMS[arm], "--model", base, "--seed", str(seed), "--steps", str(steps),
-        "--eval-data", os.path.join(out, f"{split}.jsonl"), "--out", run], os.path.join(run, "log.txt"))
+    sh(["sqlm.py", *WORLD, *ARMS[arm], *extra, "--model", base, "--seed", str(seed), "--steps", str(steps),
+        "--eval-data", os.path.join(out, f"{split}.jsonl"), "--out", run], os.path.join(run, "log.txt"), threads)
     with open(os.path.join(run, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f]
     curve = [{k: r[k] for k in ("step", "eval_accuracy", "eval_sampled_accuracy", "eval_sampled_maj_at_k",
@@ -105,7 +113,7 @@ def run_arm(out, base, arm, seed, steps, split):
     for r in last:
         for shape, share in r.get("proposal_mix", {}).items():
             mix[shape] = mix.get(shape, 0.0) + share / len(last)
-    result = {"arm": arm, "seed": seed, "steps": steps, "split": split, "curve": curve, "final": curve[-1],
+    result = {"arm": arm, "seed": seed, "steps": steps, "split": split, "extra": list(extra), "curve": curve, "final": curve[-1],
               "valid_rate": sum(r["valid_rate"] for r in last) / len(last),
               "maj_ok": [r.get("majority_correct") for r in trained],
               "maj_ok_checked": [r.get("majority_checked") for r in trained],
@@ -113,6 +121,39 @@ def run_arm(out, base, arm, seed, steps, split):
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def cell(values):
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def table_lines(results, base, split):
+    """Markdown rows: the base model, then one row per (arm, variant): mean (range) over seeds
+    at the last eval; valid rate, `maj_ok` (with the proposals it covers) and the problem
+    mix over the last ten steps."""
+    lines = [f"| {split} | seeds | greedy | sampled (T=1) | maj@8 | pass@8 | valid | maj_ok (checked) | mix, last 10 steps |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if base:
+        lines.append(f"| base model | - | {base['greedy']:.3f} | {base['sampled']:.3f} | {base['maj_at_8']:.3f} | "
+                     f"{base['pass_at_8']:.3f} | - | - | - |")
+    groups = {}
+    for r in results:
+        groups.setdefault((r["arm"], " ".join(r.get("extra", []))), []).append(r)
+    for (arm, extra), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        mix = {}
+        for r in rs:
+            for shape, share in r["proposal_mix_last10"].items():
+                mix[shape] = mix.get(shape, 0.0) + share / len(rs)
+        top = ", ".join(f"{s} {v:.2f}" for s, v in sorted(mix.items(), key=lambda kv: -kv[1])[:4])
+        ok = [(o, c) for r in rs for o, c in zip(r["maj_ok"][-10:], r["maj_ok_checked"][-10:]) if c]
+        maj_ok = f"{sum(o * c for o, c in ok) / sum(c for _, c in ok):.2f} ({sum(c for _, c in ok) / len(rs):.0f})" if ok else "-"
+        f = [r["final"] for r in rs]
+        lines.append(f"| {arm}{' ' + extra if extra else ''} | {len(rs)} | {cell([x['eval_accuracy'] for x in f])} | "
+                     f"{cell([x['eval_sampled_accuracy'] for x in f])} | {cell([x['eval_sampled_maj_at_k'] for x in f])} | "
+                     f"{cell([x['eval_sampled_pass_at_k'] for x in f])} | {cell([r['valid_rate'] for r in rs])} | "
+                     f"{maj_ok} | {top} |")
+    return lines
 
 
 def report(out):
@@ -124,31 +165,12 @@ def report(out):
             with open(path) as f:
                 results.append(json.load(f))
     base = json.load(open(os.path.join(out, "base.json"))) if os.path.exists(os.path.join(out, "base.json")) else None
-    lines = ["| arm | seeds | greedy | sampled (T=1) | maj@8 | pass@8 | valid | mix (last 10 steps) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    if base:
-        b = base["heldout"]
-        lines.append(f"| base model | - | {b['greedy']:.3f} | {b['sampled']:.3f} | {b['maj_at_8']:.3f} | "
-                     f"{b['pass_at_8']:.3f} | - | - |")
-
-    def cell(values):
-        mean = sum(values) / len(values)
-        return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
-
-    for arm in ARMS:
-        rs = [r for r in results if r["arm"] == arm]
-        if not rs:
-            continue
-        mix = {}
-        for r in rs:
-            for shape, share in r["proposal_mix_last10"].items():
-                mix[shape] = mix.get(shape, 0.0) + share / len(rs)
-        top = ", ".join(f"{s} {v:.2f}" for s, v in sorted(mix.items(), key=lambda kv: -kv[1])[:4])
-        lines.append(f"| {arm} | {len(rs)} | {cell([r['final']['eval_accuracy'] for r in rs])} | "
-                     f"{cell([r['final']['eval_sampled_accuracy'] for r in rs])} | "
-                     f"{cell([r['final']['eval_sampled_maj_at_k'] for r in rs])} | "
-                     f"{cell([r['final']['eval_sampled_pass_at_k'] for r in rs])} | "
-                     f"{cell([r['valid_rate'] for r in rs])} | {top} |")
+    reported = [r for r in results if r["split"] == "heldout" and not r.get("extra")]
+    lines = table_lines(reported, base and base["heldout"], "held-out")
+    variants = [r for r in results if r not in reported]
+    if variants:
+        lines += ["", "Dev-split runs (choosing settings; the held-out split is never used for this):", ""]
+        lines += table_lines(variants, base and base["dev"], "dev")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)
@@ -164,7 +186,7 @@ def report(out):
     for ax, key, title in ((axes[0], "eval_accuracy", "held-out greedy"),
                            (axes[1], "eval_sampled_accuracy", "held-out sampled (T=1)")):
         for i, arm in enumerate(ARMS):
-            for j, r in enumerate(r for r in results if r["arm"] == arm):
+            for j, r in enumerate(r for r in reported if r["arm"] == arm):
                 ax.plot([c["step"] for c in r["curve"]], [c[key] for c in r["curve"]], color=f"C{i}", alpha=0.8,
                         label=arm if j == 0 else None)
         if base:
@@ -187,23 +209,40 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=60, help="training steps per run")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms: " + ", ".join(ARMS))
     p.add_argument("--split", default="heldout", choices=["heldout", "dev"], help="what the runs are scored on")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, each with cores/jobs torch threads")
     p.error = lambda message: (print(f"experiments.py: error: {message}", file=sys.stderr), sys.exit(2))
-    a = p.parse_args(argv)
-    os.makedirs(a.out, exist_ok=True)
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # sqlm.py flags for a variant (dev only)
+    a = p.parse_args(argv[:len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    if extra and a.split != "dev":
+        p.error("flags after -- make a variant to compare on the dev split: add --split dev")
     if a.command == "report":
+        if not os.path.isdir(a.out):
+            p.error(f"--out {a.out} holds no runs yet")
         return report(a.out)
     arms = a.arms.split(",")
     if not set(arms) <= set(ARMS):
         p.error(f"unknown arm in --arms {a.arms} (choose from {', '.join(ARMS)})")
-    seeds = [0] if a.quick else [int(s) for s in a.seeds.split(",")]
+    if a.jobs < 1 or a.steps < 1:
+        p.error(f"--jobs and --steps must be at least 1 (got {a.jobs}, {a.steps})")
+    try:
+        seeds = [0] if a.quick else [int(s) for s in a.seeds.split(",")]
+    except ValueError:
+        p.error(f"--seeds takes comma-separated integers (got {a.seeds})")
     steps = 30 if a.quick else a.steps
+    os.makedirs(a.out, exist_ok=True)
     write_sets(a.out)
     base, figures = base_model(a.out)
     print("base model: " + json.dumps(figures), flush=True)
-    for seed in seeds:
-        for arm in arms:
-            r = run_arm(a.out, base, arm, seed, steps, a.split)
-            print(f"{arm} seed {seed}: " + json.dumps(r["final"]) + f" ({r['minutes']} min)", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None
+
+    def one(job):
+        arm, seed = job
+        r = run_arm(a.out, base, arm, seed, steps, a.split, threads, extra)
+        print(f"{arm} seed {seed}: " + json.dumps(r["final"]) + f" ({r['minutes']} min)", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:  # runs are processes; threads only wait
+        list(pool.map(one, [(arm, seed) for seed in seeds for arm in arms]))
     report(a.out)
 
 

@@ -179,19 +179,6 @@ def transcript(rng):
 PROPOSER_SHAPES = ((1, 1), (2, 1), (2, 2), (3, 1), (3, 2))  # what the base proposer writes, easy to hard
 
 
-def partial_products(a, b):
-    """[(line's left side, value)]: a * b by the place values of a, then their sum.
-
-    47 * 8 -> [("40 * 8", 320), ("7 * 8", 56), ("320 + 56", 376)]; a zero place is left
-    out (40 * 8 is one line); b has one digit here, a longer b is written the same way.
-    """
-    places = [int(d) * 10 ** i for i, d in enumerate(reversed(str(a))) if d != "0"][::-1]
-    lines = [(f"{p} * {b}", p * b) for p in places]
-    if len(lines) > 1:
-        lines.append((" + ".join(str(v) for _, v in lines), sum(v for _, v in lines)))
-    return lines
-
-
 def corrupt_one_digit(value, rng):
     """`value` with one digit, chosen at random, replaced by another (no new leading zero)."""
     digits = list(str(value))
@@ -201,26 +188,48 @@ def corrupt_one_digit(value, rng):
     return int("".join(digits))
 
 
-def arith_reply(a, b, rng, corrupt=0.0):
-    """The solver's reply to "What is a * b?": partial products in <think>, the sum in <answer>.
+def column_working(a, b, bad=None, rng=None):
+    """(lines, answer): a * b for a one-digit b by the column method, right to left.
 
-    With probability `corrupt` one digit of one line's value is wrong and every later line
-    follows from it (a wrong partial product gives a wrong sum), so the answer is the one
-    the written working implies: a model trained on these is sometimes wrong when sampled
-    but right in its majority, the regime where majority-vote RL has something to gain.
+    47 * 8 -> lines [("7 * 8", 56), ("4 * 8", 32), ("32 + 5", 37)], answer "376": each
+    digit's product, plus the carry (the tens of the step before) when there is one; the
+    answer is the last value followed by the units digits the earlier steps wrote down.
+    Every line is a one-digit fact or a small sum, so a model that learns them on some pairs
+    can multiply pairs it never saw (a summed partial-product line, 320 + 56 = 376, is new
+    for every pair, and a tiny model learns it far more slowly). If `bad` is a line index,
+    that line's value has one digit wrong (`corrupt_one_digit`) and every later line and the
+    answer follow from the lines as written.
     """
-    lines = partial_products(a, b)
-    if rng.random() < corrupt:
-        bad = rng.randrange(len(lines))
-        values = [v for _, v in lines]
-        values[bad] = corrupt_one_digit(values[bad], rng)
-        if bad < len(lines) - 1:  # the sum line adds the (now wrong) partial products
-            lines = [(left, v) for (left, _), v in zip(lines[:-1], values[:-1])]
-            lines.append((" + ".join(str(v) for _, v in lines), sum(v for _, v in lines)))
-        else:
-            lines = [(left, v) for (left, _), v in zip(lines, values)]
+    if not 0 <= b <= 9:
+        raise ValueError(f"the column method here takes a one-digit b (got {b})")
+    lines = []
+
+    def write(left, value):
+        lines.append((left, corrupt_one_digit(value, rng) if len(lines) == bad else value))
+        return lines[-1][1]
+
+    digits, carry, low = [int(d) for d in str(a)][::-1], 0, ""
+    for i, d in enumerate(digits):
+        value = write(f"{d} * {b}", d * b)
+        if carry:
+            value = write(f"{value} + {carry}", value + carry)
+        if i < len(digits) - 1:
+            low, carry = str(value % 10) + low, value // 10
+    return lines, str(value) + low
+
+
+def arith_reply(a, b, rng, corrupt=0.0):
+    """The solver's reply to "What is a * b?": the column method in <think>, then <answer>.
+
+    With probability `corrupt` one digit of one line's value is wrong (a line chosen
+    uniformly) and everything after it follows from it, so the answer is the one the
+    written working implies: a model trained on these is sometimes wrong when sampled but
+    right in its majority, the regime where majority-vote RL has something to gain.
+    """
+    bad = rng.randrange(len(column_working(a, b)[0])) if rng.random() < corrupt else None
+    lines, answer = column_working(a, b, bad, rng)
     working = "\n".join(f"{left} = {v}" for left, v in lines)
-    return f"<think>\n{working}\n</think>\n<answer>{lines[-1][1]}</answer>"
+    return f"<think>\n{working}\n</think>\n<answer>{answer}</answer>"
 
 
 def world_pairs(shapes):
@@ -230,20 +239,21 @@ def world_pairs(shapes):
                     if world.world_split(a, b) == "train"] for shape in shapes}
 
 
-def arith_transcripts(solver_shapes=((2, 1), (1, 1)), corrupt=0.3, proposer_share=0.15):
+def arith_transcripts(solver_shapes=((2, 1), (1, 1)), corrupt=0.3, proposer_share=0.15,
+                      proposer_shapes=PROPOSER_SHAPES):
     """rng -> (user prompt, reply): the arith task's real prompts, as `transcript` does.
 
     Solver turns (1 - proposer_share): a train-split pair of a shape in `solver_shapes`
     (shape first, uniformly, so 1x1 is not drowned by 2x1), answered by `arith_reply`.
-    Proposer turns: "What is a * b?" of a shape in PROPOSER_SHAPES, uniformly, train pairs
+    Proposer turns: "What is a * b?" of a shape in `proposer_shapes`, uniformly, train pairs
     only, so the proposer starts with a spread of difficulties and no answer in its reply.
     """
     import prompts
-    solver_pairs, proposer_pairs = world_pairs(solver_shapes), world_pairs(PROPOSER_SHAPES)
+    solver_pairs, proposer_pairs = world_pairs(solver_shapes), world_pairs(proposer_shapes)
 
     def draw(rng):
         if rng.random() < proposer_share:
-            a, b = rng.choice(proposer_pairs[rng.choice(PROPOSER_SHAPES)])
+            a, b = rng.choice(proposer_pairs[rng.choice(proposer_shapes)])
             return prompts.proposer_prompt("arith"), f"What is {a} * {b}?"
         a, b = rng.choice(solver_pairs[rng.choice(solver_shapes)])
         return prompts.solver_prompt("arith", f"What is {a} * {b}?"), arith_reply(a, b, rng, corrupt)
@@ -252,7 +262,7 @@ def arith_transcripts(solver_shapes=((2, 1), (1, 1)), corrupt=0.3, proposer_shar
 
 def arith_tokenizer(seed=0, transcripts=2000):
     """One token per digit, merges learnt from arith transcripts (short prompts)."""
-    draw, rng = arith_transcripts(PROPOSER_SHAPES), random.Random(seed)
+    draw, rng = arith_transcripts(((1, 1), (2, 1), (3, 1))), random.Random(seed)
     return make_tokenizer(single_digits=True, corpus=(text for _ in range(transcripts) for text in draw(rng)))
 
 
@@ -340,6 +350,8 @@ def main_pretrain(argv):
         shapes = world.parse_digits(a.digits)
     except ValueError as e:
         p.error(str(e))
+    if any(b_digits != 1 for _, b_digits in shapes):
+        p.error(f"--digits: the solver's working is the column method, which takes a one-digit b (got {a.digits})")
     if a.steps < 1 or a.batch < 1 or not a.lr > 0 or a.threads < 1:
         p.error("--steps, --batch and --threads must be at least 1 and --lr positive")
     if not 0 <= a.corrupt <= 1 or not 0 <= a.proposer_share <= 1:

@@ -58,22 +58,38 @@ def working_lines(reply):
     return [(left, int(v)) for left, v in (line.rsplit(" = ", 1) for line in think.split("\n"))]
 
 
-def test_arith_reply_works_by_partial_products_and_a_corrupted_one_follows_its_working():
+def implied_answer(lines):
+    """The answer a column-method working implies, read from its lines as written: each step
+    leaves its units digit and carries its tens into the next `v + carry` line."""
+    low, carry = "", 0
+    for i, (left, v) in enumerate(lines):
+        if " + " in left:
+            assert int(left.split(" + ")[1]) == carry  # the carry is the tens of the step before
+        step_ends = i == len(lines) - 1 or " * " in lines[i + 1][0]
+        if step_ends and i < len(lines) - 1:
+            low, carry = str(v % 10) + low, v // 10
+    return str(lines[-1][1]) + low
+
+
+def test_arith_reply_works_by_the_column_method_and_a_corrupted_one_follows_its_working():
     """Clean: every line is true and the answer is a * b. Corrupted: each line after the wrong
-    one is computed from the lines above it (the answer is what the working implies), so the
-    answer is wrong; the wrong value differs from the true one in exactly one digit."""
+    one is computed from the lines above it and the answer is what the working implies, so
+    the answer is wrong; the wrong value differs from the true one in exactly one digit."""
     rng = random.Random(0)
-    assert tiny.arith_reply(47, 8, rng) == "<think>\n40 * 8 = 320\n7 * 8 = 56\n320 + 56 = 376\n</think>\n<answer>376</answer>"
-    for a, b in [(47, 8), (7, 8), (40, 8), (99, 9), (305, 6)] * 20:
+    assert tiny.arith_reply(47, 8, rng) == "<think>\n7 * 8 = 56\n4 * 8 = 32\n32 + 5 = 37\n</think>\n<answer>376</answer>"
+    bad_lines = set()
+    for a, b in [(47, 8), (7, 8), (40, 8), (99, 9), (305, 6), (12, 2)] * 20:
         clean, bad = tiny.arith_reply(a, b, rng), tiny.arith_reply(a, b, rng, corrupt=1.0)
-        assert rewards.extract_answer(clean) == str(a * b)
+        assert rewards.extract_answer(clean) == str(a * b) == implied_answer(working_lines(clean))
         assert all(rewards.arith_value(left) == v for left, v in working_lines(clean))
         lines, true = working_lines(bad), working_lines(clean)
-        assert rewards.extract_answer(bad) == str(lines[-1][1]) != str(a * b)
+        assert rewards.extract_answer(bad) == implied_answer(lines) != str(a * b)
         first_wrong = next(i for i, ((_, v), (_, t)) in enumerate(zip(lines, true)) if v != t)
+        bad_lines.add((a, b, first_wrong))
         v, t = str(lines[first_wrong][1]), str(true[first_wrong][1])
         assert len(v) == len(t) and sum(x != y for x, y in zip(v, t)) == 1
         assert all(rewards.arith_value(left) == v for left, v in lines[first_wrong + 1:])
+    assert {i for a, b, i in bad_lines if (a, b) == (47, 8)} == {0, 1, 2}  # any line can be the wrong one
 
 
 def test_arith_transcripts_use_real_prompts_train_pairs_only_and_vary_the_proposer():
@@ -139,7 +155,7 @@ def test_arith_pretraining_teaches_both_roles_their_formats(tmp_path):
 
 
 def test_pretrain_cli_checks_its_flags(tmp_path, capsys):
-    for bad in (["--digits", "2y1"], ["--corrupt", "1.5"], ["--steps", "0"]):
+    for bad in (["--digits", "2y1"], ["--digits", "2x2"], ["--corrupt", "1.5"], ["--steps", "0"]):
         with pytest.raises(SystemExit) as e:
             tiny.main(["pretrain", "--task", "arith", "--out", str(tmp_path / "m"), *bad])
         assert e.value.code == 2

@@ -1,0 +1,55 @@
+"""experiments.py: the tiny world's table is assembled from whatever runs have finished."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import experiments  # noqa: E402
+
+
+def fake_result(out, arm, seed, greedy, sampled, split="heldout", extra=()):
+    run = os.path.join(out, experiments.run_name(arm, seed, split, list(extra)))
+    os.makedirs(run)
+    final = {"step": 60, "eval_accuracy": greedy, "eval_sampled_accuracy": sampled,
+             "eval_sampled_maj_at_k": 0.9, "eval_sampled_pass_at_k": 0.95}
+    with open(os.path.join(run, "result.json"), "w") as f:
+        json.dump({"arm": arm, "seed": seed, "steps": 60, "split": split, "extra": list(extra),
+                   "curve": [dict(final, step=0), final], "final": final, "valid_rate": 1.0,
+                   "maj_ok": [0.5, 1.0], "maj_ok_checked": [2, 6], "proposal_mix_last10": {"2x1": 0.75, "1x1": 0.25}}, f)
+
+
+def test_report_gives_mean_and_range_over_seeds_and_keeps_dev_variants_apart(tmp_path, capsys):
+    out = str(tmp_path)
+    with open(os.path.join(out, "base.json"), "w") as f:
+        json.dump({s: {"greedy": 0.9, "sampled": 0.6, "maj_at_8": 0.88, "pass_at_8": 0.97} for s in ("dev", "heldout")}, f)
+    fake_result(out, "sqlm", 0, 0.90, 0.70)
+    fake_result(out, "sqlm", 1, 0.94, 0.80)
+    fake_result(out, "format", 0, 0.50, 0.40)
+    fake_result(out, "sqlm", 0, 0.10, 0.10, split="dev", extra=["--lr", "1e-4"])
+    fake_result(out, "never", 0, 0.20, 0.20, split="dev")
+    experiments.report(out)
+    table = open(os.path.join(out, "table.md")).read()
+    held_out, dev = table.split("Dev-split runs")
+    assert "| sqlm | 2 | 0.920 (0.900-0.940) | 0.750 (0.700-0.800) |" in held_out
+    assert "| format | 1 | 0.500 | 0.400 |" in held_out
+    assert "0.100" not in held_out and "| sqlm --lr 1e-4 | 1 | 0.100 | 0.100 |" in dev
+    assert "never" not in held_out and "| never | 1 | 0.200 | 0.200 |" in dev
+    # maj_ok over the last steps, weighted by the proposals it covers: (0.5 * 2 + 1.0 * 6) / 8
+    assert "| 0.88 (8) | 2x1 0.75, 1x1 0.25 |" in held_out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tiny-world", "--jobs", "0"], "--jobs and --steps must be at least 1"),
+    (["tiny-world", "--seeds", "0,x"], "--seeds takes comma-separated integers"), (["report"], "holds no runs yet"),
+    (["tiny-world", "--", "--lr", "1e-4"], "add --split dev"),
+    (["tiny-world", "--arms", "sqlm,nope"], "unknown arm"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        experiments.main([*argv, "--out", str(tmp_path / "w")] if "--" not in argv else
+                         [argv[0], "--out", str(tmp_path / "w"), *argv[1:]])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()  # nothing written before the flags were checked

@@ -1,0 +1,61 @@
+"""The loop moves the model the right way: a few SQLM steps make a tiny base agree more often
+with the true answer, which no stage of the loop ever sees.
+
+The purpose-built base knows one fact, 7 * 8, the way the tiny world's base knows many
+(`tiny.arith_reply`): 30% of its training replies carry one wrong digit in the working, so
+sampled at T=1 it is often wrong while its majority is right, so majority-vote rewards pay
+the true answer. Five steps (the proposer updated at step 0, as `--proposer-every 5` does)
+must turn the majority's answer into the one-try answer. The tiny world in `experiments.py`
+is the full-size version of this check, on held-out pairs.
+"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import eval as heldout  # noqa: E402
+import prompts  # noqa: E402
+import rollout  # noqa: E402
+import sqlm  # noqa: E402
+import tiny  # noqa: E402
+
+FACT = (7, 8)
+PROBLEMS = [{"problem": f"What is {FACT[0]} * {FACT[1]}?", "answer": str(FACT[0] * FACT[1])}]
+
+
+def one_fact(rng):
+    """Proposer turns (30%) write the one problem; solver turns answer it, 30% with a slip."""
+    a, b = FACT
+    if rng.random() < 0.3:
+        return prompts.proposer_prompt("arith"), f"What is {a} * {b}?"
+    return prompts.solver_prompt("arith", f"What is {a} * {b}?"), tiny.arith_reply(a, b, rng, corrupt=0.3)
+
+
+def sampled_accuracy(model_dir, samples=128):
+    model, tok = rollout.load(model_dir, device="cpu")
+    result = heldout.evaluate(model, tok, "arith", PROBLEMS, samples=samples, temperature=1.0,
+                              max_new_tokens=32, batch_size=128)
+    return result["accuracy"]
+
+
+def run(base, out, **overrides):
+    cfg = sqlm.Config(task="arith", model=base, device="cpu", steps=5, batch=8, n=4, minibatch=4, microbatch=32,
+                      max_response=32, lr=1e-3, kl=0.0, eval_every=0, save_every=0, arith_check=True, seed=0,
+                      out=out, **overrides)
+    sqlm.train(cfg)
+    return os.path.join(out, "step-000005")
+
+
+def test_a_few_sqlm_steps_turn_the_majority_answer_into_the_one_try_answer(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine one thread is many times faster than two
+    try:
+        base = tiny.make(str(tmp_path / "base"), layers=2, hidden=64, init_std=0.02, tokenizer=tiny.arith_tokenizer())
+        tiny.pretrain(base, steps=100, batch=16, lr=1e-2, log_every=0, transcripts=one_fact)
+        before = sampled_accuracy(base)
+        after = sampled_accuracy(run(base, str(tmp_path / "sqlm")))
+    finally:
+        torch.set_num_threads(threads)
+    assert 0.3 < before < 0.8, before  # the base is in the regime: often wrong in one try
+    assert after >= before + 0.1, (before, after)  # 2 standard errors of the difference at 128 samples
