@@ -23,8 +23,10 @@ tiny model exists to test plumbing and measure speed, not to reproduce the paper
     python tiny.py --out /tmp/tiny [--layers 2 --hidden 64 --heads 4 --kv-heads 2] [--pretrain 200]
 """
 import argparse
+import contextlib
 import os
 import random
+import shutil
 import sys
 
 import torch
@@ -357,11 +359,27 @@ def main_pretrain(argv):
     if not 0 <= a.corrupt <= 1 or not 0 <= a.proposer_share <= 1:
         p.error("--corrupt and --proposer-share must lie in [0, 1]")
     torch.set_num_threads(a.threads)
-    make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
-         init_std=0.02, tokenizer=arith_tokenizer(a.seed))
-    pretrain(a.out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-             transcripts=arith_transcripts(shapes, a.corrupt, a.proposer_share))
+    with staged(a.out) as out:
+        make(out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
+             init_std=0.02, tokenizer=arith_tokenizer(a.seed))
+        pretrain(out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
+                 transcripts=arith_transcripts(shapes, a.corrupt, a.proposer_share))
     print(f"pre-trained {a.out} on the arith world ({a.digits}, corrupt {a.corrupt}) for {a.steps} steps")
+
+
+@contextlib.contextmanager
+def staged(out):
+    """Build a model in a sibling directory and move it onto `out` only once it is complete, so a
+    failed or interrupted run leaves `out` as it was (absent, or the model --overwrite would replace)."""
+    work = f"{os.path.abspath(out)}.partial-{os.getpid()}"
+    os.makedirs(os.path.dirname(work), exist_ok=True)
+    try:
+        yield work
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv=None):
@@ -377,18 +395,17 @@ def main(argv=None):
     check_shape(p, a)
     if a.pretrain < 0:
         p.error(f"--pretrain must be >= 0 steps (got {a.pretrain})")
-    make(a.out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
-         init_std=0.02 if a.pretrain else 0.3)  # Qwen's own init when it is going to be trained
-    print(f"wrote tiny Qwen2 model to {a.out}")
-    if a.pretrain:
-        pretrain(a.out, steps=a.pretrain, seed=a.seed)
-        print(f"pre-trained {a.out} on task formats for {a.pretrain} steps")
+    with staged(a.out) as out:
+        make(out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
+             init_std=0.02 if a.pretrain else 0.3)  # Qwen's own init when it is going to be trained
+        if a.pretrain:
+            pretrain(out, steps=a.pretrain, seed=a.seed)
+    print(f"wrote tiny Qwen2 model to {a.out}" + (f", pre-trained on task formats for {a.pretrain} steps" if a.pretrain else ""))
 
 
 if __name__ == "__main__":
     try:
         main()
-    except KeyboardInterrupt:  # one line, no traceback; a half-written model directory says so
-        print("tiny.py: interrupted; the model in --out is incomplete (write it again with --overwrite)",
-              file=sys.stderr)
+    except KeyboardInterrupt:  # one line, no traceback; `staged` has removed the half-written model
+        print("tiny.py: interrupted; --out is as it was before", file=sys.stderr)
         sys.exit(130)

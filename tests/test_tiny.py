@@ -1,4 +1,6 @@
 """tiny.py: the offline model every other test stands on."""
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -189,3 +191,23 @@ def test_tiny_refuses_to_overwrite_a_model_unless_asked(tmp_path, capsys):
     assert (out / "model.safetensors").read_bytes() == before
     tiny.main(["--out", str(out), "--seed", "1", "--overwrite"])
     assert (out / "model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("argv", [["--pretrain", "3"], ["pretrain", "--task", "arith", "--steps", "3"]])
+def test_a_failed_or_interrupted_write_leaves_out_as_it_was(tmp_path, monkeypatch, argv):
+    """The model is built beside --out and moved there only once complete: Ctrl-C during
+    pre-training leaves no half-written model, and over an existing one (--overwrite) keeps it."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    out = tmp_path / "model"
+    monkeypatch.setattr(tiny, "pretrain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny.main([*argv, "--out", str(out)])
+    assert os.listdir(tmp_path) == []  # neither --out nor the directory it was being built in
+    monkeypatch.undo()
+    tiny.main(["--out", str(out)])
+    before = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr(tiny, "pretrain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny.main([*argv, "--out", str(out), "--overwrite", "--seed", "1"])
+    assert os.listdir(tmp_path) == ["model"] and (out / "model.safetensors").read_bytes() == before
