@@ -25,6 +25,7 @@ import sys
 import time
 
 import eval as heldout
+import rewards
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIGITS = "2x1,1x1"  # the solver's world: A 10-99 or 2-9, B 2-9
@@ -156,6 +157,48 @@ def table_lines(results, base, split):
     return lines
 
 
+def shape_stats(run, first, last):
+    """{window: {shape: (share of solved proposals, proposer reward, maj_ok)}} over steps
+    [0, first) and the last `last` steps, read from the run's samples.jsonl: where the
+    proposer's problems went, whether it was paid for them, and whether the vote it was paid
+    on agreed with the true product."""
+    with open(os.path.join(run, "samples.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    records = [r for r in records if "answers" in r]
+    end = max(r["step"] for r in records) + 1
+    stats = {}
+    for window, keep in (("first", lambda s: s < first), ("last", lambda s: s >= end - last)):
+        rows = [r for r in records if keep(r["step"])]
+        by = {}
+        for r in rows:
+            by.setdefault(rewards.arith_shape(r["problem"]), []).append(r)
+        stats[window] = {shape: (len(rs) / len(rows), sum(r["proposer_reward"] for r in rs) / len(rs),
+                                 sum(r["majority"] == r.get("truth") for r in rs) / len(rs))
+                         for shape, rs in by.items()}
+    return stats
+
+
+def shape_lines(out, results, arm, window=10):
+    """Markdown: the arm's problem mix by shape in its first and last `window` steps (mean over seeds)."""
+    runs = [os.path.join(out, run_name(r["arm"], r["seed"], r["split"], r.get("extra", [])))
+            for r in results if r["arm"] == arm]
+    runs = [run for run in runs if os.path.exists(os.path.join(run, "samples.jsonl"))]
+    if not runs:
+        return []
+    stats = [shape_stats(run, window, window) for run in runs]
+    shapes = sorted({shape for s in stats for w in s.values() for shape in w})
+    lines = [f"| {arm}: shape | share, first {window} steps | share, last {window} | proposer reward, first | "
+             f"last | majority = truth, first | last |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for shape in shapes:
+        cells = []
+        for i in range(3):
+            for window_ in ("first", "last"):
+                values = [s[window_][shape][i] for s in stats if shape in s[window_]]
+                cells.append(f"{sum(values) / len(values):.2f}" if values else "-")
+        lines.append(f"| {shape} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def report(out):
     """table.md (mean and range over seeds at the last eval) and tiny_world.png (accuracy against step)."""
     results = []
@@ -171,6 +214,10 @@ def report(out):
     if variants:
         lines += ["", "Dev-split runs (choosing settings; the held-out split is never used for this):", ""]
         lines += table_lines(variants, base and base["dev"], "dev")
+    for arm in ("sqlm", "every", "never"):
+        extra_lines = shape_lines(out, reported, arm)
+        if extra_lines:
+            lines += ["", *extra_lines]
     table = "\n".join(lines) + "\n"
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)

@@ -53,3 +53,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w").exists()  # nothing written before the flags were checked
+
+
+def test_shape_stats_read_where_the_proposer_went_and_whether_the_vote_was_right(tmp_path):
+    """Per operand shape, over the first and last steps: share of solved proposals, proposer
+    reward, and how often the majority answer was the true product."""
+    def rec(step, problem, majority, truth, reward):
+        return {"step": step, "problem": problem, "answers": [majority], "majority": majority, "truth": truth,
+                "proposer_reward": reward}
+    rows = [rec(0, "What is 12 * 3?", "36", "36", 1.0), rec(0, "What is 7 * 8?", "56", "56", 0.0),
+            rec(1, "What is 123 * 4?", "482", "492", 1.0), rec(1, "What is 12 * 3?", "36", "36", 0.0),
+            {"step": 1, "proposal": "nonsense", "valid": False}]  # not solved: not counted
+    with open(tmp_path / "samples.jsonl", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    stats = experiments.shape_stats(str(tmp_path), 1, 1)
+    assert stats["first"] == {"2x1": (0.5, 1.0, 1.0), "1x1": (0.5, 0.0, 1.0)}
+    assert stats["last"] == {"3x1": (0.5, 1.0, 0.0), "2x1": (0.5, 0.0, 1.0)}
