@@ -1,17 +1,18 @@
 """The tiny world: SQLM's label-free gain, measured on a CPU (the README's table and plot).
 
-    python experiments.py tiny-world            # base model, then 4 arms x 3 seeds (~2 h on 2 cores)
-    python experiments.py tiny-world --quick    # one seed, fewer steps (~15 min)
-    python experiments.py report                # table + plot from whatever runs have finished
+    python experiments.py tiny-world --jobs 2   # base model, then 4 arms x 3 seeds x 60 steps
+    python experiments.py tiny-world --quick    # one seed, 30 steps (reuses the base if present)
+    python experiments.py report                # tables + plot from whatever runs have finished
 
 A tiny Qwen2 pre-trained on synthetic transcripts (`tiny.py pretrain --task arith`) multiplies
-2-digit by 1-digit numbers right by majority vote but slips in single samples, which is the
-room majority-vote RL has to gain. Every arm then trains with no labels at all and is scored
-on held-out pairs that no stage has seen (`eval.arith_world`: pairs split by a hash into
-held-out, dev and train; only train pairs carry labels, in pre-training). Settings were
-chosen on the dev split (DEV_CHOICES says what was tried); the held-out split is only
-reported. Every finished run leaves `result.json` in its directory, so an interrupted sweep
-resumes where it stopped and a table can be assembled from runs made at different times.
+2-digit by 1-digit numbers by the column method, right by majority vote but slipping in single
+samples, which is the room majority-vote RL has to gain. Every arm then trains with no labels
+at all and is scored on held-out pairs that no stage has seen (`eval.arith_world`: pairs split
+by a hash into held-out, dev and train; only train pairs carry labels, in pre-training).
+Settings were chosen on the dev split (`--split dev`, variants as sqlm.py flags after `--`);
+the held-out split is only reported. Every finished run leaves `result.json` in its directory,
+so an interrupted sweep resumes where it stopped and a table can be assembled from runs made
+at different times.
 
 Arms: sqlm (proposer updated every 5 steps, the paper's setting), format (the format-only
 solver reward, the paper's baseline), never (proposer never updated), every (every step).
@@ -31,13 +32,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DIGITS = "2x1,1x1"  # the solver's world: A 10-99 or 2-9, B 2-9
 BASE_ARGS = ["--task", "arith", "--digits", DIGITS]  # tiny.py pretrain flags beyond these: BASE_FLAGS
 BASE_FLAGS = ["--layers", "4", "--hidden", "128", "--steps", "3000", "--batch", "32", "--seed", "0", "--threads", "2"]
-# Chosen on the dev split (see DEV_CHOICES); the paper's lr 1e-6 is for 3B weights.
+# Chosen on the dev split (README, 'The tiny world'); the paper's lr 1e-6 is for 3B weights.
 WORLD = ["--task", "arith", "--batch", "16", "--n", "4", "--minibatch", "8", "--microbatch", "64",
          "--max-response", "64", "--lr", "3e-5", "--kl", "0", "--arith-check", "--eval-every", "10",
          "--eval-samples", "8", "--rollout-rows", "512"]
 ARMS = {"sqlm": [], "format": ["--solver-reward", "format"], "never": ["--proposer-every", "0"],
         "every": ["--proposer-every", "1"]}
-DEV_CHOICES = "see README, 'The tiny world'"
+STEPS = 60  # training steps of the reported runs (--quick: 30)
 
 
 def sh(args, log, threads=None):
@@ -84,15 +85,15 @@ def base_model(out):
         return base, json.load(f)
 
 
-def run_name(arm, seed, split, extra):
-    """sqlm-s0 for the reported runs; sqlm-s0-dev-lr_1e-4 for a dev-split variant."""
-    variant = "" if split == "heldout" else "-dev"
+def run_name(arm, seed, split, extra, steps=None):
+    """sqlm-s0 for the reported runs; sqlm-s0-30steps for --quick; sqlm-s0-dev-lr_1e-4 for a dev variant."""
+    variant = ("" if steps in (None, STEPS) else f"-{steps}steps") + ("" if split == "heldout" else "-dev")
     return f"{arm}-s{seed}{variant}" + ("-" + "_".join(x.lstrip("-") for x in extra) if extra else "")
 
 
 def run_arm(out, base, arm, seed, steps, split, threads=None, extra=()):
     """One training run (`extra`: sqlm.py flags after WORLD's); returns its result (cached in result.json)."""
-    run = os.path.join(out, run_name(arm, seed, split, extra))
+    run = os.path.join(out, run_name(arm, seed, split, extra, steps))
     result_path = os.path.join(run, "result.json")
     if os.path.exists(result_path):
         with open(result_path) as f:
@@ -140,7 +141,8 @@ def table_lines(results, base, split):
                      f"{base['pass_at_8']:.3f} | - | - | - |")
     groups = {}
     for r in results:
-        groups.setdefault((r["arm"], " ".join(r.get("extra", []))), []).append(r)
+        label = " ".join(r.get("extra", [])) + ("" if r["steps"] == STEPS else f" ({r['steps']} steps)")
+        groups.setdefault((r["arm"], label.strip()), []).append(r)
     for (arm, extra), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
         mix = {}
         for r in rs:
@@ -180,7 +182,7 @@ def shape_stats(run, first, last):
 
 def shape_lines(out, results, arm, window=10):
     """Markdown: the arm's problem mix by shape in its first and last `window` steps (mean over seeds)."""
-    runs = [os.path.join(out, run_name(r["arm"], r["seed"], r["split"], r.get("extra", [])))
+    runs = [os.path.join(out, run_name(r["arm"], r["seed"], r["split"], r.get("extra", []), r["steps"]))
             for r in results if r["arm"] == arm]
     runs = [run for run in runs if os.path.exists(os.path.join(run, "samples.jsonl"))]
     if not runs:
@@ -208,12 +210,16 @@ def report(out):
             with open(path) as f:
                 results.append(json.load(f))
     base = json.load(open(os.path.join(out, "base.json"))) if os.path.exists(os.path.join(out, "base.json")) else None
-    reported = [r for r in results if r["split"] == "heldout" and not r.get("extra")]
+    reported = [r for r in results if r["split"] == "heldout" and not r.get("extra") and r["steps"] == STEPS]
     lines = table_lines(reported, base and base["heldout"], "held-out")
-    variants = [r for r in results if r not in reported]
-    if variants:
+    shorter = [r for r in results if r["split"] == "heldout" and r not in reported]
+    dev = [r for r in results if r["split"] == "dev"]
+    if shorter:
+        lines += ["", "Shorter runs (--quick) and variants, held-out:", ""]
+        lines += table_lines(shorter, base and base["heldout"], "held-out")
+    if dev:
         lines += ["", "Dev-split runs (choosing settings; the held-out split is never used for this):", ""]
-        lines += table_lines(variants, base and base["dev"], "dev")
+        lines += table_lines(dev, base and base["dev"], "dev")
     for arm in ("sqlm", "every", "never"):
         extra_lines = shape_lines(out, reported, arm)
         if extra_lines:
@@ -251,9 +257,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="The tiny world: SQLM's label-free gain on a CPU.")
     p.add_argument("command", choices=["tiny-world", "report"])
     p.add_argument("--out", default="runs/tiny-world", help="where the base model, runs and report go")
-    p.add_argument("--quick", action="store_true", help="one seed, 30 steps (~15 min)")
+    p.add_argument("--quick", action="store_true", help="one seed, 30 steps")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
-    p.add_argument("--steps", type=int, default=60, help="training steps per run")
+    p.add_argument("--steps", type=int, default=STEPS, help="training steps per run")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms: " + ", ".join(ARMS))
     p.add_argument("--split", default="heldout", choices=["heldout", "dev"], help="what the runs are scored on")
     p.add_argument("--jobs", type=int, default=1,

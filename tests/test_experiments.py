@@ -9,13 +9,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import experiments  # noqa: E402
 
 
-def fake_result(out, arm, seed, greedy, sampled, split="heldout", extra=()):
-    run = os.path.join(out, experiments.run_name(arm, seed, split, list(extra)))
+def fake_result(out, arm, seed, greedy, sampled, split="heldout", extra=(), steps=experiments.STEPS):
+    run = os.path.join(out, experiments.run_name(arm, seed, split, list(extra), steps))
     os.makedirs(run)
     final = {"step": 60, "eval_accuracy": greedy, "eval_sampled_accuracy": sampled,
              "eval_sampled_maj_at_k": 0.9, "eval_sampled_pass_at_k": 0.95}
     with open(os.path.join(run, "result.json"), "w") as f:
-        json.dump({"arm": arm, "seed": seed, "steps": 60, "split": split, "extra": list(extra),
+        json.dump({"arm": arm, "seed": seed, "steps": steps, "split": split, "extra": list(extra),
                    "curve": [dict(final, step=0), final], "final": final, "valid_rate": 1.0,
                    "maj_ok": [0.5, 1.0], "maj_ok_checked": [2, 6], "proposal_mix_last10": {"2x1": 0.75, "1x1": 0.25}}, f)
 
@@ -29,9 +29,12 @@ def test_report_gives_mean_and_range_over_seeds_and_keeps_dev_variants_apart(tmp
     fake_result(out, "format", 0, 0.50, 0.40)
     fake_result(out, "sqlm", 0, 0.10, 0.10, split="dev", extra=["--lr", "1e-4"])
     fake_result(out, "never", 0, 0.20, 0.20, split="dev")
+    fake_result(out, "every", 0, 0.30, 0.30, steps=30)  # --quick: shorter, not in the main table
     experiments.report(out)
     table = open(os.path.join(out, "table.md")).read()
-    held_out, dev = table.split("Dev-split runs")
+    held_out, rest = table.split("Shorter runs")
+    shorter, dev = rest.split("Dev-split runs")
+    assert "| every (30 steps) | 1 | 0.300 | 0.300 |" in shorter and "every" not in held_out + dev
     assert "| sqlm | 2 | 0.920 (0.900-0.940) | 0.750 (0.700-0.800) |" in held_out
     assert "| format | 1 | 0.500 | 0.400 |" in held_out
     assert "0.100" not in held_out and "| sqlm --lr 1e-4 | 1 | 0.100 | 0.100 |" in dev
