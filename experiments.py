@@ -21,6 +21,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,6 +86,15 @@ def base_model(out):
         return base, json.load(f)
 
 
+def mean_mix(mixes):
+    """{shape: mean share} over several {shape: share} problem mixes (a shape absent counts 0)."""
+    mean = {}
+    for mix in mixes:
+        for shape, share in mix.items():
+            mean[shape] = mean.get(shape, 0.0) + share / len(mixes)
+    return mean
+
+
 def run_name(arm, seed, split, extra, steps=None):
     """sqlm-s0 for the reported runs; sqlm-s0-30steps for --quick; sqlm-s0-dev-lr_1e-4 for a dev variant."""
     variant = ("" if steps in (None, STEPS) else f"-{steps}steps") + ("" if split == "heldout" else "-dev")
@@ -99,7 +109,7 @@ def run_arm(out, base, arm, seed, steps, split, threads=None, extra=()):
         with open(result_path) as f:
             return json.load(f)
     if os.path.exists(run):  # an interrupted run: start it again from scratch
-        subprocess.call(["rm", "-rf", run])
+        shutil.rmtree(run)
     started = time.time()
     print(f"{arm} seed {seed}: {steps} steps -> {run}", flush=True)
     os.makedirs(run)
@@ -111,10 +121,7 @@ def run_arm(out, base, arm, seed, steps, split, threads=None, extra=()):
                                 "eval_sampled_pass_at_k")} for r in records if "eval_accuracy" in r]
     trained = [r for r in records if "valid_rate" in r]
     last = trained[-10:]  # the last ten steps' proposals
-    mix = {}
-    for r in last:
-        for shape, share in r.get("proposal_mix", {}).items():
-            mix[shape] = mix.get(shape, 0.0) + share / len(last)
+    mix = mean_mix([r.get("proposal_mix", {}) for r in last])
     result = {"arm": arm, "seed": seed, "steps": steps, "split": split, "extra": list(extra), "curve": curve, "final": curve[-1],
               "valid_rate": sum(r["valid_rate"] for r in last) / len(last),
               "maj_ok": [r.get("majority_correct") for r in trained],
@@ -144,10 +151,7 @@ def table_lines(results, base, split):
         label = " ".join(r.get("extra", [])) + ("" if r["steps"] == STEPS else f" ({r['steps']} steps)")
         groups.setdefault((r["arm"], label.strip()), []).append(r)
     for (arm, extra), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
-        mix = {}
-        for r in rs:
-            for shape, share in r["proposal_mix_last10"].items():
-                mix[shape] = mix.get(shape, 0.0) + share / len(rs)
+        mix = mean_mix([r["proposal_mix_last10"] for r in rs])
         top = ", ".join(f"{s} {v:.2f}" for s, v in sorted(mix.items(), key=lambda kv: -kv[1])[:4])
         ok = [(o, c) for r in rs for o, c in zip(r["maj_ok"][-10:], r["maj_ok_checked"][-10:]) if c]
         maj_ok = f"{sum(o * c for o, c in ok) / sum(c for _, c in ok):.2f} ({sum(c for _, c in ok) / len(rs):.0f})" if ok else "-"
@@ -266,8 +270,9 @@ def main(argv=None):
                    help="runs at once, each with cores/jobs torch threads")
     p.error = lambda message: (print(f"experiments.py: error: {message}", file=sys.stderr), sys.exit(2))
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # sqlm.py flags for a variant (dev only)
-    a = p.parse_args(argv[:len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    cut = argv.index("--") if "--" in argv else len(argv)
+    extra = argv[cut + 1:]  # sqlm.py flags for a variant (dev only)
+    a = p.parse_args(argv[:cut])
     if extra and a.split != "dev":
         p.error("flags after -- make a variant to compare on the dev split: add --split dev")
     if a.command == "report":
