@@ -11,7 +11,7 @@ same job, and faster when `n > 1` shares a prompt or rows finish at different ti
 chunked `token_logprobs` equal to the full-vocabulary reference and no slower, with far
 less peak memory at a real vocabulary (151,936). On a GPU (`decode`, 3B shape, batch 256): at
 least 3x Hugging Face `generate` and half the memory-bandwidth roofline. `memory` prints
-`rollout.memory_plan`'s predictions (arithmetic, nothing is run).
+`memory.memory_plan`'s predictions (arithmetic, nothing is run).
 """
 import argparse
 import copy
@@ -30,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+import cli
+import memory
 import prompts
 import rollout
 import sandbox
@@ -161,7 +163,7 @@ def bench_update(a):
 
     def loss_and_grads(fn):
         model.zero_grad(set_to_none=True)
-        with sqlm.autocast(device):
+        with rollout.autocast(device):
             logp = fn(model, ids, attn, comp)
         (-(logp.sum() / tokens)).backward()
         return logp.detach(), torch.cat([p.grad.flatten() for p in params])
@@ -285,13 +287,13 @@ def bench_memory(a):
     for name in a.model.split(","):
         config = model_config(name)
         for card in a.cards:
-            row = {"model": name, "card_gb": card, "params_b": round(rollout.parameter_count(config) / 1e9, 2)}
+            row = {"model": name, "card_gb": card, "params_b": round(memory.parameter_count(config) / 1e9, 2)}
             for checkpointing in (False, True):
                 key = "checkpointing" if checkpointing else "plain"
-                fit = rollout.fit_memory(config, card * 1e9, grad_checkpointing=checkpointing, **settings)
+                fit = memory.fit_memory(config, card * 1e9, grad_checkpointing=checkpointing, **settings)
                 row[key] = None
                 if fit:
-                    plan = rollout.memory_plan(config, rollout_rows=fit[0], microbatch=fit[1],
+                    plan = memory.memory_plan(config, rollout_rows=fit[0], microbatch=fit[1],
                                                grad_checkpointing=checkpointing, **settings)
                     row[key] = {"rollout_rows": fit[0], "microbatch": fit[1], **{
                         k: round(v / 1e9, 1) for k, v in plan.items() if k.endswith("_peak")}}
@@ -425,7 +427,7 @@ def main(argv=None):
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
     for parser in (p, r, u, d, m, s):  # usage errors too: one line, exit code 2
         parser.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
-    a = p.parse_args(sqlm.negative_values_joined(sys.argv[1:] if argv is None else argv))
+    a = p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
     temperature, top_p, kl = getattr(a, "temperature", 1.0), getattr(a, "top_p", 1.0), getattr(a, "kl", 0.0)
     if not (temperature >= 0 and math.isfinite(temperature)):  # nan fails >= too
         p.error(f"--temperature must be a finite number >= 0 (got {temperature})")

@@ -26,17 +26,16 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import cli
 import prompts
 import rewards
 import rollout
 
-TASKS = ("arith", "algebra", "code")
 SEED = 1                                                    # TinyZero seeds its multiplication set with 1
 ARITH_SIZE = 4096                                           # TinyZero's multiplication test-set size
 ARITH_DRAWS = 100_000                                       # draws before de-duplication, as TinyZero
 ALGEBRA_SIZE = 100
 CODE_FILE = Path(__file__).resolve().parent / "data" / "code.jsonl"
-MAX_NEW_TOKENS = {"arith": 1024, "algebra": 3072, "code": 512}  # the paper's response limits
 
 
 # --- arith ---------------------------------------------------------------------------
@@ -315,58 +314,32 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
 
     temperature: 0 (greedy) for one sample, 1.0 for several, unless given; each problem's samples
     draw from a stream seeded by its index, so a run repeats whatever the batch size. batch_size: sequences per
-    `rollout.generate` call. progress(done, total, figures) is called after each batch.
+    `rollout.generate` call. progress(done, total, figures) is called after each call.
     Returns the figures, the settings and "records" (see `score_responses`, plus "length").
     """
     problems = (load_problems(task) if problems is None else problems)[:limit]
     if not problems:
         raise ValueError("no problems to evaluate")
     temperature = (0.0 if samples == 1 else 1.0) if temperature is None else temperature
-    max_new_tokens = max_new_tokens or MAX_NEW_TOKENS[task]
-    per_call = max(1, batch_size // samples)
+    max_new_tokens = max_new_tokens or prompts.MAX_RESPONSE[task]
     records, start_time = [], time.time()
-    for start in range(0, len(problems), per_call):
-        batch = problems[start:start + per_call]
-        prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])) for p in batch]
-        outs = rollout.generate(model, tokenizer, prompt_ids, n=samples, max_new_tokens=max_new_tokens,
-                                temperature=temperature,
-                                seed=list(range(start, start + len(batch))) if temperature > 0 else None)
-        batch_records = score_responses(task, batch, [s.text for s in outs])
-        for record, sample in zip(batch_records, outs):
-            record["length"] = len(sample.completion_ids)
-        records += batch_records
+
+    def scored(outs):  # each generate call's samples scored as they come, for the running figures
+        new, owners = outs[len(records):], problems[len(records) // samples:len(outs) // samples]
+        for record, sample in zip(score_responses(task, owners, [s.text for s in new]), new):
+            records.append({**record, "length": len(sample.completion_ids)})
         if progress:
-            progress(start + len(batch), len(problems), summarize(records, samples))
+            progress(len(outs) // samples, len(problems), summarize(records, samples))
+
+    prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])) for p in problems]
+    rollout.generate_many(model, tokenizer, prompt_ids, samples, list(range(len(problems))) if temperature > 0 else None,
+                          batch_size, progress=scored, max_new_tokens=max_new_tokens, temperature=temperature)
     return {"task": task, "n_problems": len(problems), "samples": samples, "temperature": temperature,
             "max_new_tokens": max_new_tokens, "seconds": round(time.time() - start_time, 2),
             **summarize(records, samples), "records": records}
 
 
 # --- command line --------------------------------------------------------------------
-
-def progress_printer(label, samples=1, stream=None, quiet_seconds=0.0):
-    """A `progress(done, total, figures)` for `evaluate` (and sqlm's rollout phases): rows done,
-    tokens/s, ETA and accuracy if known, as one line refreshed in place on a terminal, or a plain
-    line at most every 10 s (and the last) in a log; nothing for a phase shorter than quiet_seconds."""
-    stream, started, last = stream or sys.stderr, time.time(), [0.0]
-
-    def show(done, total, figures):
-        elapsed = max(time.time() - started, 1e-9)
-        if elapsed < quiet_seconds and not last[0]:
-            return
-        tokens = figures.get("tokens", figures.get("mean_length", 0) * done * samples)
-        eta = elapsed * (total - done) / done
-        line = (f"{label}  {done:>{len(str(total))}}/{total} rows  {tokens / elapsed:.0f} tok/s  eta {eta:.0f}s"
-                + (f"  acc {figures['accuracy']:.3f}" if "accuracy" in figures else ""))
-        if stream.isatty():
-            last[0] = last[0] or time.time()
-            stream.write("\r" + line + ("\n" if done == total else ""))
-        elif done == total or time.time() - last[0] >= 10:
-            stream.write(line + "\n")
-            last[0] = time.time()
-        stream.flush()
-    return show
-
 
 def fail(message):
     print(f"eval.py: error: {message}", file=sys.stderr)
@@ -380,13 +353,10 @@ def check_out(out, overwrite):
         fail(f"--out {out} is a directory")
     if out.exists() and not overwrite:
         fail(f"--out {out} already exists: give --overwrite to replace it, or choose another --out")
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        fail(f"--out {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        fail(f"--out {out}: no permission to write in {parent}")
+    try:
+        cli.check_creatable(out, "--out", file=True)
+    except ValueError as e:
+        fail(str(e))
 
 
 def write_result(out, result):
@@ -410,7 +380,6 @@ def main(argv=None):
 
 
 def run_cli(argv):
-    from sqlm import negative_values_joined
     parser = argparse.ArgumentParser(description="Score a model on a held-out set.")
     parser.add_argument("--task", required=True, help="arith, algebra or code")
     parser.add_argument("--model", required=True, help="local directory or hub id")
@@ -424,9 +393,9 @@ def run_cli(argv):
     parser.add_argument("--out", help="result JSON with per-problem records (default runs/eval-TASK.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.error = fail  # usage errors too: one line, exit code 2
-    args = parser.parse_args(negative_values_joined(sys.argv[1:] if argv is None else argv))
-    if args.task not in TASKS:
-        fail(f"unknown task '{args.task}' (choose from {', '.join(TASKS)})")
+    args = parser.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
+    if args.task not in prompts.TASKS:
+        fail(f"unknown task '{args.task}' (choose from {', '.join(prompts.TASKS)})")
     for flag in ("samples", "limit", "batch_size", "max_new_tokens"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -434,10 +403,10 @@ def run_cli(argv):
     if args.temperature is not None and not 0 <= args.temperature < float("inf"):  # nan too
         fail(f"--temperature must be finite and >= 0 (0 is greedy), not {args.temperature}")
     if args.device is not None:
-        import torch
-        kind = args.device.split(":")[0]
-        if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
-            fail(f"unknown or unavailable --device '{args.device}' (cpu, or cuda[:N] on a GPU machine)")
+        try:
+            cli.device(args.device)
+        except ValueError as e:
+            fail(str(e))
     out = Path(args.out or f"runs/eval-{args.task}.json")
     check_out(out, args.overwrite)
     try:
@@ -447,7 +416,7 @@ def run_cli(argv):
         fail(str(e))
     result = evaluate(model, tokenizer, args.task, problems, samples=args.samples, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      progress=progress_printer(f"eval {args.task}", args.samples))
+                      progress=rollout.progress_printer(f"eval {args.task}", args.samples))
     write_result(out, result)
     for key, value in result.items():
         if key != "records":

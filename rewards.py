@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+import prompts
 import sandbox
 
 MAX_ANSWER_CHARS = 100  # longer answers are not numbers we vote on; keeps 10**10**9-style strings cheap
@@ -73,8 +74,7 @@ def parse_proposal(task, text, cat=False, released=False, arith_check=False):
     `Wrong Solution:` python block. released: every `|||` line is a test, unchecked, and a
     problem with none is still valid (the released reward manager reads them so).
     """
-    if cat and task != "code":
-        raise ValueError("cat (Code-as-Task) applies to the code task only")
+    prompts.check_task(task, cat)
     body = strip_think(text)
     if task == "arith":
         if not body:
@@ -88,9 +88,7 @@ def parse_proposal(task, text, cat=False, released=False, arith_check=False):
             return None, "no 'Selected Question:'"
         question = body[marks[-1].end():].strip(" \t\r\n*")  # "**Selected Question:** ..." in markdown
         return (Problem(question), "ok") if question else (None, "empty")
-    if task == "code":
-        return _parse_code(body, cat, released)
-    raise ValueError(f"unknown task {task!r}")
+    return _parse_code(body, cat, released)
 
 
 def _parse_code(body, cat, released=False):
@@ -224,9 +222,10 @@ def majority_vote(answers):
     return Counter(answers).most_common(1)[0] if answers else (None, 0)
 
 
-def majority_solver_rewards(answers):
-    """Solver reward (Sec. 3): 1 if the answer is the majority and the majority is not None, else 0."""
-    majority, _ = majority_vote(answers)
+def majority_solver_rewards(answers, vote=None):
+    """Solver reward (Sec. 3): 1 if the answer is the majority and the majority is not None, else 0.
+    vote: `majority_vote(answers)` where the caller has taken it already."""
+    majority, _ = vote or majority_vote(answers)
     return [1.0 if majority is not None and a == majority else 0.0 for a in answers]
 
 

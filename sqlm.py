@@ -1,4 +1,4 @@
-"""Self-Questioning Language Models (SQLM, arXiv 2508.03682): the CLI and the training loop.
+"""Self-Questioning Language Models (SQLM, arXiv 2508.03682): the method, readable in one sitting.
 
 One model plays two roles. As proposer it reads a topic prompt and writes a problem; as
 solver it answers each problem n times. With no labels, the solver's reward is agreement
@@ -7,34 +7,27 @@ tests its program passes (code); the proposer is rewarded when its problem is ne
 trivial nor impossible for the current solver (Sec. 3). Both roles are trained with the
 same critic-free clipped policy gradient and GRPO group advantages.
 
-One step, in the order the functions below run:
-  1. proposer rollout: batch x n problems from the topic prompt      (propose)
-  2. parse proposals; invalid ones are masked out of both updates    (rewards.parse_proposal)
-  3. solver rollout: n answers per valid problem                     (solve)
-  4. rewards: majority vote or unit tests; proposer reward           (score)
-  5. GRPO advantages per group                                        (grpo_advantages)
-  6. old log-probs (training model) and KL-reference log-probs       (prepare)
-  7. solver update; proposer update every `proposer_every` steps    (policy_update)
-  8. refresh the bf16 sampling copy (GPU)
+One step (`train_step`), in the order the functions below run:
+  1. proposer rollout: batch x n proposals from the topic prompt     (propose)
+  2. parse each into a record; invalid ones leave both updates        (parse)
+  3. solver rollout: n answers per valid problem                      (solve)
+  4. rewards: majority vote or unit tests; proposer reward            (score)
+  5. GRPO advantages per group, the sequences each role trains on     (to_sequences)
+  6. old log-probs (training model) and KL-reference log-probs        (prepare)
+  7. solver update; proposer update every `proposer_every` steps     (policy_update)
+  8. refresh the bf16 sampling copy (GPU)                             (refresh_sampler)
+`train` is the loop around it. What a reader skips on first reading (flag checks, the CLI, run
+directories, checkpoints and resume, logging, interrupts, precision and memory fitting) is in
+harness.py, which imports this module and never the reverse.
 
 Simplifications, stated up front: no learned critic (the released code used PPO with a
-critic for code; we use this update for all three tasks), one GPU (no distribution), no
+critic for code; we use this update for all three tasks), one device (no distribution), no
 sequence packing, one epoch per batch.
 
     python sqlm.py --task arith                                   # Qwen2.5-3B-Instruct, one GPU
     python sqlm.py --task arith --model /tmp/tiny --batch 4 ...   # offline, CPU
 """
-import argparse
-import contextlib
-import copy
 import dataclasses
-import json
-import math
-import os
-import random
-import re
-import shlex
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,16 +41,8 @@ import rollout
 
 # --- config: every default is the paper's released setting unless its comment says otherwise ---
 
-TASKS = ("arith", "algebra", "code")
 DEFAULT_MODELS = {"arith": "Qwen/Qwen2.5-3B-Instruct", "algebra": "Qwen/Qwen2.5-3B-Instruct",
                   "code": "Qwen/Qwen2.5-Coder-3B-Instruct"}
-MAX_RESPONSE = {"arith": 1024, "algebra": 3072, "code": 512}
-
-
-POSITIVE = ("batch", "minibatch", "microbatch", "steps", "rollout_rows", "max_prompt", "max_response", "lr",
-            "temperature", "top_p", "grad_clip")
-NON_NEGATIVE = ("clip_low", "clip_high", "clip_c", "kl", "weight_decay", "proposer_every", "eval_every",
-                "eval_limit", "eval_samples", "save_every", "keep_last", "seed")
 
 
 def opt(default, help, choices=None):
@@ -67,7 +52,7 @@ def opt(default, help, choices=None):
 
 @dataclass
 class Config:
-    task: str = opt("arith", "the self-play task", TASKS)
+    task: str = opt("arith", "the self-play task", prompts.TASKS)
     model: str = opt("", "hub id or local dir; '' = the paper's model for the task")
     device: str = opt("", "'' = cuda if available, else cpu")
     steps: int = opt(100, "training steps")
@@ -114,44 +99,11 @@ class Config:
                                  "fits on the card; --no-fit-memory keeps them as given")
 
     def resolve(self):
-        """Fill the task-dependent defaults, make paths absolute (a run resumes from any directory)
-        and check values (idempotent); ValueError is one line naming the flag, for the CLI."""
-        if self.task not in MAX_RESPONSE:
-            raise ValueError(f"unknown task '{self.task}' (arith, algebra, code)")
+        """Fill the task-dependent defaults (model, response limit, solver reward); idempotent.
+        The flags' ranges are checked by harness.check_config."""
         self.model = self.model or DEFAULT_MODELS[self.task]
-        if os.path.isdir(os.path.expanduser(self.model)):  # a local model; a hub id stays as given
-            self.model = os.path.abspath(os.path.expanduser(self.model))
-        self.max_response = self.max_response or MAX_RESPONSE[self.task]
+        self.max_response = self.max_response or prompts.MAX_RESPONSE[self.task]
         self.solver_reward = self.solver_reward or ("tests" if self.task == "code" else "majority")
-        self.out = self.out or os.path.join("runs", f"{self.task}-{time.strftime('%Y%m%d-%H%M%S')}")
-        self.out, self.resume, self.eval_data = (os.path.abspath(os.path.expanduser(p)) if p else p
-                                                 for p in (self.out, self.resume, self.eval_data))
-        for f in dataclasses.fields(self):
-            value, flag = getattr(self, f.name), "--" + f.name.replace("_", "-")
-            if f.metadata["choices"] and value not in f.metadata["choices"]:
-                raise ValueError(f"{flag} must be one of {', '.join(c for c in f.metadata['choices'] if c)}, "
-                                 f"not {value!r}")
-            if f.type in (float, "float") and not math.isfinite(value):
-                raise ValueError(f"{flag} must be finite, not {value}")
-            if f.name in POSITIVE and not value > 0:
-                raise ValueError(f"{flag} must be positive, not {value}")
-            if f.name in NON_NEGATIVE and not value >= 0:
-                raise ValueError(f"{flag} must be >= 0, not {value}")
-        checks = [((self.solver_reward == "tests") == (self.task == "code") or self.solver_reward == "format",
-                   f"--solver-reward {self.solver_reward} does not fit --task {self.task}"),
-                  (not self.cat or self.task == "code", "--cat applies to --task code only"),
-                  (not self.arith_check or self.task == "arith", "--arith-check applies to --task arith only"),
-                  (self.n >= 2, f"--n must be at least 2, not {self.n} (groups of one carry no signal)"),
-                  (self.top_p <= 1, f"--top-p must be in (0, 1], not {self.top_p}"),
-                  (self.clip_low < 1, f"--clip-low must be in [0, 1), not {self.clip_low}"),
-                  (self.clip_c == 0 or self.clip_c > 1, f"--clip-c must be > 1 (or 0 to disable), not {self.clip_c}"),
-                  (self.seed <= 2**32 - 1, f"--seed must be at most 2**32-1 = {2**32 - 1}, not {self.seed}")]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        kind = self.device.split(":")[0] or ("cuda" if torch.cuda.is_available() else "cpu")  # "" stays "" (resume)
-        if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
-            raise ValueError(f"unknown or unavailable --device '{self.device}' (cpu, or cuda[:N] on a GPU machine)")
         return self
 
     @property
@@ -224,12 +176,13 @@ class Proposal:
 
     Its proposer group is `index // n` (the n proposals from one prompt); its n answers are
     one solver group, numbered by `index` too, so mini-batches follow the step's batch
-    whatever was dropped. An invalid proposal is not solved (reason says why) and counts
-    as proposer reward 0 in its group; as released it is solved as raw text instead.
+    whatever was dropped. `valid`: it parsed into a problem (reason "ok"); `solved`: it has
+    answers. An invalid proposal is not solved and counts as proposer reward 0 in its group;
+    as released it is solved as its raw text instead.
     """
     index: int                       # position among the step's batch x n proposals
     sample: rollout.Sample           # the proposer's sample
-    problem: rewards.Problem = None  # what the solver sees; None: not solved
+    problem: rewards.Problem = None  # what the solver sees (None: it did not parse)
     reason: str = "ok"               # "ok", or why the proposal is invalid
     answers: list = field(default_factory=list)         # the n solver Samples
     extracted: list = field(default_factory=list)       # each answer's vote (or program, code)
@@ -244,6 +197,10 @@ class Proposal:
     def valid(self):
         return self.reason == "ok"
 
+    @property
+    def solved(self):
+        return bool(self.answers)
+
 
 @dataclass
 class Seq:
@@ -257,7 +214,7 @@ class Seq:
     ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
 
 
-# --- rollouts ------------------------------------------------------------------------
+# --- steps 1-4: rollouts and rewards ---------------------------------------------------
 
 def derive_seed(*keys):
     """An independent 63-bit seed per (run seed, step, role, prompt): a resumed run samples what it would have."""
@@ -265,53 +222,54 @@ def derive_seed(*keys):
 
 
 def sample(sampler, tokenizer, prompt_ids, n, cfg, seed, label="sample"):
-    """n samples per prompt, in generate calls of at most `rollout_rows` sequences; seed: a key tuple.
+    """n samples per prompt at the run's temperature and top-p; seed: a key tuple.
 
     Prompt i draws from its own stream, derived from (seed, i), so the samples are the same
-    however the prompts are split into calls: --rollout-rows is a memory knob only.
+    however the prompts are split into generate calls: --rollout-rows is a memory knob only.
     """
-    import eval as heldout  # its progress line: shown only for a phase longer than 10 s
-    per_call = max(1, cfg.rollout_rows // n)
-    seeds = [derive_seed(*seed, i) for i in range(len(prompt_ids))]
-    show = heldout.progress_printer(label, quiet_seconds=10)
-    out = []
-    for start in range(0, len(prompt_ids), per_call):
-        out += rollout.generate(sampler, tokenizer, prompt_ids[start:start + per_call], n=n,
-                                max_new_tokens=cfg.max_response, temperature=cfg.temperature,
-                                top_p=cfg.top_p, seed=seeds[start:start + per_call])
-        show(len(out), len(prompt_ids) * n, {"tokens": sum(len(s.completion_ids) for s in out)})
-    return out
+    show = rollout.progress_printer(label, quiet_seconds=10)  # shown only for a phase longer than 10 s
+    total = len(prompt_ids) * n
+    return rollout.generate_many(sampler, tokenizer, prompt_ids, n, [derive_seed(*seed, i) for i in range(len(prompt_ids))],
+                                 cfg.rollout_rows, max_new_tokens=cfg.max_response, temperature=cfg.temperature,
+                                 top_p=cfg.top_p, progress=lambda out: show(len(out), total, {
+                                     "tokens": sum(len(s.completion_ids) for s in out)}))
 
 
 def propose(sampler, tokenizer, cfg, seed):
-    """Steps 1-2: batch x n proposals from the topic prompt, each parsed into its record."""
+    """Step 1: batch x n proposals from the topic prompt, parsed into one record each."""
     topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
-    samples = sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed, "propose")
+    return parse(cfg, sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed, "propose"))
+
+
+def parse(cfg, samples):
+    """Step 2: one record per proposal, with its problem or the reason it is invalid (truncated
+    proposals are parsed too, as released). --cat: the problem must carry a reference solution
+    that passes its tests and a wrong one that fails one (all checks of a step in one sandbox call)."""
     batch = [Proposal(i, s, *rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat, released=cfg.as_released,
                                                      arith_check=cfg.arith_check))
-             for i, s in enumerate(samples)]  # truncated ones too, as released
-    if cfg.cat:  # all CaT checks of the step in one sandbox call
-        candidates = [p for p in batch if p.problem is not None]
+             for i, s in enumerate(samples)]
+    if cfg.cat:
+        candidates = [p for p in batch if p.valid]
         for p, (ok, reason) in zip(candidates, rewards.cat_filter([p.problem for p in candidates],
                                                                   lenient=cfg.judge == "lenient")):
             p.problem, p.reason = (p.problem if ok else None), reason
-    if cfg.as_released:  # invalid proposals are solved as their raw text (code: no tests, so score 0)
-        for p in batch:
-            p.problem = p.problem or rewards.Problem(p.sample.text)
     return batch
 
 
 def solve(sampler, tokenizer, cfg, batch, seed):
-    """Step 3: n answers to each proposal that has a problem. A solver prompt longer than
-    `max_prompt` invalidates its proposal (released: it is cut from the left instead)."""
+    """Step 3: n answers to each valid proposal (as released: to every proposal, an invalid one as its
+    raw text). A solver prompt longer than `max_prompt` invalidates its proposal (released: it is cut
+    from the left instead)."""
     todo, prompt_ids = [], []
     for p in batch:
-        if p.problem is None:
+        if not (p.valid or cfg.as_released):
             continue
-        ids = rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, p.problem.text))
+        problem = p.problem or rewards.Problem(p.sample.text)  # released: code gets no tests, so scores 0
+        ids = rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, problem.text))
         if len(ids) > cfg.max_prompt and not cfg.as_released:
             p.problem, p.reason = None, "prompt too long"
             continue
+        p.problem = problem
         todo.append(p)
         prompt_ids.append(ids[-cfg.max_prompt:])
     answers = iter(sample(sampler, tokenizer, prompt_ids, cfg.n, cfg, seed, "solve"))
@@ -329,14 +287,14 @@ def score(cfg, batch):
     vote, 0 < mean < 1 for tests): the format baseline changes what the solver learns, not
     which problems count as neither trivial nor impossible.
     """
-    solved = [p for p in batch if p.answers]
+    solved = [p for p in batch if p.solved]
     code = cfg.task == "code"
     for p in solved:
         p.extracted = [rewards.extract_program(s.text) if code else rewards.extract_answer(s.text, cfg.as_released)
                        for s in p.answers]
-        p.majority, p.majority_count = rewards.majority_vote(p.extracted)
+        p.majority, p.majority_count = vote = rewards.majority_vote(p.extracted)
         if not code:
-            p.task_rewards = rewards.majority_solver_rewards(p.extracted)
+            p.task_rewards = rewards.majority_solver_rewards(p.extracted, vote)
     if code:  # every program x test of the step in one sandbox call
         rates = iter(rewards.test_pass_rates([x for p in solved for x in p.extracted],
                                              [p.problem.tests for p in solved for _ in p.answers],
@@ -352,6 +310,8 @@ def score(cfg, batch):
             p.truth = rewards.arith_truth(p.problem.text)
 
 
+# --- steps 5-8: advantages, log-probs, the update, the sampling copy -------------------
+
 def to_sequences(batch, cfg, update_proposer):
     """Step 5: GRPO advantages per group and the sequences each update trains on.
 
@@ -359,7 +319,7 @@ def to_sequences(batch, cfg, update_proposer):
     the n proposals of a prompt form a group, an unsolved proposal counting as reward 0;
     invalid proposals are then masked out of the update (released: all are trained).
     """
-    solved = [p for p in batch if p.answers]
+    solved = [p for p in batch if p.solved]
     solver_adv = iter(grpo_advantages([r for p in solved for r in p.solver_rewards], cfg.n, cfg.adv_norm,
                                       released=cfg.as_released).tolist() if solved else [])
     solver = [Seq(s.prompt_ids, s.completion_ids, next(solver_adv), group=p.index) for p in solved for s in p.answers]
@@ -372,20 +332,19 @@ def to_sequences(batch, cfg, update_proposer):
     return solver, proposer
 
 
-# --- old / reference log-probs and the update ----------------------------------------
-
-def autocast(device):
-    """bf16 autocast over fp32 master weights on GPU; plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def mark_on_policy(seqs, cfg):
+    """The first mini-batch of an update runs before any weight moves: its old log-probs are its
+    current ones, so `prepare` skips them and the update detaches them (ratio exactly 1)."""
+    if seqs:
+        first = min(s.group for s in seqs) // cfg.minibatch
+        for s in seqs:
+            s.on_policy = s.group // cfg.minibatch == first
 
 
 def micro_logprobs(model, seqs, cfg, device):
-    """(B, T) completion log-probs of a micro-batch under `model`, and its completion mask."""
-    ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs],
-                                   pad_id=0, device=device)
-    with autocast(device):
+    """(B, T) completion log-probs of a micro-batch under `model` (at the sampling temperature), and its mask."""
+    ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs], pad_id=0, device=device)
+    with rollout.autocast(device):
         logp = rollout.token_logprobs(model, ids, attn, comp, temperature=cfg.temperature)
     return logp, comp
 
@@ -466,10 +425,18 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device):
     return totals
 
 
-# --- one step ------------------------------------------------------------------------
+@torch.no_grad()
+def refresh_sampler(sampler, model):
+    """Step 8: the sampling copy (bf16, GPU) takes the updated weights; on CPU it is the model itself."""
+    if sampler is not model:
+        for p_sample, p_train in zip(sampler.parameters(), model.parameters()):
+            p_sample.copy_(p_train)
+
+
+# --- one step, and the loop -------------------------------------------------------------
 
 def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device):
-    """Steps 1-8 of the module docstring; returns the step's metrics and one record per proposal."""
+    """Steps 1-8 of the module docstring; returns the step's metrics and its records (one per proposal)."""
     update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0  # released: global step 5, 10, ...
     t0 = time.perf_counter()
     batch = propose(sampler, tokenizer, cfg, seed=(cfg.seed, step, 0))
@@ -479,29 +446,44 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
     score(cfg, batch)
     t3 = time.perf_counter()
     solver_seqs, proposer_seqs = to_sequences(batch, cfg, update_proposer)
-    if solver_seqs:  # the solver's first mini-batch is on-policy: no separate old-log-prob pass
-        first = min(s.group for s in solver_seqs) // cfg.minibatch
-        for s in solver_seqs:
-            s.on_policy = s.group // cfg.minibatch == first
-    # steps 6-8: the proposer's old log-probs are taken before the solver update changes the weights
+    mark_on_policy(solver_seqs, cfg)
+    # the proposer's old log-probs are taken before the solver update changes the weights
     prepare(model, ref_model, solver_seqs + proposer_seqs, cfg, device)
     solver_stats = policy_update(model, ref_model, optimizer, solver_seqs, cfg, device) if solver_seqs else {}
     proposer_stats = policy_update(model, ref_model, optimizer, proposer_seqs, cfg, device) if proposer_seqs else {}
-    if sampler is not model:
-        with torch.no_grad():
-            for p_sample, p_train in zip(sampler.parameters(), model.parameters()):
-                p_sample.copy_(p_train)
+    refresh_sampler(sampler, model)
     t4 = time.perf_counter()
     metrics = {"step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2, "t_update": t4 - t3,
                **step_metrics(batch, cfg),
                **{f"solver_{k}": v for k, v in solver_stats.items()},
                **{f"proposer_{k}": v for k, v in proposer_stats.items()}}
-    return metrics, [record(step, p) for p in batch]
+    return metrics, batch
 
+
+def train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, start=0):
+    """The loop: greedy eval at step 0 and every `eval_every` steps (and after the last), one
+    `train_step` per step, a checkpoint every `save_every` steps and at the end. `run` (harness.Run)
+    does the bookkeeping: evaluate(step) -> figures, log(step, metrics, batch), save(step)."""
+    def eval_due(step):
+        return cfg.eval_every and step % cfg.eval_every == 0
+
+    for step in range(start, cfg.steps):
+        figures = run.evaluate(step) if eval_due(step) else {}
+        metrics, batch = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device)
+        run.log(step, {**metrics, **figures}, batch)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            run.save(step + 1)
+    if eval_due(cfg.steps):  # the final weights
+        run.log(cfg.steps, run.evaluate(cfg.steps))
+    if not (cfg.save_every and cfg.steps % cfg.save_every == 0):  # else the loop has saved them
+        run.save(cfg.steps)
+
+
+# --- what a step reports ----------------------------------------------------------------
 
 def step_metrics(batch, cfg):
     """The step's figures, read off its records (means over solved proposals unless said)."""
-    solved = [p for p in batch if p.answers]
+    solved = [p for p in batch if p.solved]
     answers = [s for p in solved for s in p.answers]
     prompt_groups = [batch[g:g + cfg.n] for g in range(0, len(batch), cfg.n)]
     metrics = {
@@ -525,406 +507,16 @@ def step_metrics(batch, cfg):
     return metrics
 
 
-def record(step, p):
-    """One samples.jsonl line: the proposal, its verdict, and (if solved) its answers, vote and rewards."""
-    rec = {"step": step, "index": p.index, "proposal": p.sample.text, "valid": p.valid, "reason": p.reason}
-    if p.answers:
-        rec.update(problem=p.problem.text, responses=[s.text for s in p.answers], answers=p.extracted,
-                   majority=p.majority, majority_count=p.majority_count, task_rewards=p.task_rewards,
-                   solver_rewards=p.solver_rewards, proposer_reward=p.proposer_reward)
-        if p.truth is not None:
-            rec["truth"] = p.truth
-    return rec
-
-
 def token_mean_entropy(samples):
     """Mean entropy (nats) of the sampling distribution per sampled token: falling to ~0 is collapse."""
     tokens = sum(len(s.completion_ids) for s in samples)
     return sum(s.entropy * len(s.completion_ids) for s in samples) / tokens if tokens else 0.0
 
 
-# --- checkpoints ---------------------------------------------------------------------
-
-def save_checkpoint(run, step, model, tokenizer, optimizer, cfg):
-    """run/step-NNNNNN: save_pretrained model + tokenizer, optimizer, step, RNG states, config.
-
-    Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint.
-    """
-    final = os.path.join(run, f"step-{step:06d}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-               os.path.join(tmp, "trainer_state.pt"))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final
-
-
-def complete_checkpoints(run):
-    """A run's complete step-* directories (a trainer_state.pt written, not a .tmp), oldest first."""
-    return sorted(d for d in os.listdir(run) if d.startswith("step-") and not d.endswith(".tmp")
-                  and os.path.exists(os.path.join(run, d, "trainer_state.pt"))) if os.path.isdir(run) else []
-
-
-def last_checkpoint(run):
-    """The newest complete step-* directory of a run, or None."""
-    done = complete_checkpoints(run)
-    return os.path.join(run, done[-1]) if done else None
-
-
-def prune_checkpoints(run, keep_last):
-    """Delete all but the newest `keep_last` complete checkpoints (0: keep all) and any .tmp a kill left.
-
-    Called only after a save has completed, so the newest complete checkpoint always stays. An
-    old one loses its trainer_state.pt first, so a kill mid-delete leaves it incomplete, never
-    half a checkpoint that `last_checkpoint` would pick.
-    """
-    for name in os.listdir(run):
-        if name.startswith("step-") and name.endswith(".tmp"):
-            shutil.rmtree(os.path.join(run, name), ignore_errors=True)
-    for name in complete_checkpoints(run)[:-keep_last] if keep_last else []:
-        os.remove(os.path.join(run, name, "trainer_state.pt"))
-        shutil.rmtree(os.path.join(run, name), ignore_errors=True)
-
-
-def read_trainer_state(checkpoint):
-    """A checkpoint's trainer_state.pt (optimizer, step, RNG states); RunError if it cannot be read."""
-    path = os.path.join(checkpoint, "trainer_state.pt")
-    try:
-        state = torch.load(path, weights_only=False)  # our own file: numpy RNG state needs the unpickler
-        state["step"], state["optimizer"], state["rng"]["python"]  # noqa: B018 (the fields a resume reads)
-    except Exception as e:  # truncated, overwritten, not a torch file: one line, no traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise RunError(f"cannot read {path} ({first}): delete {checkpoint} to resume from the checkpoint "
-                       f"before it") from None
-    return state
-
-
-# --- the run -------------------------------------------------------------------------
-
-class RunError(Exception):
-    """Bad input found as a run starts (run directory, checkpoint, prompts): one line for the CLI."""
-
-
-class Interrupted(Exception):
-    """Ctrl-C during a run; the message says where it stopped and the command that continues it."""
-
-    def __init__(self, run, step):
-        checkpoint = last_checkpoint(run)
-        script = os.path.relpath(__file__) if not os.path.relpath(__file__).startswith("..") else __file__
-        super().__init__(f"interrupted at step {step}; last complete checkpoint: {checkpoint or 'none yet'}; "
-                         f"resume with: python {shlex.quote(script)} --resume {shlex.quote(run)}")
-        self.run, self.step = run, step
-
-
-RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl")  # and step-* directories
-
-
-def check_new_run_dir(out):
-    """A new run's --out: not a file, not a run already (its logs would be appended to), creatable."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RunError(f"--out {out} is a file, not a directory")
-    if os.path.isdir(out) and any(n in RUN_FILES or n.startswith("step-") for n in os.listdir(out)):
-        raise RunError(f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out")
-    parent = os.path.abspath(out)  # dirname('run') is '': the walk up needs a root to stop at
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise RunError(f"--out {out}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise RunError(f"--out {out}: no permission to write in {parent}")
-
-
-def check_prompts(cfg, tokenizer):
-    """The task's prompt files are usable: a proposer prompt, a solver prompt with its {problem}
-    slot, and room under --max-prompt for a problem after the solver prompt's own tokens."""
-    files = f"prompts/{cfg.task}_proposer{'_cat' if cfg.cat else ''}.txt, prompts/{cfg.task}_solver.txt"
-    try:
-        topic, solver = prompts.proposer_prompt(cfg.task, cat=cfg.cat), prompts.load(cfg.task, "solver")
-    except OSError as e:
-        raise RunError(f"cannot read the prompts ({files}): {e.strerror}: {e.filename}") from None
-    if not topic or not solver:
-        raise RunError(f"a prompt file is empty ({files})")
-    if prompts.PROBLEM_SLOT not in solver:
-        raise RunError(f"prompts/{cfg.task}_solver.txt has no {prompts.PROBLEM_SLOT} slot for the problem")
-    frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))  # load checked the template
-    if frame >= cfg.max_prompt:
-        raise RunError(f"--max-prompt {cfg.max_prompt} leaves no room for a problem: the {cfg.task} solver prompt "
-                       f"alone is {frame} tokens with this tokenizer")
-
-
-def truncate_logs(run, step):
-    """Keep only the records of steps before `step` in the run's jsonl logs (and no line a kill cut short)."""
-    def before(line):
-        try:
-            return json.loads(line)["step"] < step
-        except (ValueError, KeyError, TypeError):
-            return False
-
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        path = os.path.join(run, name)
-        if os.path.exists(path):
-            with open(path) as f:
-                kept = [line for line in f if before(line)]
-            with open(path, "w") as f:
-                f.writelines(kept)
-
-
-def log(run, name, record):
-    with open(os.path.join(run, name), "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def format_line(m):
-    """One human line per step; the full record goes to metrics.jsonl."""
-    fields = [f"step {m['step']:4d}",
-              f"t {m['t_propose']:.1f}/{m['t_solve']:.1f}/{m['t_rewards']:.1f}/{m['t_update']:.1f}s",
-              f"valid {m['valid_rate']:.2f}", f"r_prop {m['proposer_reward']:.3f}", f"r_solve {m['solver_reward']:.3f}",
-              f"maj {m['majority_share']:.2f}", f"zero {m['zero_signal']:.2f}",
-              f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}",
-              f"ent {m['solver_entropy']:.2f}", f"len {m['response_len']:.0f}"]
-    if m.get("majority_correct") is not None:
-        fields.append(f"maj_ok {m['majority_correct']:.2f}/{m['majority_checked']}")
-    if "eval_accuracy" in m:
-        fields.append(f"eval {m['eval_accuracy']:.3f}")
-    if "eval_sampled_accuracy" in m:
-        fields.append(f"sampled {m['eval_sampled_accuracy']:.3f}")
-    return " | ".join(fields)
-
-
-def run_eval(sampler, tokenizer, cfg):
-    """Held-out figures: greedy (eval_*), and with --eval-samples k also k samples per problem at
-    the training temperature (eval_sampled_*: accuracy of one sample, pass@k, maj@k)."""
-    import eval as heldout
-    problems = heldout.read_jsonl(cfg.eval_data, cfg.task) if cfg.eval_data else None
-    runs = [("eval_", 1, 0.0)] + ([("eval_sampled_", cfg.eval_samples, cfg.temperature)] if cfg.eval_samples else [])
-    figures = {}
-    for prefix, samples, temperature in runs:
-        result = heldout.evaluate(sampler, tokenizer, cfg.task, problems, limit=cfg.eval_limit or None,
-                                  samples=samples, temperature=temperature, max_new_tokens=cfg.max_response,
-                                  batch_size=cfg.rollout_rows,
-                                  progress=heldout.progress_printer(f"{prefix.rstrip('_')} step", samples))
-        figures.update({prefix + k: v for k, v in result.items() if isinstance(v, (int, float))})
-    return figures
-
-
-def bf16_copy(model):
-    """A bf16 copy of the weights for sampling. Parameters only: `.to(bfloat16)` would also round the
-    fp32 RoPE buffers (inv_freq), shifting positions by radians at long range, so the sampled policy
-    would not be the trained one (from_pretrained(dtype=bfloat16) keeps them fp32 too)."""
-    sampler = copy.deepcopy(model)
-    for p in sampler.parameters():
-        p.data = p.data.to(torch.bfloat16)
-    return sampler.requires_grad_(False)
-
-
-def fit_to_memory(cfg, model_config, device):
-    """On a GPU with --fit-memory: --rollout-rows and --microbatch become the largest that the memory
-    plan (rollout.memory_plan) fits on the card, up to the step's own sizes. Memory knobs only: the
-    samples and the gradient do not depend on them."""
-    if device.type == "cuda" and cfg.fit_memory:
-        fit = rollout.fit_memory(model_config, torch.cuda.get_device_properties(device).total_memory,
-                                 max_rows=cfg.batch * cfg.n * cfg.n, max_microbatch=cfg.minibatch * cfg.n,
-                                 max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n,
-                                 kl=bool(cfg.kl_coef), grad_checkpointing=cfg.grad_checkpointing, gpu=True)
-        if fit is None:
-            raise RunError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
-                             "--kl 0 or a shorter --max-response")
-        cfg.rollout_rows, cfg.microbatch = fit
-        print(f"memory plan: --rollout-rows {cfg.rollout_rows} --microbatch {cfg.microbatch}", flush=True)
-
-
-def train(cfg):
-    """The whole run: load, (resume), step loop with eval, logging and checkpoints. Returns the run dir.
-
-    Raises RunError on bad input found as the run starts (nothing is written then) and
-    Interrupted on Ctrl-C.
-    """
-    cfg = cfg.resolve()  # idempotent: no Config reaches the loop with its task defaults unfilled
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    run, resume_from, state = cfg.resume or cfg.out, None, None
-    if cfg.resume:  # from its last complete checkpoint, or from step 0 if it has none yet
-        cfg.out = run
-        resume_from = last_checkpoint(run)
-        state = read_trainer_state(resume_from) if resume_from else None
-        if state and cfg.steps <= state["step"]:
-            raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({resume_from}, step "
-                           f"{state['step']}): give --steps above {state['step']} to train on")
-    else:
-        check_new_run_dir(run)
-    if cfg.eval_data:  # read now, not at the first eval
-        import eval as heldout
-        try:
-            heldout.read_jsonl(cfg.eval_data, cfg.task)
-        except ValueError as e:
-            raise RunError(f"--eval-data: {e}") from None
-    model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
-    try:
-        rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
-    except ValueError as e:
-        raise RunError(str(e)) from None
-    check_prompts(cfg, tokenizer)
-    ref_model = None
-    if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
-        # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
-        ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=device)[0]
-        ref_model.requires_grad_(False)
-    if cfg.grad_checkpointing:
-        model.activation_checkpointing_enable()
-    # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy.
-    sampler = bf16_copy(model) if device.type == "cuda" else model
-    fit_to_memory(cfg, model.config, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        start = state["step"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    try:  # only now: a start that fails leaves no directory behind
-        os.makedirs(run, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"cannot create the run directory {run}: {e.strerror}") from None
-    if cfg.resume:
-        truncate_logs(run, start)  # steps after the checkpoint are run again
-        print(f"resumed from {resume_from} at step {start}" if resume_from else
-              f"no checkpoint in {run} yet: running it again from step 0", flush=True)
-    with open(os.path.join(run, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
-    print("config " + json.dumps(dataclasses.asdict(cfg)), flush=True)
-
-    step = start
-    try:
-        for step in range(start, cfg.steps + 1):
-            metrics = {}
-            if cfg.eval_every and step % cfg.eval_every == 0:
-                metrics.update(run_eval(sampler, tokenizer, cfg))
-            if step == cfg.steps:  # the last iteration only evaluates the final weights
-                if metrics:
-                    log(run, "metrics.jsonl", {"step": step, **metrics})
-                    print(f"step {step:4d} | eval {metrics.get('eval_accuracy', float('nan')):.3f}", flush=True)
-                break
-            step_metrics, records = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device)
-            metrics = {**step_metrics, **metrics}
-            log(run, "metrics.jsonl", metrics)
-            for rec in records:
-                log(run, "samples.jsonl", rec)
-            print(format_line(metrics), flush=True)
-            if cfg.save_every and (step + 1) % cfg.save_every == 0:
-                save_checkpoint(run, step + 1, model, tokenizer, optimizer, cfg)
-                prune_checkpoints(run, cfg.keep_last)
-        if last_checkpoint(run) != os.path.join(run, f"step-{cfg.steps:06d}"):
-            save_checkpoint(run, cfg.steps, model, tokenizer, optimizer, cfg)
-            prune_checkpoints(run, cfg.keep_last)
-    except KeyboardInterrupt:
-        raise Interrupted(run, step) from None
-    print(run_summary(run), flush=True)
-    return run
-
-
-def run_summary(run):
-    """Where the run and its final checkpoint are, and its held-out accuracy against step."""
-    with open(os.path.join(run, "metrics.jsonl")) as f:
-        evals = [(m["step"], m["eval_accuracy"]) for m in map(json.loads, f) if "eval_accuracy" in m]
-    trajectory = ", ".join(f"{step}: {accuracy:.3f}" for step, accuracy in evals) or "none (--eval-every 0)"
-    return (f"run directory     {run}\nfinal checkpoint  {last_checkpoint(run)}\n"
-            f"eval accuracy     {trajectory} (step: greedy accuracy)")
-
-
-# --- CLI -----------------------------------------------------------------------------
-
-NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)", re.IGNORECASE)
-
-
-def negative_values_joined(argv):
-    """`--lr -1e-6` becomes `--lr=-1e-6`: argparse takes a token that starts with '-' for a flag
-    unless it looks like -1 or -.5, so `-1e-6` or `-inf` read as "expected one argument"."""
-    out = []
-    for token in argv:
-        if out and out[-1].startswith("--") and out[-1] != "--" and "=" not in out[-1] \
-                and NEGATIVE_NUMBER.fullmatch(token):
-            out[-1] += "=" + token
-        else:
-            out.append(token)
-    return out
-
-
-def saved_config(run):
-    """The config a run was started with (its config.json), checked field by field; ValueError if unusable."""
-    path = os.path.join(run, "config.json")
-    if not os.path.isdir(run):
-        raise ValueError(f"--resume {run}: no such run directory")
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except OSError as e:
-        raise ValueError(f"--resume {run}: cannot read {path} ({e.strerror})") from None
-    except (ValueError, RecursionError):
-        raise ValueError(f"--resume {run}: {path} is damaged (not valid JSON)") from None
-    kinds = {f.name: {"int": int, "float": (int, float), "str": str, "bool": bool}[
-        f.type if isinstance(f.type, str) else f.type.__name__] for f in dataclasses.fields(Config)}
-    if not isinstance(saved, dict):
-        raise ValueError(f"--resume {run}: {path} is not a config (a JSON object)")
-    for key, value in saved.items():
-        if key not in kinds:
-            raise ValueError(f"--resume {run}: {path} has an unknown field {key!r}")
-        if not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool):
-            raise ValueError(f"--resume {run}: {path} has {key} = {value!r}, not a valid value")
-    return saved
-
-
-def parse_args(argv):
-    """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
-    p = argparse.ArgumentParser(description="Self-Questioning Language Models: train a model on problems it writes.")
-    p.error = lambda message: (print(f"sqlm.py: error: {message}", file=sys.stderr), sys.exit(2))
-    for f in dataclasses.fields(Config):
-        flag, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default!r})"
-        if f.type is bool or f.type == "bool":  # --cat / --no-cat: a resumed run can switch a flag off
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
-        else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
-    given = vars(p.parse_args(negative_values_joined(sys.argv[1:] if argv is None else argv)))
-    if "resume" in given:
-        given = {**saved_config(given["resume"]), **given}
-    cfg = Config(**given)
-    if 0 < cfg.batch < cfg.minibatch:  # on the command line; a Config built in code may shrink a batch for a test
-        raise ValueError(f"--minibatch {cfg.minibatch} is more groups than the proposer's --batch {cfg.batch}: "
-                         f"give --minibatch {cfg.batch} or less")
-    return cfg
-
-
 def main(argv=None):
-    """CLI entry: bad input (flag, value, task, model, run directory) is one line on stderr and exit
-    code 2; Ctrl-C is one line saying how to resume, exit code 130."""
-    try:
-        try:
-            cfg = parse_args(argv).resolve()
-        except ValueError as e:
-            print(f"sqlm.py: error: {e}", file=sys.stderr)
-            return 2
-        try:
-            train(cfg)
-        except (RunError, rollout.LoadError) as e:
-            print(f"sqlm.py: error: {e}", file=sys.stderr)
-            return 2
-        except Interrupted as e:
-            print(f"sqlm.py: {e}", file=sys.stderr)
-            return 130
-    except KeyboardInterrupt:  # before the run directory exists: nothing was written
-        print("sqlm.py: interrupted before the first step; nothing was written", file=sys.stderr)
-        return 130
-    return 0
+    """The command line (harness.main): `python sqlm.py --task arith ...`; returns the exit code."""
+    import harness  # the entry point only: nothing of the method depends on the harness
+    return harness.main(argv)
 
 
 if __name__ == "__main__":

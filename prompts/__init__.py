@@ -19,9 +19,18 @@ import os
 
 TASKS = ("arith", "algebra", "code")
 ROLES = ("proposer", "solver")
+MAX_RESPONSE = {"arith": 1024, "algebra": 3072, "code": 512}  # the paper's response limits (tokens), both roles and eval
 PROBLEM_SLOT = "{problem}"
 
 _DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def check_task(task, cat=False):
+    """ValueError (one line) for an unknown task, or for the Code-as-Task option on a task other than code."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if cat and task != "code":
+        raise ValueError("--cat applies to --task code only")
 
 
 @functools.cache
@@ -31,12 +40,9 @@ def load(task, role, cat=False):
     `cat` changes only the code proposer (the solver sees the same problem either way);
     asking for it with another task is a ValueError, as is an unknown task or role.
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    check_task(task, cat)
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
-    if cat and task != "code":
-        raise ValueError("cat (Code-as-Task) applies to the code task only")
     suffix = "_cat" if cat and role == "proposer" else ""
     with open(os.path.join(_DIR, f"{task}_{role}{suffix}.txt"), encoding="utf-8") as f:
         return f.read().strip()

@@ -16,9 +16,12 @@ import time
 import pytest
 import torch
 
+import cli
 import eval as ev
+import harness
 import plot
 import prompts
+import rollout
 import sqlm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,9 +220,9 @@ def test_eval_bad_input_is_one_line_exit_2_and_leaves_no_file(argv, message, pla
 
 def test_negative_values_reach_the_flag():
     """argparse reads `-1e-6` as a flag ("expected one argument"); joined to its flag it is a value."""
-    assert sqlm.negative_values_joined(["--lr", "-1e-6", "--seed", "-1", "--out", "-x", "--", "-2"]) == \
+    assert cli.negative_values_joined(["--lr", "-1e-6", "--seed", "-1", "--out", "-x", "--", "-2"]) == \
         ["--lr=-1e-6", "--seed=-1", "--out", "-x", "--", "-2"]
-    assert sqlm.parse_args(["--lr", "-1e-6", "--temperature", "-inf"]).lr == -1e-6
+    assert harness.parse_args(["--lr", "-1e-6", "--temperature", "-inf"]).lr == -1e-6
 
 
 def test_empty_prompt_file_is_refused(tiny_dir, tmp_path, monkeypatch, capsys):
@@ -252,11 +255,11 @@ def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
         (tmp_path / f"step-{step:06d}" / "trainer_state.pt").write_bytes(b"x")
     (tmp_path / "step-000005.tmp").mkdir()  # a save a kill cut short
     (tmp_path / "step-000006").mkdir()      # incomplete: no trainer_state.pt
-    sqlm.prune_checkpoints(str(tmp_path), 2)
+    harness.prune_checkpoints(str(tmp_path), 2)
     assert sorted(os.listdir(tmp_path)) == ["step-000003", "step-000004", "step-000006"]
-    sqlm.prune_checkpoints(str(tmp_path), 1)
+    harness.prune_checkpoints(str(tmp_path), 1)
     assert sorted(os.listdir(tmp_path)) == ["step-000004", "step-000006"]
-    sqlm.prune_checkpoints(str(tmp_path), 0)  # 0 keeps all
+    harness.prune_checkpoints(str(tmp_path), 0)  # 0 keeps all
     assert sorted(os.listdir(tmp_path)) == ["step-000004", "step-000006"]
 
 
@@ -358,7 +361,7 @@ class Stream(io.StringIO):
 def test_progress_refreshes_one_line_on_a_terminal_and_writes_plain_lines_in_a_log():
     for tty in (True, False):
         stream = Stream(tty)
-        show = ev.progress_printer("eval arith", samples=2, stream=stream)
+        show = rollout.progress_printer("eval arith", samples=2, stream=stream)
         show(1, 4, {"accuracy": 0.5, "mean_length": 10.0})
         show(4, 4, {"accuracy": 0.25, "mean_length": 10.0})
         text = stream.getvalue()
@@ -432,7 +435,7 @@ def test_plot_writes_a_png_of_several_runs(tmp_path):
 
 def test_help_states_the_checkpoint_defaults(capsys):
     with pytest.raises(SystemExit):
-        sqlm.parse_args(["--help"])
+        harness.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--keep-last" in text and "(default: 2)" in text and "(default: 10)" in text
     assert {f.name for f in dataclasses.fields(sqlm.Config)} >= {"save_every", "keep_last"}
@@ -441,7 +444,7 @@ def test_help_states_the_checkpoint_defaults(capsys):
 def test_a_relative_out_is_checked_without_looping(tmp_path, monkeypatch):
     """The walk up to the nearest existing parent looped for ever on a relative name ('run' -> '')."""
     monkeypatch.chdir(tmp_path)
-    sqlm.check_new_run_dir("run")
+    harness.check_new_run_dir("run")
     (tmp_path / "run").write_text("")
-    with pytest.raises(sqlm.RunError, match="is a file"):
-        sqlm.check_new_run_dir("run/sub")
+    with pytest.raises(harness.RunError, match="is a file"):
+        harness.check_new_run_dir("run/sub")

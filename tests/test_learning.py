@@ -15,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as heldout  # noqa: E402
+import harness  # noqa: E402
 import prompts  # noqa: E402
 import rollout  # noqa: E402
 import sqlm  # noqa: E402
@@ -43,7 +44,7 @@ def run(base, out, **overrides):
     cfg = sqlm.Config(task="arith", model=base, device="cpu", steps=5, batch=8, n=4, minibatch=4, microbatch=32,
                       max_response=32, lr=1e-3, kl=0.0, eval_every=0, save_every=0, arith_check=True, seed=0,
                       out=out, **overrides)
-    sqlm.train(cfg)
+    harness.train(cfg)
     return os.path.join(out, "step-000005")
 
 

@@ -1,4 +1,4 @@
-"""rollout.memory_plan against allocations measured on CPU, and fit_memory's choice.
+"""memory.memory_plan against allocations measured on CPU, and fit_memory's choice.
 
 torch's profiler reports every CPU tensor allocation and free with the allocator's running total;
 its maximum over a region, less the total at the start, is the region's peak. That is measured here
@@ -14,6 +14,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+import memory
 import rollout
 import tiny
 
@@ -53,9 +54,9 @@ def test_parameter_count_is_the_models():
     for tied in (True, False):
         config = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=80, num_hidden_layers=3,
                              num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
-        assert rollout.parameter_count(config) == sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
+        assert memory.parameter_count(config) == sum(p.numel() for p in Qwen2ForCausalLM(config).parameters())
     config = tiny.shape_config("qwen2.5-3b")
-    total = rollout.parameter_count(config)
+    total = memory.parameter_count(config)
     assert round(total / 1e9, 2) == 3.09 and round((total - config.vocab_size * config.hidden_size) / 1e9, 2) == 2.77
 
 
@@ -87,7 +88,7 @@ def test_update_and_logprob_peaks_within_20_percent(shape):
     the no-grad log-prob pass, in fp32 and under bf16 autocast, are each predicted within 20%."""
     model = small_model(**shape)
     for autocast in (False, True):
-        plan = rollout.memory_plan(model.config, rollout_rows=1, microbatch=4, max_prompt=48, max_response=80,
+        plan = memory.memory_plan(model.config, rollout_rows=1, microbatch=4, max_prompt=48, max_response=80,
                                    kl=False, gpu=autocast)
         resident = plan["weights"] + plan["adamw"] + plan["sampler_copy"]
         for grad, phase in ((True, "update"), (False, "logprobs")):
@@ -102,7 +103,7 @@ def test_checkpointed_update_peak_is_not_underestimated(shape):
     model = small_model(**shape)
     model.activation_checkpointing_enable()
     for autocast in (False, True):
-        plan = rollout.memory_plan(model.config, rollout_rows=1, microbatch=4, max_prompt=48, max_response=80,
+        plan = memory.memory_plan(model.config, rollout_rows=1, microbatch=4, max_prompt=48, max_response=80,
                                    kl=False, gpu=autocast, grad_checkpointing=True)
         predicted = plan["update_peak"] - plan["weights"] - plan["adamw"] - plan["sampler_copy"]
         ratio = predicted / training_peak(model, 4, 48, 80, True, autocast)
@@ -118,7 +119,7 @@ def test_generate_peak_within_20_percent(tiny_model, prompt_len, new, prompts, n
     job = lambda: rollout.generate(model, tok, prompt_ids, n=n, max_new_tokens=new, seed=0, check_every=10**6)
     job()
     measured = peak_allocated(job)
-    plan = rollout.memory_plan(model.config, rollout_rows=prompts * n, microbatch=1, max_prompt=prompt_len,
+    plan = memory.memory_plan(model.config, rollout_rows=prompts * n, microbatch=1, max_prompt=prompt_len,
                                max_response=new, n=n, kl=False, gpu=False)
     assert abs((plan["rollout_peak"] - plan["weights"] - plan["adamw"]) / measured - 1) < 0.20
 
@@ -129,12 +130,12 @@ def test_fit_memory_picks_the_largest_sizes_that_fit():
     config = tiny.shape_config("qwen2.5-1.5b")
     settings = dict(max_prompt=512, max_response=1024, grad_checkpointing=True)
     card = 80e9
-    rows, micro = rollout.fit_memory(config, card, **settings)
+    rows, micro = memory.fit_memory(config, card, **settings)
     assert 1 < rows < 1024 and 1 < micro < 128
 
     def peak(r, m, phases):
-        plan = rollout.memory_plan(config, rollout_rows=r, microbatch=m, **settings)
+        plan = memory.memory_plan(config, rollout_rows=r, microbatch=m, **settings)
         return max(plan[f"{p}_peak"] for p in phases)
     assert peak(rows, 1, ["rollout"]) <= 0.9 * card < peak(2 * rows, 1, ["rollout"])
     assert peak(1, micro, ["logprobs", "update", "optimizer"]) <= 0.9 * card < peak(1, 2 * micro, ["update"])
-    assert rollout.fit_memory(config, 20e9, **settings) is None  # 18 bytes per weight alone is 28 GB
+    assert memory.fit_memory(config, 20e9, **settings) is None  # 18 bytes per weight alone is 28 GB

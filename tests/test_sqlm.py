@@ -4,6 +4,7 @@ import dataclasses
 import pytest
 import torch
 
+import harness
 import rollout
 import sqlm
 
@@ -289,7 +290,7 @@ def test_sampling_copy_keeps_fp32_rope_buffers(tiny_dir):
     """`.to(bfloat16)` on a whole model also rounds RoPE's inv_freq, so the GPU sampler drifted from the
     trained policy by radians at long range; only the weights may become bf16."""
     model, _ = rollout.load(tiny_dir, device="cpu")
-    sampler = sqlm.bf16_copy(model)
+    sampler = harness.bf16_copy(model)
     assert all(p.dtype == torch.bfloat16 for p in sampler.parameters())
     buffers = dict(model.named_buffers())
     assert buffers and all(torch.equal(b, buffers[name]) and b.dtype == buffers[name].dtype

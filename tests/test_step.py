@@ -8,6 +8,8 @@ import dataclasses
 import pytest
 import torch
 
+import harness
+import memory
 import rewards
 import rollout
 import sqlm
@@ -134,9 +136,9 @@ def test_step_records_and_metrics_read_the_same_proposals():
     assert metrics["valid_rate"] == 6 / 8
     assert metrics["majority_checked"] == 5
     assert metrics["majority_correct"] == pytest.approx(1 / 5)  # truth 6: majorities 6, 1, 4, 5, 1
-    rec = sqlm.record(7, batch[0])
+    rec = harness.record(7, batch[0])
     assert rec["step"] == 7 and rec["answers"] == ["6", "6", "7", "7"] and rec["proposer_reward"] == 1.0
-    assert sqlm.record(7, batch[1]) == {"step": 7, "index": 1, "proposal": batch[1].sample.text, "valid": False,
+    assert harness.record(7, batch[1]) == {"step": 7, "index": 1, "proposal": batch[1].sample.text, "valid": False,
                                         "reason": "no 'x'"}
 
 
@@ -277,7 +279,7 @@ def test_train_step_marks_only_the_solvers_first_minibatch_on_policy(tiny_dir, m
 
 def test_help_shows_each_fields_comment_and_choices(capsys):
     with pytest.raises(SystemExit):
-        sqlm.parse_args(["--help"])
+        harness.parse_args(["--help"])
     out = capsys.readouterr().out
     for f in dataclasses.fields(sqlm.Config):
         assert "--" + f.name.replace("_", "-") in out
@@ -291,8 +293,8 @@ def test_a_resumed_run_can_switch_a_flag_off(tmp_path):
     (run / "step-000001" / "trainer_state.pt").write_bytes(b"")
     saved = dataclasses.asdict(sqlm.Config(task="code", cat=True).resolve())
     (run / "config.json").write_text(__import__("json").dumps(saved))
-    assert sqlm.parse_args(["--resume", str(run)]).cat is True
-    assert sqlm.parse_args(["--resume", str(run), "--no-cat"]).cat is False
+    assert harness.parse_args(["--resume", str(run)]).cat is True
+    assert harness.parse_args(["--resume", str(run), "--no-cat"]).cat is False
 
 
 @pytest.mark.parametrize("text,shape", [
@@ -318,7 +320,7 @@ def test_eval_data_and_sampled_eval_reach_the_held_out_run(monkeypatch, tmp_path
         return {"accuracy": 0.25 * kw["samples"]}
     monkeypatch.setattr(heldout, "evaluate", evaluate)
     cfg = sqlm.Config(task="arith", eval_data=str(data), eval_samples=4, temperature=0.7).resolve()
-    assert sqlm.run_eval(None, None, cfg) == {"eval_accuracy": 0.25, "eval_sampled_accuracy": 1.0}
+    assert harness.run_eval(None, None, cfg) == {"eval_accuracy": 0.25, "eval_sampled_accuracy": 1.0}
     assert [(p[0]["problem"], k, t) for p, k, t in calls] == [("What is 2 * 3?", 1, 0.0), ("What is 2 * 3?", 4, 0.7)]
 
 
@@ -337,31 +339,30 @@ def test_samples_do_not_depend_on_rollout_rows(tiny_dir):
 
 def test_memory_plan_sets_the_memory_knobs_on_a_gpu(monkeypatch):
     """On a GPU with --fit-memory the plan's choice replaces both knobs; --no-fit-memory keeps them."""
-    monkeypatch.setattr(rollout, "fit_memory", lambda config, total, **kw: (kw["max_rows"] // 8, 3))
+    monkeypatch.setattr(memory, "fit_memory", lambda config, total, **kw: (kw["max_rows"] // 8, 3))
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda device: type("Props", (), {"total_memory": 80 * 2**30}))
     for fit, expected in ((True, (16 * 4 * 4 // 8, 3)), (False, (256, 8))):
         cfg = sqlm.Config(batch=16, fit_memory=fit)
-        sqlm.fit_to_memory(cfg, None, torch.device("cuda"))
+        harness.fit_to_memory(cfg, None, torch.device("cuda"))
         assert (cfg.rollout_rows, cfg.microbatch) == expected
     cpu = sqlm.Config()
-    sqlm.fit_to_memory(cpu, None, CPU)
+    harness.fit_to_memory(cpu, None, CPU)
     assert (cpu.rollout_rows, cpu.microbatch) == (256, 8)
 
 
 def test_a_long_rollout_phase_shows_progress(monkeypatch, capsys):
     """A 3B rollout phase takes minutes and printed nothing: past 10 s it reports rows, tokens/s and
     ETA after each generate call (a short phase stays silent)."""
-    import eval as heldout
     fake_rollouts(monkeypatch, iter(["<answer>1</answer>"] * 16))
     clock = iter(range(0, 1000, 11))  # each reading 11 s later: a long phase
-    monkeypatch.setattr(heldout.time, "time", lambda: next(clock))
+    monkeypatch.setattr(rollout.time, "time", lambda: next(clock))
     cfg = sqlm.Config(rollout_rows=4, n=2).resolve()
     sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 1), label="solve")
     lines = capsys.readouterr().err.splitlines()
     assert [line.split("  ")[:2] for line in lines] == [["solve", "4/8 rows"], ["solve", "8/8 rows"]]
     assert all("tok/s" in line and "eta" in line for line in lines)
     clock = iter(range(1000))
-    monkeypatch.setattr(heldout.time, "time", lambda: next(clock))
+    monkeypatch.setattr(rollout.time, "time", lambda: next(clock))
     sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 0), label="propose")
     assert capsys.readouterr().err == ""

@@ -5,6 +5,7 @@ import os
 import pytest
 from transformers import AutoModelForCausalLM
 
+import harness
 import rewards
 import sqlm
 
@@ -36,7 +37,7 @@ def test_main_writes_metrics_samples_and_loadable_checkpoint(task, tiny_dir, tmp
     assert not any(name.endswith(".tmp") for name in os.listdir(run))
 
 
-def fake_rewards(answers):
+def fake_rewards(answers, vote=None):
     """A reward the random tiny model can earn (position in the group), so updates are non-trivial."""
     return [float(i % 2) for i in range(len(answers))]
 
@@ -90,5 +91,5 @@ def test_training_eval_batches_follow_rollout_rows(monkeypatch):
     seen = {}
     monkeypatch.setattr(heldout, "evaluate", lambda *a, **kw: seen.update(kw) or {"accuracy": 0.5})
     cfg = sqlm.Config(task="arith", rollout_rows=96, eval_limit=3).resolve()
-    assert sqlm.run_eval(None, None, cfg) == {"eval_accuracy": 0.5}
+    assert harness.run_eval(None, None, cfg) == {"eval_accuracy": 0.5}
     assert seen["batch_size"] == 96 and seen["limit"] == 3 and seen["max_new_tokens"] == 1024

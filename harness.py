@@ -1,0 +1,467 @@
+"""The run around the method: flag checks and the CLI, run directories, logs, checkpoints and
+resume, interrupts, precision (the bf16 sampling copy) and fitting the memory knobs to a GPU.
+
+`python sqlm.py ...` lands in `main` here; `train(cfg)` sets a run up and hands the loop to
+`sqlm.train` with a `Run` that evaluates, logs and saves. This module imports the method
+(sqlm.py), never the reverse.
+
+A run directory holds config.json, metrics.jsonl (one line per step), samples.jsonl (one line
+per proposal) and step-NNNNNN/ checkpoints (save_pretrained model and tokenizer plus
+trainer_state.pt: optimizer, step, RNG states). A checkpoint is written under a temporary name
+and renamed, so a kill mid-save never leaves a broken one; `--resume` continues from the last
+complete one with the saved config, changing only the flags given.
+"""
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import shlex
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+
+import cli
+import eval as heldout
+import memory
+import prompts
+import rollout
+import sqlm
+from sqlm import Config
+
+POSITIVE = ("batch", "minibatch", "microbatch", "steps", "rollout_rows", "max_prompt", "max_response", "lr",
+            "temperature", "top_p", "grad_clip")
+NON_NEGATIVE = ("clip_low", "clip_high", "clip_c", "kl", "weight_decay", "proposer_every", "eval_every",
+                "eval_limit", "eval_samples", "save_every", "keep_last", "seed")
+RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl")  # and step-* directories
+
+
+class RunError(Exception):
+    """Bad input found as a run starts (run directory, checkpoint, prompts): one line for the CLI."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run; the message says where it stopped and the command that continues it."""
+
+    def __init__(self, run, step):
+        checkpoint = last_checkpoint(run)
+        script = os.path.relpath(sqlm.__file__)
+        script = sqlm.__file__ if script.startswith("..") else script
+        super().__init__(f"interrupted at step {step}; last complete checkpoint: {checkpoint or 'none yet'}; "
+                         f"resume with: python {shlex.quote(script)} --resume {shlex.quote(run)}")
+
+
+# --- the config ----------------------------------------------------------------------
+
+def check_config(cfg):
+    """Fill the task defaults, make paths absolute (a run resumes from any directory) and check every
+    value; ValueError is one line naming the flag. Idempotent."""
+    if cfg.task not in prompts.TASKS:
+        raise ValueError(f"unknown task '{cfg.task}' ({', '.join(prompts.TASKS)})")
+    cfg.resolve()
+    if os.path.isdir(os.path.expanduser(cfg.model)):  # a local model; a hub id stays as given
+        cfg.model = os.path.abspath(os.path.expanduser(cfg.model))
+    cfg.out = cfg.out or os.path.join("runs", f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg.out, cfg.resume, cfg.eval_data = (os.path.abspath(os.path.expanduser(p)) if p else p
+                                          for p in (cfg.out, cfg.resume, cfg.eval_data))
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        if f.metadata["choices"] and value not in f.metadata["choices"]:
+            raise ValueError(f"{flag} must be one of {', '.join(c for c in f.metadata['choices'] if c)}, "
+                             f"not {value!r}")
+        if f.type in (float, "float") and not math.isfinite(value):
+            raise ValueError(f"{flag} must be finite, not {value}")
+        if f.name in POSITIVE and not value > 0:
+            raise ValueError(f"{flag} must be positive, not {value}")
+        if f.name in NON_NEGATIVE and not value >= 0:
+            raise ValueError(f"{flag} must be >= 0, not {value}")
+    checks = [((cfg.solver_reward == "tests") == (cfg.task == "code") or cfg.solver_reward == "format",
+               f"--solver-reward {cfg.solver_reward} does not fit --task {cfg.task}"),
+              (not cfg.arith_check or cfg.task == "arith", "--arith-check applies to --task arith only"),
+              (cfg.n >= 2, f"--n must be at least 2, not {cfg.n} (groups of one carry no signal)"),
+              (cfg.top_p <= 1, f"--top-p must be in (0, 1], not {cfg.top_p}"),
+              (cfg.clip_low < 1, f"--clip-low must be in [0, 1), not {cfg.clip_low}"),
+              (cfg.clip_c == 0 or cfg.clip_c > 1, f"--clip-c must be > 1 (or 0 to disable), not {cfg.clip_c}"),
+              (cfg.seed <= 2**32 - 1, f"--seed must be at most 2**32-1 = {2**32 - 1}, not {cfg.seed}")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    prompts.check_task(cfg.task, cfg.cat)
+    cli.device(cfg.device)
+    return cfg
+
+
+def check_prompts(cfg, tokenizer):
+    """The task's prompt files are usable: a proposer prompt, a solver prompt with its {problem}
+    slot, and room under --max-prompt for a problem after the solver prompt's own tokens."""
+    files = f"prompts/{cfg.task}_proposer{'_cat' if cfg.cat else ''}.txt, prompts/{cfg.task}_solver.txt"
+    try:
+        topic, solver = prompts.proposer_prompt(cfg.task, cat=cfg.cat), prompts.load(cfg.task, "solver")
+    except OSError as e:
+        raise RunError(f"cannot read the prompts ({files}): {e.strerror}: {e.filename}") from None
+    if not topic or not solver:
+        raise RunError(f"a prompt file is empty ({files})")
+    if prompts.PROBLEM_SLOT not in solver:
+        raise RunError(f"prompts/{cfg.task}_solver.txt has no {prompts.PROBLEM_SLOT} slot for the problem")
+    frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))  # load checked the template
+    if frame >= cfg.max_prompt:
+        raise RunError(f"--max-prompt {cfg.max_prompt} leaves no room for a problem: the {cfg.task} solver prompt "
+                       f"alone is {frame} tokens with this tokenizer")
+
+
+# --- precision and memory --------------------------------------------------------------
+
+def bf16_copy(model):
+    """A bf16 copy of the weights for sampling. Parameters only: `.to(bfloat16)` would also round the
+    fp32 RoPE buffers (inv_freq), shifting positions by radians at long range, so the sampled policy
+    would not be the trained one (from_pretrained(dtype=bfloat16) keeps them fp32 too)."""
+    sampler = copy.deepcopy(model)
+    for p in sampler.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return sampler.requires_grad_(False)
+
+
+def fit_to_memory(cfg, model_config, device):
+    """On a GPU with --fit-memory: --rollout-rows and --microbatch become the largest that the memory
+    plan (memory.memory_plan) fits on the card, up to the step's own sizes. Memory knobs only: the
+    samples and the gradient do not depend on them."""
+    if device.type == "cuda" and cfg.fit_memory:
+        fit = memory.fit_memory(model_config, torch.cuda.get_device_properties(device).total_memory,
+                                max_rows=cfg.batch * cfg.n * cfg.n, max_microbatch=cfg.minibatch * cfg.n,
+                                max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n,
+                                kl=bool(cfg.kl_coef), grad_checkpointing=cfg.grad_checkpointing, gpu=True)
+        if fit is None:
+            raise RunError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
+                           "--kl 0 or a shorter --max-response")
+        cfg.rollout_rows, cfg.microbatch = fit
+        print(f"memory plan: --rollout-rows {cfg.rollout_rows} --microbatch {cfg.microbatch}", flush=True)
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+def save_checkpoint(run, step, model, tokenizer, optimizer, cfg):
+    """run/step-NNNNNN: save_pretrained model + tokenizer, optimizer, step, RNG states, config.
+
+    Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint.
+    """
+    final = os.path.join(run, f"step-{step:06d}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
+               os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def complete_checkpoints(run):
+    """A run's complete step-* directories (a trainer_state.pt written, not a .tmp), oldest first."""
+    return sorted(d for d in os.listdir(run) if d.startswith("step-") and not d.endswith(".tmp")
+                  and os.path.exists(os.path.join(run, d, "trainer_state.pt"))) if os.path.isdir(run) else []
+
+
+def last_checkpoint(run):
+    """The newest complete step-* directory of a run, or None."""
+    done = complete_checkpoints(run)
+    return os.path.join(run, done[-1]) if done else None
+
+
+def prune_checkpoints(run, keep_last):
+    """Delete all but the newest `keep_last` complete checkpoints (0: keep all) and any .tmp a kill left.
+
+    Called only after a save has completed, so the newest complete checkpoint always stays. An
+    old one loses its trainer_state.pt first, so a kill mid-delete leaves it incomplete, never
+    half a checkpoint that `last_checkpoint` would pick.
+    """
+    for name in os.listdir(run):
+        if name.startswith("step-") and name.endswith(".tmp"):
+            shutil.rmtree(os.path.join(run, name), ignore_errors=True)
+    for name in complete_checkpoints(run)[:-keep_last] if keep_last else []:
+        os.remove(os.path.join(run, name, "trainer_state.pt"))
+        shutil.rmtree(os.path.join(run, name), ignore_errors=True)
+
+
+def read_trainer_state(checkpoint):
+    """A checkpoint's trainer_state.pt (optimizer, step, RNG states); RunError if it cannot be read."""
+    path = os.path.join(checkpoint, "trainer_state.pt")
+    try:
+        state = torch.load(path, weights_only=False)  # our own file: numpy RNG state needs the unpickler
+        state["step"], state["optimizer"], state["rng"]["python"]  # noqa: B018 (the fields a resume reads)
+    except Exception as e:  # truncated, overwritten, not a torch file: one line, no traceback
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise RunError(f"cannot read {path} ({first}): delete {checkpoint} to resume from the checkpoint "
+                       f"before it") from None
+    return state
+
+
+def restore_rng(state):
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+
+# --- logs ----------------------------------------------------------------------------
+
+def check_new_run_dir(out):
+    """A new run's --out: not a file, not a run already (its logs would be appended to), creatable."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RunError(f"--out {out} is a file, not a directory")
+    if os.path.isdir(out) and any(n in RUN_FILES or n.startswith("step-") for n in os.listdir(out)):
+        raise RunError(f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out")
+    try:
+        cli.check_creatable(out)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+
+
+def truncate_logs(run, step):
+    """Keep only the records of steps before `step` in the run's jsonl logs (and no line a kill cut short)."""
+    def before(line):
+        try:
+            return json.loads(line)["step"] < step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        path = os.path.join(run, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if before(line)]
+            with open(path, "w") as f:
+                f.writelines(kept)
+
+
+def append_jsonl(path, records):
+    with open(path, "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def record(step, p):
+    """One samples.jsonl line: the proposal, its verdict, and (if solved) its answers, vote and rewards."""
+    rec = {"step": step, "index": p.index, "proposal": p.sample.text, "valid": p.valid, "reason": p.reason}
+    if p.solved:
+        rec.update(problem=p.problem.text, responses=[s.text for s in p.answers], answers=p.extracted,
+                   majority=p.majority, majority_count=p.majority_count, task_rewards=p.task_rewards,
+                   solver_rewards=p.solver_rewards, proposer_reward=p.proposer_reward)
+        if p.truth is not None:
+            rec["truth"] = p.truth
+    return rec
+
+
+def format_line(m):
+    """One human line per step; the full record goes to metrics.jsonl."""
+    if "t_update" not in m:  # the final weights' eval
+        return f"step {m['step']:4d} | eval {m.get('eval_accuracy', float('nan')):.3f}"
+    fields = [f"step {m['step']:4d}",
+              f"t {m['t_propose']:.1f}/{m['t_solve']:.1f}/{m['t_rewards']:.1f}/{m['t_update']:.1f}s",
+              f"valid {m['valid_rate']:.2f}", f"r_prop {m['proposer_reward']:.3f}", f"r_solve {m['solver_reward']:.3f}",
+              f"maj {m['majority_share']:.2f}", f"zero {m['zero_signal']:.2f}",
+              f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}",
+              f"ent {m['solver_entropy']:.2f}", f"len {m['response_len']:.0f}"]
+    if m.get("majority_correct") is not None:
+        fields.append(f"maj_ok {m['majority_correct']:.2f}/{m['majority_checked']}")
+    if "eval_accuracy" in m:
+        fields.append(f"eval {m['eval_accuracy']:.3f}")
+    if "eval_sampled_accuracy" in m:
+        fields.append(f"sampled {m['eval_sampled_accuracy']:.3f}")
+    return " | ".join(fields)
+
+
+def run_eval(sampler, tokenizer, cfg):
+    """Held-out figures: greedy (eval_*), and with --eval-samples k also k samples per problem at
+    the training temperature (eval_sampled_*: accuracy of one sample, pass@k, maj@k)."""
+    problems = heldout.read_jsonl(cfg.eval_data, cfg.task) if cfg.eval_data else None
+    runs = [("eval_", 1, 0.0)] + ([("eval_sampled_", cfg.eval_samples, cfg.temperature)] if cfg.eval_samples else [])
+    figures = {}
+    for prefix, samples, temperature in runs:
+        result = heldout.evaluate(sampler, tokenizer, cfg.task, problems, limit=cfg.eval_limit or None,
+                                  samples=samples, temperature=temperature, max_new_tokens=cfg.max_response,
+                                  batch_size=cfg.rollout_rows,
+                                  progress=rollout.progress_printer(f"{prefix.rstrip('_')} step", samples))
+        figures.update({prefix + k: v for k, v in result.items() if isinstance(v, (int, float))})
+    return figures
+
+
+class Run:
+    """A run directory as the loop (sqlm.train) sees it: evaluate, log and save; `step` is the step
+    in progress (for the Ctrl-C line)."""
+
+    def __init__(self, path, cfg, sampler, model, tokenizer, optimizer, step):
+        self.path, self.cfg, self.sampler, self.model, self.tokenizer, self.optimizer = \
+            path, cfg, sampler, model, tokenizer, optimizer
+        self.step = step
+
+    def evaluate(self, step):
+        return run_eval(self.sampler, self.tokenizer, self.cfg)
+
+    def log(self, step, metrics, batch=()):
+        append_jsonl(os.path.join(self.path, "metrics.jsonl"), [{"step": step, **metrics}])
+        if batch:
+            append_jsonl(os.path.join(self.path, "samples.jsonl"), [record(step, p) for p in batch])
+        print(format_line({"step": step, **metrics}), flush=True)
+        self.step = step + 1
+
+    def save(self, step):
+        save_checkpoint(self.path, step, self.model, self.tokenizer, self.optimizer, self.cfg)
+        prune_checkpoints(self.path, self.cfg.keep_last)
+
+
+# --- the run -------------------------------------------------------------------------
+
+def train(cfg):
+    """The whole run: load, (resume), then sqlm.train with eval, logs and checkpoints. Returns the run dir.
+
+    Raises RunError on bad input found as the run starts (nothing is written then) and
+    Interrupted on Ctrl-C.
+    """
+    cfg = check_config(cfg)  # idempotent: no Config reaches the loop with its task defaults unfilled
+    device = cli.device(cfg.device)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    path, resume_from, state = cfg.resume or cfg.out, None, None
+    if cfg.resume:  # from its last complete checkpoint, or from step 0 if it has none yet
+        cfg.out = path
+        resume_from = last_checkpoint(path)
+        state = read_trainer_state(resume_from) if resume_from else None
+        if state and cfg.steps <= state["step"]:
+            raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({resume_from}, step "
+                           f"{state['step']}): give --steps above {state['step']} to train on")
+    else:
+        check_new_run_dir(path)
+    if cfg.eval_data:  # read now, not at the first eval
+        try:
+            heldout.read_jsonl(cfg.eval_data, cfg.task)
+        except ValueError as e:
+            raise RunError(f"--eval-data: {e}") from None
+    model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
+    try:
+        rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    check_prompts(cfg, tokenizer)
+    ref_model = None
+    if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
+        # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
+        ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=device)[0]
+        ref_model.requires_grad_(False)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable()
+    # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy.
+    sampler = bf16_copy(model) if device.type == "cuda" else model
+    fit_to_memory(cfg, model.config, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        start = state["step"]
+        restore_rng(state)
+    try:  # only now: a start that fails leaves no directory behind
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run directory {path}: {e.strerror}") from None
+    if cfg.resume:
+        truncate_logs(path, start)  # steps after the checkpoint are run again
+        print(f"resumed from {resume_from} at step {start}" if resume_from else
+              f"no checkpoint in {path} yet: running it again from step 0", flush=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2)
+    print("config " + json.dumps(dataclasses.asdict(cfg)), flush=True)
+    run = Run(path, cfg, sampler, model, tokenizer, optimizer, start)
+    try:
+        sqlm.train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, start)
+    except KeyboardInterrupt:
+        raise Interrupted(path, run.step) from None
+    print(run_summary(path), flush=True)
+    return path
+
+
+def run_summary(run):
+    """Where the run and its final checkpoint are, and its held-out accuracy against step."""
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        evals = [(m["step"], m["eval_accuracy"]) for m in map(json.loads, f) if "eval_accuracy" in m]
+    trajectory = ", ".join(f"{step}: {accuracy:.3f}" for step, accuracy in evals) or "none (--eval-every 0)"
+    return (f"run directory     {run}\nfinal checkpoint  {last_checkpoint(run)}\n"
+            f"eval accuracy     {trajectory} (step: greedy accuracy)")
+
+
+# --- CLI -----------------------------------------------------------------------------
+
+def saved_config(run):
+    """The config a run was started with (its config.json), checked field by field; ValueError if unusable."""
+    path = os.path.join(run, "config.json")
+    if not os.path.isdir(run):
+        raise ValueError(f"--resume {run}: no such run directory")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except OSError as e:
+        raise ValueError(f"--resume {run}: cannot read {path} ({e.strerror})") from None
+    except (ValueError, RecursionError):
+        raise ValueError(f"--resume {run}: {path} is damaged (not valid JSON)") from None
+    kinds = {f.name: {"int": int, "float": (int, float), "str": str, "bool": bool}[
+        f.type if isinstance(f.type, str) else f.type.__name__] for f in dataclasses.fields(Config)}
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume {run}: {path} is not a config (a JSON object)")
+    for key, value in saved.items():
+        if key not in kinds:
+            raise ValueError(f"--resume {run}: {path} has an unknown field {key!r}")
+        if not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool):
+            raise ValueError(f"--resume {run}: {path} has {key} = {value!r}, not a valid value")
+    return saved
+
+
+def parse_args(argv):
+    """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
+    p = argparse.ArgumentParser(prog="sqlm.py",
+                                description="Self-Questioning Language Models: train a model on problems it writes.")
+    p.error = lambda message: (print(f"sqlm.py: error: {message}", file=sys.stderr), sys.exit(2))
+    for f in dataclasses.fields(Config):
+        flag, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default!r})"
+        if f.type is bool or f.type == "bool":  # --cat / --no-cat: a resumed run can switch a flag off
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
+    given = vars(p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv)))
+    if "resume" in given:
+        given = {**saved_config(given["resume"]), **given}
+    cfg = Config(**given)
+    if 0 < cfg.batch < cfg.minibatch:  # on the command line; a Config built in code may shrink a batch for a test
+        raise ValueError(f"--minibatch {cfg.minibatch} is more groups than the proposer's --batch {cfg.batch}: "
+                         f"give --minibatch {cfg.batch} or less")
+    return cfg
+
+
+def main(argv=None):
+    """CLI entry: bad input (flag, value, task, model, run directory) is one line on stderr and exit
+    code 2; Ctrl-C is one line saying how to resume, exit code 130."""
+    try:
+        try:
+            cfg = check_config(parse_args(argv))
+        except ValueError as e:
+            print(f"sqlm.py: error: {e}", file=sys.stderr)
+            return 2
+        try:
+            train(cfg)
+        except (RunError, rollout.LoadError) as e:
+            print(f"sqlm.py: error: {e}", file=sys.stderr)
+            return 2
+        except Interrupted as e:
+            print(f"sqlm.py: {e}", file=sys.stderr)
+            return 130
+    except KeyboardInterrupt:  # before the run directory exists: nothing was written
+        print("sqlm.py: interrupted before the first step; nothing was written", file=sys.stderr)
+        return 130
+    return 0
