@@ -107,7 +107,7 @@ def hf_generate(model, tokenizer, prompt_ids, n, new, temperature, top_p):
 
 
 def bench_rollout(a):
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = cli.device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = get_model(a.model, device, dtype)
     prompt_ids = make_prompts(tokenizer, a.prompts)
@@ -151,7 +151,7 @@ def bench_update(a):
     Random token sequences (the cost does not depend on the text): `seqs` rows of `prompt`
     prompt and `len` completion tokens. fp32 weights; on GPU under bf16 autocast, as sqlm.py trains.
     """
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = cli.device(a.device)
     model, tokenizer = get_model(a.model, device, torch.float32)
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
@@ -236,7 +236,7 @@ def bench_decode(a):
     """Ours vs Hugging Face generate at each batch size (one prompt per row, n=1, temperature 1), and our
     decode's achieved bandwidth: (weight bytes + KV bytes read) per decode step / step time, against the
     measured copy bandwidth. Rows of random weights rarely stop, so every row is assumed to run all steps."""
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = cli.device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = get_model(a.model, device, dtype)
     config = model.config
@@ -435,10 +435,10 @@ def main(argv=None):
         p.error(f"--top-p must be in (0, 1] (got {top_p})")
     if not (kl >= 0 and math.isfinite(kl)):
         p.error(f"--kl must be a finite number >= 0 (got {kl})")
-    device = getattr(a, "device", None)
-    if device is not None and (device.split(":")[0] not in ("cpu", "cuda") or
-                               (device.startswith("cuda") and not torch.cuda.is_available())):
-        p.error(f"unknown or unavailable --device '{device}' (cpu, or cuda[:N] on a GPU machine)")
+    try:
+        cli.device(getattr(a, "device", None))
+    except ValueError as e:
+        p.error(str(e))
     if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
                                              "programs", "tests", "max_prompt", "max_response", "chunk_tokens")) < 1 \
             or min(getattr(a, "batches", [1]) + getattr(a, "cards", [1])) <= 0:
