@@ -35,6 +35,15 @@ def config(**kw):
     return sqlm.Config(**{"task": "arith", "batch": 2, "n": 4, "minibatch": 1, **kw}).resolve()
 
 
+def perturbed(model):
+    """A copy of `model` with every weight moved a little: a reference (or old policy) that differs."""
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())))
+    return ref
+
+
 def grads(model):
     return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
 
@@ -179,10 +188,7 @@ def test_kl_term_is_its_coefficient_times_the_k3_gradient(tiny_dir):
     """With every advantage 0 only the KL term pulls: its gradient must be +kl x grad(k3 against the
     reference's log-probs). Guards: the sign flipped, the coefficient fixed, the term dropped."""
     model, tok = rollout.load(tiny_dir, device="cpu")
-    ref = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    ref = perturbed(model)
     cfg = sqlm.Config(kl=0.05, microbatch=8)
     seqs, _ = shifted_seqs(model, tok, cfg)
     for s in seqs:
@@ -205,10 +211,7 @@ def test_released_code_run_has_no_kl_gradient(tiny_dir):
     """--as-released --task code: the released code config has no KL term, so with advantages 0
     nothing moves (arith as released keeps it). Guards: accumulate_gradients reading cfg.kl."""
     model, tok = rollout.load(tiny_dir, device="cpu")
-    ref = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    ref = perturbed(model)
     for task, moves in (("code", False), ("arith", True)):
         cfg = sqlm.Config(task=task, kl=0.05, as_released=True, microbatch=8).resolve()
         seqs, _ = shifted_seqs(model, tok, cfg)
@@ -224,10 +227,7 @@ def test_reference_log_probs_come_from_the_reference_model(tiny_dir):
     """prepare: old log-probs from the training model, reference log-probs from the frozen one, each
     equal to its own model's token_logprobs. Guards: the reference pass run on the training model."""
     model, tok = rollout.load(tiny_dir, device="cpu")
-    ref = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    ref = perturbed(model)
     cfg = sqlm.Config(microbatch=3)
     seqs, _ = shifted_seqs(model, tok, cfg)
     sqlm.prepare(model, ref, seqs, cfg, CPU)
