@@ -252,8 +252,9 @@ def preallocated_cache(prefill, n, max_len):
         width = keys.shape[2]
         shape = (keys.shape[0] * n, keys.shape[1], max_len, keys.shape[3])
         k, v = keys.new_empty(shape), values.new_empty(shape[:3] + values.shape[3:])
-        k[:, :, :width] = keys.repeat_interleave(n, 0)
-        v[:, :, :width] = values.repeat_interleave(n, 0)
+        # prompt p's rows are [p*n, (p+1)*n): broadcast its keys into them, with no repeated copy in between
+        k.view(-1, n, *shape[1:])[:, :, :, :width] = keys[:, None]
+        v.view(-1, n, *v.shape[1:])[:, :, :, :width] = values[:, None]
         layers.append(_PreallocatedLayer(k, v, width))
     return Cache(layers=layers)
 

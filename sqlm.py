@@ -227,12 +227,13 @@ def sample(sampler, tokenizer, prompt_ids, n, cfg, seed, label="sample"):
     Prompt i draws from its own stream, derived from (seed, i), so the samples are the same
     however the prompts are split into generate calls: --rollout-rows is a memory knob only.
     """
+    seeds = [derive_seed(*seed, i) for i in range(len(prompt_ids))]
     show = rollout.progress_printer(label, quiet_seconds=10)  # shown only for a phase longer than 10 s
-    total = len(prompt_ids) * n
-    return rollout.generate_many(sampler, tokenizer, prompt_ids, n, [derive_seed(*seed, i) for i in range(len(prompt_ids))],
-                                 cfg.rollout_rows, max_new_tokens=cfg.max_response, temperature=cfg.temperature,
-                                 top_p=cfg.top_p, progress=lambda out: show(len(out), total, {
-                                     "tokens": sum(len(s.completion_ids) for s in out)}))
+
+    def progress(out):
+        show(len(out), len(prompt_ids) * n, {"tokens": sum(len(s.completion_ids) for s in out)})
+    return rollout.generate_many(sampler, tokenizer, prompt_ids, n, seeds, cfg.rollout_rows, progress,
+                                 max_new_tokens=cfg.max_response, temperature=cfg.temperature, top_p=cfg.top_p)
 
 
 def propose(sampler, tokenizer, cfg, seed):

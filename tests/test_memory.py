@@ -80,12 +80,16 @@ def training_peak(model, microbatch, prompt, completion, grad, autocast):
 
 
 SHAPES = [dict(), dict(layers=4), dict(inter=768), dict(hidden=128, kv_heads=4), dict(vocab=4096)]
+# predicted / measured peak. Never more than 10% under (fit_memory keeps 10% of the card for what the plan
+# leaves out) and at most 25% over (the card would be wasted). Measured on 2 x86-64 cores over 10 runs with
+# 1 and 2 threads: 0.94-1.17, each case repeating to within 0.02 (docs/memory.md).
+BOUNDS = (0.90, 1.25)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "base")
-def test_update_and_logprob_peaks_within_20_percent(shape):
+def test_update_and_logprob_peaks_are_predicted(shape):
     """Without checkpointing, the update's forward + backward (gradients, kept activations, lm-head chunk) and
-    the no-grad log-prob pass, in fp32 and under bf16 autocast, are each predicted within 20%."""
+    the no-grad log-prob pass, in fp32 and under bf16 autocast, are each predicted within BOUNDS."""
     model = small_model(**shape)
     for autocast in (False, True):
         plan = memory.memory_plan(model.config, rollout_rows=1, microbatch=4, max_prompt=48, max_response=80,
@@ -93,7 +97,7 @@ def test_update_and_logprob_peaks_within_20_percent(shape):
         resident = plan["weights"] + plan["adamw"] + plan["sampler_copy"]
         for grad, phase in ((True, "update"), (False, "logprobs")):
             measured = training_peak(model, 4, 48, 80, grad, autocast)
-            assert abs((plan[f"{phase}_peak"] - resident) / measured - 1) < 0.20, (phase, autocast, measured)
+            assert BOUNDS[0] < (plan[f"{phase}_peak"] - resident) / measured < BOUNDS[1], (phase, autocast, measured)
 
 
 @pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "base")
@@ -112,8 +116,9 @@ def test_checkpointed_update_peak_is_not_underestimated(shape):
 
 @pytest.mark.parametrize("prompt_len,new,prompts,n", [(300, 16, 2, 8), (200, 24, 4, 4), (16, 8, 16, 4)],
                          ids=["kv-cache", "prefill", "sampling-buffers"])  # what dominates each peak
-def test_generate_peak_within_20_percent(tiny_model, prompt_len, new, prompts, n):
-    """generate's peak (prefill, the preallocated KV cache, the sampling buffers) is predicted within 20%."""
+def test_generate_peak_is_predicted(tiny_model, prompt_len, new, prompts, n):
+    """generate's peak (prefill, the preallocated KV cache, the sampling buffers) is predicted within BOUNDS.
+    (The KV-cache case was 14.5% under while the prompt cache was copied through a repeated temporary.)"""
     model, tok = tiny_model
     prompt_ids = [[5 + i] * prompt_len for i in range(prompts)]
     job = lambda: rollout.generate(model, tok, prompt_ids, n=n, max_new_tokens=new, seed=0, check_every=10**6)
@@ -121,7 +126,7 @@ def test_generate_peak_within_20_percent(tiny_model, prompt_len, new, prompts, n
     measured = peak_allocated(job)
     plan = memory.memory_plan(model.config, rollout_rows=prompts * n, microbatch=1, max_prompt=prompt_len,
                                max_response=new, n=n, kl=False, gpu=False)
-    assert abs((plan["rollout_peak"] - plan["weights"] - plan["adamw"]) / measured - 1) < 0.20
+    assert BOUNDS[0] < (plan["rollout_peak"] - plan["weights"] - plan["adamw"]) / measured < BOUNDS[1]
 
 
 def test_fit_memory_picks_the_largest_sizes_that_fit():
