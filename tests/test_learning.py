@@ -7,6 +7,12 @@ sampled at T=1 it is often wrong while its majority is right, so majority-vote r
 the true answer. Five steps (the proposer updated at step 0, as `--proposer-every 5` does)
 must turn the majority's answer into the one-try answer. The tiny world in `experiments.py`
 is the full-size version of this check, on held-out pairs.
+
+How much: at 512 samples, over seeds 0-9 of this exact procedure (base, pre-training and run
+seed varied together) the one-try accuracy rose by 0.086 to 0.344 (median 0.13); seed 0, the
+one used here, 0.711 -> 0.818. The test asks for +0.04: the before and after samples share
+their random streams (sample j draws the same uniforms), so the paired difference's standard
+error is sqrt(b + c) / 512 for b, c the samples that turned right and wrong, about 0.02.
 """
 import os
 import sys
@@ -33,11 +39,12 @@ def one_fact(rng):
     return prompts.solver_prompt("arith", f"What is {a} * {b}?"), tiny.arith_reply(a, b, rng, corrupt=0.3)
 
 
-def sampled_accuracy(model_dir, samples=128):
+def sampled_correct(model_dir, samples=512):
+    """Whether each of `samples` answers at T=1 is right; sample j always draws the same uniforms."""
     model, tok = rollout.load(model_dir, device="cpu")
     result = heldout.evaluate(model, tok, "arith", PROBLEMS, samples=samples, temperature=1.0,
                               max_new_tokens=32, batch_size=128)
-    return result["accuracy"]
+    return [r["correct"] for r in result["records"]]
 
 
 def run(base, out, **overrides):
@@ -54,9 +61,13 @@ def test_a_few_sqlm_steps_turn_the_majority_answer_into_the_one_try_answer(tmp_p
     try:
         base = tiny.make(str(tmp_path / "base"), layers=2, hidden=64, init_std=0.02, tokenizer=tiny.arith_tokenizer())
         tiny.pretrain(base, steps=100, batch=16, lr=1e-2, log_every=0, transcripts=one_fact)
-        before = sampled_accuracy(base)
-        after = sampled_accuracy(run(base, str(tmp_path / "sqlm")))
+        before = sampled_correct(base)
+        after = sampled_correct(run(base, str(tmp_path / "sqlm")))
     finally:
         torch.set_num_threads(threads)
-    assert 0.3 < before < 0.8, before  # the base is in the regime: often wrong in one try
-    assert after >= before + 0.1, (before, after)  # 2 standard errors of the difference at 128 samples
+    n = len(before)
+    turned_right = sum(a and not b for a, b in zip(after, before))
+    turned_wrong = sum(b and not a for a, b in zip(after, before))
+    gain, paired_se = (turned_right - turned_wrong) / n, (turned_right + turned_wrong) ** 0.5 / n
+    assert 0.3 < sum(before) / n < 0.8, sum(before) / n  # the base is in the regime: often wrong in one try
+    assert gain >= 0.04, (sum(before) / n, sum(after) / n, gain, paired_se)

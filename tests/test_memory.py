@@ -80,10 +80,11 @@ def training_peak(model, microbatch, prompt, completion, grad, autocast):
 
 
 SHAPES = [dict(), dict(layers=4), dict(inter=768), dict(hidden=128, kv_heads=4), dict(vocab=4096)]
-# predicted / measured peak. Never more than 10% under (fit_memory keeps 10% of the card for what the plan
-# leaves out) and at most 25% over (the card would be wasted). Measured on 2 x86-64 cores over 10 runs with
-# 1 and 2 threads: 0.94-1.17, each case repeating to within 0.02 (docs/memory.md).
-BOUNDS = (0.90, 1.25)
+# predicted / measured peak: never more than 10% under (fit_memory keeps 10% of the card for what the plan
+# leaves out), at most 30% over (the card would be wasted). Over 10 runs on 2 x86-64 cores (1 and 2 threads,
+# load 7-14) these cases measured 0.94-1.20; most repeat exactly, the update's peak moves by up to 0.06 with
+# the order in which autograd frees (docs/memory.md).
+BOUNDS = (0.90, 1.30)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "base")
