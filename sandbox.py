@@ -13,7 +13,7 @@ Mechanism (measured, with what each layer costs, in docs/sandbox.md):
   data or the trainer is visible, nothing but those tmpfs is writable, and the box's SysV/POSIX
   IPC, abstract sockets and tmpfs files die with it
 - "uid" (root only): the supervisor (PID 1 of the box) keeps root's uid with only CAP_KILL,
-  CAP_SETUID and CAP_SETGID; each test runs as a uid of the box's own (a new one per box, from
+  CAP_SETUID, CAP_SETGID and CAP_CHOWN; each test runs as a uid of the box's own (a new one per box, from
   2**24 entered at a random point per trainer process), with no capability, so it cannot signal,
   trace, renice, re-pin or re-limit the supervisor; the supervisor dies with the trainer's `bwrap`
   and the kernel then kills the whole box
@@ -245,7 +245,7 @@ def _bwrap_argv(iso, seccomp_fd=None):
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if "uid" in iso.layers:  # the supervisor stays uid 0 with these only; its tests get a uid of their own
-        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_KILL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_KILL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_CHOWN"]
     return argv + ["--"]
 
 
@@ -525,8 +525,9 @@ send(b"ready")
 for n in range(10**9):
     stdin = recv()
     cwd = os.path.join(work, str(n))
-    os.mkdir(cwd)  # in the supervisor's /work: no test can make it first or link it elsewhere
-    os.chmod(cwd, 0o777)
+    os.mkdir(cwd, 0o700)  # in the supervisor's /work: no test can make it first or link it elsewhere
+    if uid >= 0:
+        os.chown(cwd, uid, uid)
     fds = [memfile(stdin), memfile(), memfile()]
     limits = [str(int(timeout) + 2), mem, str(output_limit), nproc]
     start = time.monotonic()
