@@ -5,6 +5,8 @@ machine lacks checks that the fallback was reported, then skips; the attacks tha
 unguarded machine (fork bomb, killing the parent) are then not run at all. The layers this run
 had are printed in pytest's header.
 """
+import functools
+import json
 import logging
 import os
 import random
@@ -749,3 +751,72 @@ def test_a_process_left_alive_is_reported_never_ok(monkeypatch, caplog):
     monkeypatch.setattr(sandbox._Cgroups, "pids", staticmethod(lambda dirs: [2**22 + 1]))  # above any pid_max
     r = sandbox.run("print('fine')")
     assert r.status != "ok" and "outlived" in r.stderr
+
+
+FILTER_CHILD = """
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+cases, prog = json.loads(sys.argv[1]), bytes.fromhex(sys.argv[2])
+
+def call(nr, args):
+    ctypes.set_errno(0)
+    return ctypes.get_errno() if libc.syscall(*map(ctypes.c_long, [nr, *args])) == -1 else 0
+
+before = [call(nr, args) for nr, args in cases]
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(Prog(len(prog) // 8, prog)), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+print(json.dumps([before, [call(nr, args) for nr, args in cases]]))
+"""
+NO = (-1,) * 6  # invalid arguments: without the filter each call fails harmlessly (EBADF, EFAULT, EINVAL, ...)
+FILTER_CASES = {  # name: (system call, arguments, the filter's errno; None: let through)
+    **{name: (name, NO, sandbox.EPERM) for name in sandbox.DENIED},
+    "clone-newuser": ("clone", (0x10000000 | 0x200, 0, 0, 0, 0), sandbox.EPERM),  # with CLONE_FS: EINVAL unfiltered
+    "clone-newns": ("clone", (0x20000 | 0x200, 0, 0, 0, 0), sandbox.EPERM),
+    "clone3": ("clone3", (0, 0), sandbox.ENOSYS),
+    "socket-netlink": ("socket", (16, 3, 0), sandbox.EAFNOSUPPORT),
+    "socket-inet": ("socket", (2, 2, 0), sandbox.EAFNOSUPPORT),
+    "socket-vsock": ("socket", (40, 1, 0), sandbox.EAFNOSUPPORT),
+    "socketpair-inet": ("socketpair", (2, 1, 0, 0), sandbox.EAFNOSUPPORT),
+    "socketpair-unix": ("socketpair", (1, 1, 0, 0), None),
+    **{f"fcntl-{cmd}": ("fcntl", (-1, cmd, 0), sandbox.EPERM) for cmd in sandbox.FCNTL_DENIED},
+    "fcntl-getfd": ("fcntl", (-1, 1, 0), None),
+    "preadv2-nowait": ("preadv2", (-1, 0, 0, 0, 0, sandbox.RWF_NOWAIT), sandbox.EPERM),
+    "pwritev2-nowait": ("pwritev2", (-1, 0, 0, 0, 0, sandbox.RWF_NOWAIT), sandbox.EPERM),
+    "preadv2": ("preadv2", (-1, 0, 0, 0, 0, 0), None),
+}
+
+
+@functools.cache
+def _filtered():
+    """{case: (errno without the filter, errno with it)}, from one process on the host that installs the filter."""
+    machine = os.uname().machine
+    cases = {k: (sandbox.SYSCALLS[name][list(sandbox.SECCOMP_ARCH).index(machine)], args)
+             for k, (name, args, _) in FILTER_CASES.items()}
+    cases = {k: v for k, v in cases.items() if v[0] is not None}
+    if machine == "x86_64":
+        cases["x32-getpid"] = (0x40000000 + 39, ())
+    p = subprocess.run([sys.executable, "-c", FILTER_CHILD, json.dumps(list(cases.values())),
+                        sandbox.seccomp_filter().hex()], capture_output=True, text=True, timeout=60)
+    before, after = json.loads(p.stdout)
+    return dict(zip(cases, zip(before, after)))
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES) + ["x32-getpid"])
+def test_filter_answers_each_call_it_names(case):
+    """The filter itself, call by call, in a process on the host: each denied call gets the filter's errno
+    (which the same call without the filter does not give), and what it lets through is unchanged."""
+    if sandbox.seccomp_filter() is None:
+        pytest.skip(f"no filter for {os.uname().machine}")
+    if os.geteuid() != 0:
+        pytest.skip("not root: without the filter, mount and chroot answer EPERM too")
+    if case not in _filtered():
+        pytest.skip(f"no such call on {os.uname().machine}")
+    before, after = _filtered()[case]
+    expected = FILTER_CASES[case][2] if case in FILTER_CASES else sandbox.EPERM
+    if expected is None:
+        assert after == before
+    else:
+        assert (before != expected, after) == (True, expected)
