@@ -64,7 +64,6 @@ import random
 import select
 import shutil
 import signal
-import site
 import struct
 import subprocess
 import sys
@@ -255,7 +254,6 @@ def _package_dirs():
     interpreter's (the one the box runs) and the system's; outermost only, for bwrap to cover."""
     base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
     found = [sysconfig.get_paths(vars=v)[k] for v in ({}, base) for k in ("purelib", "platlib")]
-    found += site.getsitepackages([sys.base_prefix, sys.base_exec_prefix])
     found += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
     found += glob.glob("/usr/lib*/python3*/*-packages") + glob.glob("/usr/local/lib*/python3*/*-packages")
     tops = ("/usr/", os.path.realpath(sys.base_prefix) + "/")
