@@ -54,6 +54,7 @@ Not covered:
   supervisor's uid and can renice, re-pin or re-limit it (harming later tests of its own program)
 """
 import atexit
+import errno
 import functools
 import glob
 import itertools
@@ -244,7 +245,8 @@ def _bwrap_argv(iso, seccomp_fd=None):
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if "uid" in iso.layers:  # the supervisor stays uid 0 with these only; its tests get a uid of their own
-        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_KILL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_CHOWN"]
+        caps = ("CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN")
+        argv += ["--cap-drop", "ALL"] + [a for cap in caps for a in ("--cap-add", cap)]
     return argv + ["--"]
 
 
@@ -288,9 +290,8 @@ DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "add
           "io_setup", "io_submit", "bpf", "perf_event_open", "userfaultfd", "flock", "inotify_init", "inotify_init1",
           "inotify_add_watch", "fanotify_init", "fanotify_mark", "cachestat", "mincore", "fadvise64")  # EPERM
 CLONE_NEW = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
-FCNTL_DENIED = (5, 6, 7, 36, 37, 38, 1024, 1025, 1026)  # F_GETLK, F_SETLK(W), F_OFD_*LK*, F_SETLEASE, F_GETLEASE, F_NOTIFY
+FCNTL_DENIED = (5, 6, 7, 36, 37, 38, 1024, 1025, 1026)  # F_[SG]ETLKW?, F_OFD_[SG]ETLKW?, F_[SG]ETLEASE, F_NOTIFY
 RWF_NOWAIT = 0x8
-EPERM, ENOSYS, EAFNOSUPPORT = 1, 38, 97
 
 
 def seccomp_filter(machine=None):
@@ -320,8 +321,8 @@ def seccomp_filter(machine=None):
     prog += ["family", arg(0), (jeq, 1, "allow", "eafnosupport")]  # AF_UNIX
     prog += ["fcntl", arg(1)] + [(jeq, cmd, "eperm", None) for cmd in FCNTL_DENIED] + [(ret, 0x7FFF0000)]
     prog += ["rwf", arg(5), (jset, RWF_NOWAIT, "eperm", "allow")]
-    prog += ["allow", (ret, 0x7FFF0000), "eperm", (ret, 0x50000 | EPERM), "enosys", (ret, 0x50000 | ENOSYS),
-             "eafnosupport", (ret, 0x50000 | EAFNOSUPPORT)]  # SECCOMP_RET_ERRNO | errno
+    prog += ["allow", (ret, 0x7FFF0000), "eperm", (ret, 0x50000 | errno.EPERM), "enosys", (ret, 0x50000 | errno.ENOSYS),
+             "eafnosupport", (ret, 0x50000 | errno.EAFNOSUPPORT)]  # SECCOMP_RET_ERRNO | errno
     labels, insns = {}, []
     for item in prog:
         if isinstance(item, str):
@@ -329,7 +330,8 @@ def seccomp_filter(machine=None):
         else:
             insns.append(item + (None,) * (4 - len(item)))
     jump = lambda i, label: 0 if label is None else labels[label] - i - 1  # noqa: E731
-    return b"".join(struct.pack("=HBBI", code, jump(i, jt), jump(i, jf), k) for i, (code, k, jt, jf) in enumerate(insns))
+    return b"".join(struct.pack("=HBBI", code, jump(i, jt), jump(i, jf), k)
+                    for i, (code, k, jt, jf) in enumerate(insns))
 
 
 # --- the box: its cgroups ----------------------------------------------------------------
@@ -453,8 +455,9 @@ exec(program, {"__name__": "__main__", "__file__": "main.py"})
 """ % (MAX_FILES, MAX_FILES)
 
 # The box's supervisor: reads requests on fd 0, answers on fd 1 (messages: 4-byte length, bytes).
-# Request 1: "python workdir timeout memory_bytes output_limit nproc uid", then the code; then one
-# stdin per test (uid -1: tests keep the supervisor's uid). Answer per test: "returncode timed_out out_full err_full seconds", stdout, stderr.
+# Request 1: "python workdir timeout memory_bytes output_limit nproc uid" (uid -1: tests keep the
+# supervisor's), then the code; then one stdin per test. Answer per test: "returncode timed_out
+# out_full err_full seconds", stdout, stderr.
 SUPERVISOR = r"""
 import ctypes, os, select, signal, struct, sys, time
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no test can open /proc/1/fd or /proc/1/mem
