@@ -364,15 +364,19 @@ class _Cgroups:
     def make(self, memory_bytes):
         """Directories of a new cgroup, limits set."""
         dirs = [os.path.join(root, str(next(self.count))) for root in self.roots.values()]
-        for d in dirs:
-            os.mkdir(d)
-        self._write(dirs, "pids.max", MAX_PROCS)
-        if self.v2:
-            self._write(dirs, "memory.max", memory_bytes)
-            self._write(dirs, "memory.swap.max", 0, missing_ok=True)  # no escape into swap
-        else:  # memsw (memory + swap, where swap is accounted) may never be below the memory limit
-            for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
-                self._write(dirs, name, memory_bytes, missing_ok=True)
+        try:
+            for d in dirs:
+                os.mkdir(d)
+            self._write(dirs, "pids.max", MAX_PROCS)
+            if self.v2:
+                self._write(dirs, "memory.max", memory_bytes)
+                self._write(dirs, "memory.swap.max", 0, missing_ok=True)  # no escape into swap
+            else:  # memsw (memory + swap, where swap is accounted) may never be below the memory limit
+                for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+                    self._write(dirs, name, memory_bytes, missing_ok=True)
+        except OSError:
+            self.left.append(dirs)  # removed at exit
+            raise
         return dirs
 
     def remove(self, dirs, wait):
@@ -394,7 +398,7 @@ class _Cgroups:
                     pass
             if time.monotonic() > deadline:
                 self.left.append(dirs)  # tried again at exit
-                return pids or ["?"]
+                return pids or ["exiting"]
             time.sleep(0.005)
 
     @staticmethod
@@ -588,6 +592,14 @@ class _Box:
         self.cgroups = self.tmp = self.proc = None
         self.left = []  # pids still alive KILL_WAIT after the box was killed
         self.buf = bytearray()
+        try:
+            self._start(code, memory_mb)
+        except BaseException:  # a box that did not start leaves nothing either
+            self.close()
+            raise
+
+    def _start(self, code, memory_mb):
+        iso, timeout, output_limit = self.iso, self.timeout, self.output_limit
         mem_bytes = memory_mb * 2**20
         nproc, test_uid = (MAX_PROCS, self.uid) if "uid" in iso.layers else (0, -1)
         fds = []
