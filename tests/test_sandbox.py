@@ -724,6 +724,20 @@ def test_page_cache_tells_a_later_run_nothing(probe, shared_file, caplog):
     assert read == unread  # page 0 (read by the earlier run) and page 200 (read by none) look the same
 
 
+def test_every_reference_solution_passes_with_every_layer(caplog):
+    """The filter and the uid switch must break no honest program: every shipped reference solution of
+    data/code.jsonl passes all its tests, with every layer this machine has (a box that failed to start
+    under the filter would have dropped a layer at the probe, and an eval test alone would not notice)."""
+    if not sandbox.isolation().bwrap or sandbox.seccomp_filter() is None:
+        skip_reported("bwrap" if not sandbox.isolation().bwrap else "seccomp", caplog)
+    assert {"bwrap", "seccomp"} | ({"uid"} if os.geteuid() == 0 else set()) <= set(LAYERS)
+    with open(os.path.join(REPO, "data", "code.jsonl")) as f:
+        problems = [json.loads(line) for line in f if line.strip()]
+    jobs = [(p["reference"], i, o) for p in problems for i, o in zip(p["inputs"], p["outputs"])]
+    verdicts = sandbox.run_many(jobs, judge=lambda job, r: (r.status, sandbox.same_output(r.stdout, job[2])))
+    assert [j[0].splitlines()[0] for j, v in zip(jobs, verdicts) if v != ("ok", True)] == []
+
+
 def test_installed_packages_are_invisible_even_from_a_venv(tmp_path, caplog):
     """Issue 19: only the venv's site-packages was hidden; the base interpreter's prefix (and the system's
     dist-packages) were listable and importable. A trainer in a venv now shows the program no folder of
