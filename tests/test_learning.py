@@ -10,9 +10,11 @@ is the full-size version of this check, on held-out pairs.
 
 How much: at 512 samples, over seeds 0-9 of this exact procedure (base, pre-training and run
 seed varied together) the one-try accuracy rose by 0.086 to 0.344 (median 0.13); seed 0, the
-one used here, 0.711 -> 0.818. The test asks for +0.04: the before and after samples share
-their random streams (sample j draws the same uniforms), so the paired difference's standard
-error is sqrt(b + c) / 512 for b, c the samples that turned right and wrong, about 0.02.
+one used here, 0.711 -> 0.818. The test asks for +0.04. The before and after samples share
+their random streams (sample j draws the same uniforms), so the difference's standard error is
+the paired one, sqrt(b + c) / 512 for b, c the samples that turned right and wrong: at seed 0,
+109 and 54, a gain of 0.107 +- 0.025, 2.7 standard errors above the bar; the weakest seed,
+0.086, is 1.8 above it. A solver rewarded for the minority, or on the format only, fails it.
 """
 import os
 import sys
