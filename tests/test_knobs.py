@@ -4,6 +4,8 @@ ignored or miswired, not only when the pure function under it is wrong.
 
 Each docstring names the wiring mutation it guards; these passed the whole suite before."""
 import copy
+import json
+import os
 
 import pytest
 import torch
@@ -412,3 +414,22 @@ def test_run_eval_is_greedy_and_sampled_at_the_runs_temperature(monkeypatch):
     monkeypatch.setattr(heldout, "evaluate", evaluate)
     harness.run_eval(None, None, sqlm.Config(eval_samples=3, temperature=0.8, eval_limit=7).resolve())
     assert calls == [(1, 0.0, 7), (3, 0.8, 7)]
+
+
+# --- the loop's schedule ------------------------------------------------------------------------
+
+def test_loop_evaluates_and_saves_on_schedule(tiny_dir, tmp_path):
+    """--eval-every 2 --save-every 2 over 5 steps: eval at steps 0, 2, 4 (not 5: not a multiple),
+    checkpoints after steps 2, 4 and the last, 5. Guards: either period off by one, the last
+    checkpoint skipped or written twice."""
+    import json
+    import os
+    run = tmp_path / "run"
+    assert sqlm.main(["--task", "arith", "--model", tiny_dir, "--batch", "2", "--n", "2", "--minibatch", "1",
+                      "--max-response", "4", "--eval-every", "2", "--eval-limit", "2", "--save-every", "2",
+                      "--keep-last", "0", "--steps", "5", "--device", "cpu", "--out", str(run)]) == 0
+    metrics = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    assert [m["step"] for m in metrics] == [0, 1, 2, 3, 4]
+    assert [m["step"] for m in metrics if "eval_accuracy" in m] == [0, 2, 4]
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "samples.jsonl",
+                                       "step-000002", "step-000004", "step-000005"]
