@@ -514,7 +514,9 @@ def parse_args(argv):
     """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
     p = argparse.ArgumentParser(prog="sqlm.py",
                                 description="Self-Questioning Language Models: train a model on problems it writes.")
-    p.error = lambda message: (print(f"sqlm.py: error: {message}", file=sys.stderr), sys.exit(2))
+    def error(message):  # argparse's usage errors too: one line, exit 2 (main), and checkable by experiments.py
+        raise ValueError(message)
+    p.error = error
     for f in dataclasses.fields(Config):
         flag, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default!r})"
         if f.type is bool or f.type == "bool":  # --cat / --no-cat: a resumed run can switch a flag off
