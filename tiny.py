@@ -399,7 +399,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["pretrain"]:
         return main_pretrain(argv[1:])
-    p = argparse.ArgumentParser(description="Write a tiny random Qwen2 model + tokenizer (offline). "
+    p = argparse.ArgumentParser(prog="tiny.py", description="Write a tiny random Qwen2 model + tokenizer (offline). "
                                 "`tiny.py pretrain --task arith --help`: a base model for the arith world.")
     add_shape_args(p)
     p.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
