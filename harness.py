@@ -387,7 +387,6 @@ def train(cfg):
         torch.set_num_threads(cfg.threads)
     path, resume_from, state = cfg.resume or cfg.out, None, None
     if cfg.resume:  # from its last complete checkpoint, or from step 0 if it has none yet
-        check_same_run(cfg, path)
         cfg.out = path
         resume_from = last_checkpoint(path)
         state = read_trainer_state(resume_from) if resume_from else None
