@@ -1,8 +1,12 @@
 """What every command line of the project shares: negative numbers as flag values, the device
-flag, and the check that an output path can be created. Errors are ValueError with one line
-that names the flag; each entry point prints it and exits with code 2."""
+flag, the check that an output path can be created, one-line reasons for a failing disk, and
+Ctrl-C / SIGTERM handling. Errors are ValueError with one line that names the flag; each entry
+point prints it and exits with code 2. An interrupt exits with 130 (Ctrl-C) or 143 (SIGTERM)."""
+import contextlib
+import errno
 import os
 import re
+import signal
 
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)", re.IGNORECASE)
 
@@ -44,3 +48,76 @@ def check_creatable(path, flag="--out", file=False):
         raise ValueError(f"{flag} {path}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"{flag} {path}: no permission to write in {parent}")
+
+
+def os_reason(e, path=None):
+    """One line for an error of the machine (no space, read-only, permission) as a write meets it:
+    an OSError's strerror and file, or what safetensors or torch.save raise around one (they wrap
+    the OS error in their own exceptions; torch.save's says only "unexpected pos", so a full or
+    read-only file system under `path` is looked up)."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
+        if os.strerror(code) in text or f"code: {code}," in text:
+            return os.strerror(code)
+    try:
+        fs = os.statvfs(path) if path else None
+    except OSError:
+        fs = None
+    if fs and fs.f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if fs and fs.f_bavail * fs.f_frsize < 2**20:  # under 1 MiB left
+        return os.strerror(errno.ENOSPC)
+    return text[:160]
+
+
+# --- interrupts ------------------------------------------------------------------------
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, a job scheduler, a container stop), raised where Ctrl-C raises
+    KeyboardInterrupt so that one handler serves both."""
+
+
+def interrupt_code(e):
+    """The exit code of an interrupt: 130 for Ctrl-C, 143 for SIGTERM (128 + the signal's number)."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+def exit_on_signals(line):
+    """Until a program sets its own handling (`interrupts`): SIGINT or SIGTERM prints `line` and
+    exits at once. Called at the top of an entry point, before torch is imported, so a Ctrl-C while
+    the program starts gives one line, not a traceback from inside an import."""
+    def exit_now(signum, frame):
+        os.write(2, (line + "\n").encode())
+        os._exit(128 + signum)
+    _set_handlers(exit_now)
+
+
+@contextlib.contextmanager
+def interrupts():
+    """Inside: SIGINT raises KeyboardInterrupt and SIGTERM raises Terminated, once. Later signals
+    are ignored while the first is handled, so a second Ctrl-C cannot cut the handling short with a
+    traceback. On the way out the previous handlers come back, unless they were `exit_on_signals`'
+    (the program is ending: it keeps ignoring them, so a last Ctrl-C cannot print a second line)."""
+    def raise_once(signum, frame):
+        _set_handlers(signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = _set_handlers(raise_once)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            quiet = getattr(previous[0], "__name__", "") == "exit_now"
+            for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
+                signal.signal(signum, signal.SIG_IGN if quiet else handler)
+
+
+def _set_handlers(handler):
+    """Set `handler` for SIGINT and SIGTERM; the previous pair, or None off the main thread (where
+    Python allows no handlers: a library call from a thread keeps the caller's handling)."""
+    try:
+        return [signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)]
+    except ValueError:
+        return None

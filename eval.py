@@ -360,23 +360,29 @@ def check_out(out, overwrite):
 
 
 def write_result(out, result):
-    """Write the result JSON atomically: a temporary file renamed into place (no partial file on a kill)."""
+    """Write the result JSON atomically: a temporary file renamed into place, so a kill or a full disk
+    leaves no partial file (and an earlier result under --overwrite whole)."""
+    tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, out)
-    except OSError as e:
-        fail(f"cannot write {out}: {e.strerror}")
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
+        fail(f"cannot write {out}: {cli.os_reason(e)}")
 
 
 def main(argv=None):
-    """CLI entry: bad input is one line on stderr and exit code 2; Ctrl-C one line and exit code 130."""
-    try:
-        return run_cli(argv)
-    except KeyboardInterrupt:
-        print("eval.py: interrupted; no result was written", file=sys.stderr)
-        raise SystemExit(130) from None
+    """CLI entry: bad input or a failing disk is one line on stderr and exit code 2; Ctrl-C or SIGTERM
+    one line and exit code 130 or 143."""
+    with cli.interrupts():
+        try:
+            return run_cli(argv)
+        except KeyboardInterrupt as e:
+            print("eval.py: interrupted; no result was written", file=sys.stderr)
+            raise SystemExit(cli.interrupt_code(e)) from None
 
 
 def run_cli(argv):

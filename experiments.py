@@ -28,6 +28,7 @@ import time
 
 import eval as heldout
 import rewards
+import rollout
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DIGITS = "2x1,1x1"  # the solver's world: A 10-99 or 2-9, B 2-9
@@ -40,6 +41,22 @@ WORLD = ["--task", "arith", "--batch", "16", "--n", "4", "--minibatch", "8", "--
 ARMS = {"sqlm": [], "format": ["--solver-reward", "format"], "never": ["--proposer-every", "0"],
         "every": ["--proposer-every", "1"]}
 STEPS = 60  # training steps of the reported runs (--quick: 30)
+OWN_FLAGS = ("--model", "--seed", "--steps", "--eval-data", "--out", "--resume")  # run_arm sets these itself
+
+
+def check_variant(extra, arms):
+    """The sqlm.py flags after `--` make a valid run with every arm's flags, checked before the base
+    model is built (twenty minutes) instead of by the first run after it; ValueError is one line."""
+    import harness  # torch: only for a variant
+    own = [x for x in extra if x.split("=")[0] in OWN_FLAGS]
+    if own:
+        raise ValueError(f"after --: {own[0].split('=')[0]} is set by experiments.py for each run "
+                         f"({', '.join(OWN_FLAGS)})")
+    for arm in arms:
+        try:
+            harness.check_config(harness.parse_args([*WORLD, *ARMS[arm], *extra]))
+        except ValueError as e:
+            raise ValueError(f"after -- (sqlm.py flags, with arm {arm}): {e}") from None
 
 
 def sh(args, log, threads=None):
@@ -289,9 +306,16 @@ def main(argv=None):
     except ValueError:
         p.error(f"--seeds takes comma-separated integers (got {a.seeds})")
     steps = 30 if a.quick else a.steps
+    try:
+        check_variant(extra, arms)
+    except ValueError as e:
+        p.error(str(e))
     os.makedirs(a.out, exist_ok=True)
     write_sets(a.out)
-    base, figures = base_model(a.out)
+    try:
+        base, figures = base_model(a.out)
+    except rollout.LoadError as e:
+        p.error(f"{e} (delete {os.path.join(a.out, 'base')} to build it again)")
     print("base model: " + json.dumps(figures), flush=True)
     threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None
 

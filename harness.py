@@ -9,9 +9,15 @@ A run directory holds config.json, metrics.jsonl (one line per step), samples.js
 per proposal) and step-NNNNNN/ checkpoints (save_pretrained model and tokenizer plus
 trainer_state.pt: optimizer, step, RNG states). A checkpoint is written under a temporary name
 and renamed, so a kill mid-save never leaves a broken one; `--resume` continues from the last
-complete one with the saved config, changing only the flags given.
+complete one with the saved config, changing only the flags given, and only those that do not
+change what the run is (`RESUMABLE`: length, eval, checkpoints, device and memory knobs).
+
+Failures of the machine (no space, a read-only directory, permissions) and interrupts (Ctrl-C,
+SIGTERM) at any point are one line that says where the run stands and how to continue it; every
+file is written so that such a failure leaves the last complete checkpoint and the logs usable.
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -25,6 +31,7 @@ import time
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 import cli
 import eval as heldout
@@ -37,23 +44,42 @@ from sqlm import Config
 POSITIVE = ("batch", "minibatch", "microbatch", "steps", "rollout_rows", "max_prompt", "max_response", "lr",
             "temperature", "top_p", "grad_clip")
 NON_NEGATIVE = ("clip_low", "clip_high", "clip_c", "kl", "weight_decay", "proposer_every", "eval_every",
-                "eval_limit", "eval_samples", "save_every", "keep_last", "seed")
+                "eval_limit", "eval_samples", "save_every", "keep_last", "seed", "threads")
 RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl")  # and step-* directories
+# What --resume may change: how long and on what the run goes on, how it is watched and saved.
+# Every other field (task, model, seed, batch shape, rewards, loss, sampling) is what the run *is*.
+RESUMABLE = ("steps", "device", "eval_every", "eval_limit", "eval_data", "eval_samples", "save_every",
+             "keep_last", "rollout_rows", "microbatch", "grad_checkpointing", "fit_memory", "threads")
 
 
 class RunError(Exception):
     """Bad input found as a run starts (run directory, checkpoint, prompts): one line for the CLI."""
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a run; the message says where it stopped and the command that continues it."""
+def where_it_stands(run):
+    """The last complete checkpoint of a run and the command that continues it (one line's tail)."""
+    script = os.path.relpath(sqlm.__file__)
+    script = sqlm.__file__ if script.startswith("..") else script
+    return (f"last complete checkpoint: {last_checkpoint(run) or 'none yet'}; "
+            f"resume with: python {shlex.quote(script)} --resume {shlex.quote(run)}")
 
-    def __init__(self, run, step):
-        checkpoint = last_checkpoint(run)
-        script = os.path.relpath(sqlm.__file__)
-        script = sqlm.__file__ if script.startswith("..") else script
-        super().__init__(f"interrupted at step {step}; last complete checkpoint: {checkpoint or 'none yet'}; "
-                         f"resume with: python {shlex.quote(script)} --resume {shlex.quote(run)}")
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during a run; the message says where it stopped and the command that
+    continues it. `code`: the exit code (cli.interrupt_code)."""
+
+    def __init__(self, run, step, interrupt):
+        self.code = cli.interrupt_code(interrupt)
+        by = " by SIGTERM" if isinstance(interrupt, cli.Terminated) else ""
+        super().__init__(f"interrupted{by} at step {step}; {where_it_stands(run)}")
+
+
+class MachineError(RunError):
+    """The machine failed a write during a run (no space, read-only, permissions): one line, exit 2,
+    with where the run stands and how to resume it once the cause is fixed."""
+
+    def __init__(self, run, step, what, reason):
+        super().__init__(f"cannot write {what} at step {step} ({reason}); {where_it_stands(run)}")
 
 
 # --- the config ----------------------------------------------------------------------
@@ -147,17 +173,28 @@ def fit_to_memory(cfg, model_config, device):
 def save_checkpoint(run, step, model, tokenizer, optimizer, cfg):
     """run/step-NNNNNN: save_pretrained model + tokenizer, optimizer, step, RNG states, config.
 
-    Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint.
+    Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint. A
+    failing disk raises MachineError with the temporary directory removed (a full disk is not made
+    fuller, and a later save or prune finds nothing half-written).
     """
     final = os.path.join(run, f"step-{step:06d}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-               os.path.join(tmp, "trainer_state.pt"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
+                    "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                            "torch": torch.get_rng_state(),
+                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
+                   os.path.join(tmp, "trainer_state.pt"))
+    except BaseException as e:  # no space, Ctrl-C: no half-written .tmp left to fill the disk
+        machine = isinstance(e, (OSError, RuntimeError, SafetensorError))  # torch.save, safetensors wrap OSError
+        reason = cli.os_reason(e, run) if machine else None  # before the cleanup frees the space again
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not machine:
+            raise
+        raise MachineError(run, step, f"checkpoint step-{step:06d}", reason) from None
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
@@ -238,8 +275,21 @@ def truncate_logs(run, step):
         if os.path.exists(path):
             with open(path) as f:
                 kept = [line for line in f if before(line)]
-            with open(path, "w") as f:
-                f.writelines(kept)
+            write_atomic(path, "".join(kept))
+
+
+def write_atomic(path, text):
+    """Write a file under a temporary name and rename it into place: a full disk or a kill mid-write
+    leaves the old file whole (an emptied config.json or log would lose the run)."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def append_jsonl(path, records):
@@ -306,9 +356,12 @@ class Run:
         return run_eval(self.sampler, self.tokenizer, self.cfg)
 
     def log(self, step, metrics, batch=()):
-        append_jsonl(os.path.join(self.path, "metrics.jsonl"), [{"step": step, **metrics}])
-        if batch:
-            append_jsonl(os.path.join(self.path, "samples.jsonl"), [record(step, p) for p in batch])
+        try:  # a line cut short by a full disk is dropped on resume (truncate_logs)
+            append_jsonl(os.path.join(self.path, "metrics.jsonl"), [{"step": step, **metrics}])
+            if batch:
+                append_jsonl(os.path.join(self.path, "samples.jsonl"), [record(step, p) for p in batch])
+        except OSError as e:
+            raise MachineError(self.path, step, "the logs", cli.os_reason(e)) from None
         print(format_line({"step": step, **metrics}), flush=True)
         self.step = step + 1
 
@@ -330,6 +383,8 @@ def train(cfg):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     path, resume_from, state = cfg.resume or cfg.out, None, None
     if cfg.resume:  # from its last complete checkpoint, or from step 0 if it has none yet
         cfg.out = path
@@ -367,22 +422,30 @@ def train(cfg):
         optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
         restore_rng(state)
+    run = Run(path, cfg, sampler, model, tokenizer, optimizer, start)
+    created = not os.path.isdir(path)
     try:  # only now: a start that fails leaves no directory behind
         os.makedirs(path, exist_ok=True)
+        if cfg.resume:
+            truncate_logs(path, start)  # steps after the checkpoint are run again
+        write_atomic(os.path.join(path, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
     except OSError as e:
-        raise RunError(f"cannot create the run directory {path}: {e.strerror}") from None
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise RunError(f"cannot write the run directory {path}: {cli.os_reason(e)}") from None
+    except KeyboardInterrupt as e:
+        if created:  # a new run's directory, its config not yet (or just) written: as if never started
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        raise Interrupted(path, start, e) from None
     if cfg.resume:
-        truncate_logs(path, start)  # steps after the checkpoint are run again
         print(f"resumed from {resume_from} at step {start}" if resume_from else
               f"no checkpoint in {path} yet: running it again from step 0", flush=True)
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=2)
     print("config " + json.dumps(dataclasses.asdict(cfg)), flush=True)
-    run = Run(path, cfg, sampler, model, tokenizer, optimizer, start)
     try:
         sqlm.train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, start)
-    except KeyboardInterrupt:
-        raise Interrupted(path, run.step) from None
+    except KeyboardInterrupt as e:
+        raise Interrupted(path, run.step, e) from None
     print(run_summary(path), flush=True)
     return path
 
@@ -417,16 +480,42 @@ def saved_config(run):
     for key, value in saved.items():
         if key not in kinds:
             raise ValueError(f"--resume {run}: {path} has an unknown field {key!r}")
-        if not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool):
+        choices = next(f.metadata["choices"] for f in dataclasses.fields(Config) if f.name == key)
+        if not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool) \
+                or (choices and value not in choices):
             raise ValueError(f"--resume {run}: {path} has {key} = {value!r}, not a valid value")
     return saved
+
+
+def check_same_run(cfg, run):
+    """`--resume` continues the run, so it may change only the RESUMABLE fields; a change of what the
+    run is (task, model, seed, batch shape, rewards, loss, sampling) would mix two runs' records and
+    checkpoints in one directory. RunError names each change and how to start a new run instead."""
+    try:
+        saved = Config(**saved_config(run)).resolve()  # as saved: resolved, paths absolute
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    cfg = dataclasses.replace(cfg).resolve()  # before check_config too: its complaint would miss the point
+    if os.path.isdir(os.path.expanduser(cfg.model)):
+        cfg.model = os.path.abspath(os.path.expanduser(cfg.model))
+    changed = [f.name for f in dataclasses.fields(Config) if f.name not in RESUMABLE + ("out", "resume")
+               and getattr(cfg, f.name) != getattr(saved, f.name)]
+    if changed:
+        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+        what = ", ".join(f"{flag(n)} {getattr(cfg, n)!r} (the run's: {getattr(saved, n)!r})" for n in changed)
+        weights = last_checkpoint(run)
+        raise RunError(f"--resume {run} cannot change what the run is: {what}. --resume may change only "
+                       f"{', '.join(flag(n) for n in RESUMABLE)}; for the new settings start a new run with "
+                       f"--out NEW_DIR" + (f" (--model {weights} starts it from this run's weights)" if weights else ""))
 
 
 def parse_args(argv):
     """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
     p = argparse.ArgumentParser(prog="sqlm.py",
                                 description="Self-Questioning Language Models: train a model on problems it writes.")
-    p.error = lambda message: (print(f"sqlm.py: error: {message}", file=sys.stderr), sys.exit(2))
+    def error(message):  # argparse's usage errors too: one line, exit 2 (main), and checkable by experiments.py
+        raise ValueError(message)
+    p.error = error
     for f in dataclasses.fields(Config):
         flag, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default!r})"
         if f.type is bool or f.type == "bool":  # --cat / --no-cat: a resumed run can switch a flag off
@@ -436,6 +525,11 @@ def parse_args(argv):
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
     given = vars(p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv)))
     if "resume" in given:
+        if given.get("out") and os.path.abspath(os.path.expanduser(given["out"])) != \
+                os.path.abspath(os.path.expanduser(given["resume"])):
+            raise ValueError(f"--out {given['out']} with --resume: a resumed run stays in its own directory "
+                             f"({given['resume']}); for a copy to go on elsewhere, copy the directory and resume "
+                             f"the copy")
         given = {**saved_config(given["resume"]), **given}
     cfg = Config(**given)
     if 0 < cfg.batch < cfg.minibatch:  # on the command line; a Config built in code may shrink a batch for a test
@@ -445,23 +539,28 @@ def parse_args(argv):
 
 
 def main(argv=None):
-    """CLI entry: bad input (flag, value, task, model, run directory) is one line on stderr and exit
-    code 2; Ctrl-C is one line saying how to resume, exit code 130."""
-    try:
+    """CLI entry: bad input (flag, value, task, model, run directory) and a failing disk are one line
+    on stderr and exit code 2; Ctrl-C or SIGTERM, at any moment, one line saying how to resume, exit
+    code 130 (Ctrl-C) or 143 (SIGTERM)."""
+    with cli.interrupts():
         try:
-            cfg = check_config(parse_args(argv))
-        except ValueError as e:
-            print(f"sqlm.py: error: {e}", file=sys.stderr)
-            return 2
-        try:
-            train(cfg)
-        except (RunError, rollout.LoadError) as e:
-            print(f"sqlm.py: error: {e}", file=sys.stderr)
-            return 2
-        except Interrupted as e:
-            print(f"sqlm.py: {e}", file=sys.stderr)
-            return 130
-    except KeyboardInterrupt:  # before the run directory exists: nothing was written
-        print("sqlm.py: interrupted before the first step; nothing was written", file=sys.stderr)
-        return 130
+            try:
+                cfg = parse_args(argv)
+                if cfg.resume and cfg.task in prompts.TASKS:
+                    check_same_run(cfg, cfg.resume)  # first: a changed --task fails check_config otherwise
+                cfg = check_config(cfg)
+            except (ValueError, RunError) as e:
+                print(f"sqlm.py: error: {e}", file=sys.stderr)
+                return 2
+            try:
+                train(cfg)
+            except (RunError, rollout.LoadError) as e:
+                print(f"sqlm.py: error: {e}", file=sys.stderr)
+                return 2
+            except Interrupted as e:
+                print(f"sqlm.py: {e}", file=sys.stderr)
+                return e.code
+        except KeyboardInterrupt as e:  # before the run directory exists: nothing was written
+            print("sqlm.py: interrupted before the first step; nothing was written", file=sys.stderr)
+            return cli.interrupt_code(e)
     return 0

@@ -77,15 +77,39 @@ def load(name_or_path, device=None, dtype=None):
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         where = "the directory holds no loadable model" if is_dir else "not a local directory, and the hub gave"
         raise LoadError(f"cannot load model '{name_or_path}' ({where}: {first})") from None
-    try:  # a model directory without tokenizer files loads an empty tokenizer with no chat template
-        chat_prompt(tokenizer, "x")
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise LoadError(f"the tokenizer of {name_or_path} cannot build a chat prompt ({first}): "
-                        f"does the model directory hold its tokenizer files?") from None
+    problem = tokenizer_problem(tokenizer, model)
+    if problem:
+        missing = [f for f in TOKENIZER_FILES if not os.path.exists(os.path.join(name, f))] if is_dir else []
+        hint = (f"the directory has no {', '.join(missing[:-1])} or {missing[-1]}" if len(missing) == len(TOKENIZER_FILES) else
+                "are its tokenizer files complete?") if is_dir else "is this a chat model?"
+        raise LoadError(f"the tokenizer of {name_or_path} {problem}: {hint}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # one of them: fast, sentencepiece, BPE
+PROBE = "What is 12 * 3?"  # a problem as the tasks write them
+
+
+def tokenizer_problem(tokenizer, model):
+    """Why `tokenizer` cannot serve `model` as a chat tokenizer, or None. Transformers loads a directory
+    without tokenizer files (or with tokenizer_config.json but no vocabulary) as a tokenizer of a few
+    special tokens, which turns every prompt into nothing or into one token: training then runs on
+    empty prompts. So a chat prompt must encode to ids the model has, and decode back to its text."""
+    try:
+        ids = chat_prompt(tokenizer, PROBE)
+    except Exception as e:  # no chat template, or a template that fails
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        return f"cannot build a chat prompt ({first})"
+    if not ids:
+        return "cannot build a chat prompt (it encodes to no tokens)"
+    if PROBE not in tokenizer.decode(ids):  # an unknown or dropped character, or no vocabulary at all
+        return f"cannot build a chat prompt ({PROBE!r} does not survive encoding: {len(tokenizer)} tokens known)"
+    if max(ids) >= model.get_input_embeddings().num_embeddings:
+        return f"does not fit the model (token id {max(ids)}, but the model has " \
+               f"{model.get_input_embeddings().num_embeddings} embeddings)"
+    return None
 
 
 def chat_prompt(tokenizer, user_text, system=None):

@@ -32,6 +32,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line (harness.main then takes over)
+    import cli
+    cli.exit_on_signals("sqlm.py: interrupted while starting; nothing was written")
+
 import numpy as np
 import torch
 
@@ -83,6 +87,7 @@ class Config:
     temperature: float = opt(1.0, "sampling temperature (log-probs use the same)")
     top_p: float = opt(1.0, "nucleus sampling; no top-k anywhere: the sampled policy is the trained one")
     rollout_rows: int = opt(256, "most sequences per generate call (KV-cache memory only; samples unchanged)")
+    threads: int = opt(0, "torch CPU threads; 0 = torch's default (docs/runs.md: on a shared CPU fewer can be faster)")
     seed: int = opt(0, "run seed: sampling streams derive from (seed, step, role, prompt)")
     eval_every: int = opt(5, "greedy eval at step 0 and every k steps; 0 = never")
     eval_limit: int = opt(0, "0 = the whole held-out set")

@@ -29,7 +29,9 @@ import random
 import shutil
 import sys
 
+import cli
 import torch
+from safetensors import SafetensorError
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as hf_logging
@@ -314,6 +316,11 @@ def check_shape(p, a):
         p.error(f"--out {a.out} is a file, not a directory")
     if os.path.isdir(a.out) and os.listdir(a.out) and not a.overwrite:
         p.error(f"--out {a.out} already holds files; pass --overwrite to replace the model there")
+    parent = os.path.dirname(os.path.abspath(a.out))
+    try:  # the model is built next to --out and renamed onto it: the parent must be writable
+        cli.check_creatable(parent, "--out")
+    except ValueError as e:
+        p.error(str(e).replace(f"--out {parent}", f"--out {a.out}", 1))
     if a.hidden % a.heads or a.heads % a.kv_heads or (a.hidden // a.heads) % 2:
         p.error("--hidden must be divisible by --heads into an even head size (rotary embeddings), "
                 "and --heads by --kv-heads")
@@ -370,14 +377,20 @@ def main_pretrain(argv):
 @contextlib.contextmanager
 def staged(out):
     """Build a model in a sibling directory and move it onto `out` only once it is complete, so a
-    failed or interrupted run leaves `out` as it was (absent, or the model --overwrite would replace)."""
+    failed or interrupted run leaves `out` as it was (absent, or the model --overwrite would replace).
+    A failing disk (no space, read-only, permissions) is one line and exit code 2."""
     work = f"{os.path.abspath(out)}.partial-{os.getpid()}"
-    os.makedirs(os.path.dirname(work), exist_ok=True)
     try:
+        os.makedirs(os.path.dirname(work), exist_ok=True)
         yield work
         if os.path.isdir(out):
             shutil.rmtree(out)
         os.replace(work, out)
+    except (OSError, SafetensorError) as e:
+        reason = cli.os_reason(e, os.path.dirname(work))  # before the clean-up frees the space
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"tiny.py: error: cannot write --out {out} ({reason}); it is as it was before", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -386,7 +399,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["pretrain"]:
         return main_pretrain(argv[1:])
-    p = argparse.ArgumentParser(description="Write a tiny random Qwen2 model + tokenizer (offline). "
+    p = argparse.ArgumentParser(prog="tiny.py", description="Write a tiny random Qwen2 model + tokenizer (offline). "
                                 "`tiny.py pretrain --task arith --help`: a base model for the arith world.")
     add_shape_args(p)
     p.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
@@ -404,8 +417,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # one line, no traceback; `staged` has removed the half-written model
-        print("tiny.py: interrupted; --out is as it was before", file=sys.stderr)
-        sys.exit(130)
+    with cli.interrupts():  # Ctrl-C or SIGTERM: one line, no traceback; `staged` has removed the half-written model
+        try:
+            main()
+        except KeyboardInterrupt as e:
+            print("tiny.py: interrupted; --out is as it was before", file=sys.stderr)
+            sys.exit(cli.interrupt_code(e))

@@ -48,8 +48,16 @@ def test_report_gives_mean_and_range_over_seeds_and_keeps_dev_variants_apart(tmp
     (["tiny-world", "--seeds", "0,x"], "--seeds takes comma-separated integers"), (["report"], "holds no runs yet"),
     (["tiny-world", "--", "--lr", "1e-4"], "add --split dev"),
     (["tiny-world", "--arms", "sqlm,nope"], "unknown arm"),
+    (["tiny-world", "--split", "dev", "--", "--lr", "-1"], "after -- (sqlm.py flags, with arm sqlm): --lr must be positive"),
+    (["tiny-world", "--split", "dev", "--", "--bogus"], "unrecognized arguments: --bogus"),
+    (["tiny-world", "--split", "dev", "--arms", "format", "--", "--solver-reward", "tests"],
+     "with arm format): --solver-reward tests does not fit --task arith"),
+    (["tiny-world", "--split", "dev", "--", "--seed", "3"], "--seed is set by experiments.py for each run"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, argv, message):
+    """A bad sqlm.py flag after -- used to be found by the first run, after the base model had been
+    built (about twenty minutes), and exited 1: it is checked before anything is built now."""
+    monkeypatch.setattr(experiments, "base_model", lambda out: pytest.fail("built the base model before the flags"))
     with pytest.raises(SystemExit) as e:
         experiments.main([*argv, "--out", str(tmp_path / "w")] if "--" not in argv else
                          [argv[0], "--out", str(tmp_path / "w"), *argv[1:]])

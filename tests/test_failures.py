@@ -1,0 +1,425 @@
+"""What a new user meets when the set-up fails: a model without a usable tokenizer, a --resume that
+would change what a run is, a full or read-only disk, Ctrl-C or SIGTERM at any moment. Each is one
+line and a fixed exit code (2 for bad input or a failing disk, 130 for Ctrl-C, 143 for SIGTERM), and
+leaves the last complete checkpoint and every earlier file intact.
+
+The disk tests mount small tmpfs file systems (a real ENOSPC, a real read-only directory); where
+mounting is not allowed they are skipped with that reason, and a simulated ENOSPC still runs."""
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import torch
+
+import bench
+import cli
+import eval as ev
+import experiments
+import harness
+import sqlm
+import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAST = ["--batch", "2", "--n", "2", "--minibatch", "1", "--microbatch", "4", "--max-response", "8",
+        "--eval-every", "0", "--proposer-every", "1", "--device", "cpu", "--task", "arith"]
+
+
+def exit_code(main, argv):
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def one_line(err, progress=""):
+    """The one line on stderr (besides progress lines that start with `progress`), no traceback."""
+    lines = [line for line in err.strip().splitlines() if not (progress and line.startswith(progress))]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def tree(root):
+    """Every path under root with its bytes (files) or None (directories)."""
+    found = {}
+    for here, dirs, files in os.walk(root):
+        for name in dirs:
+            found[os.path.relpath(os.path.join(here, name), root)] = None
+        for name in files:
+            with open(os.path.join(here, name), "rb") as f:
+                found[os.path.relpath(os.path.join(here, name), root)] = f.read()
+    return found
+
+
+def jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_dir, tmp_path_factory):
+    """A finished 2-step arith run with checkpoints at steps 1 and 2 (copy it before changing it)."""
+    run = tmp_path_factory.mktemp("failures") / "run"
+    assert sqlm.main(["--model", tiny_dir, "--steps", "2", "--save-every", "1", "--out", str(run)] + FAST) == 0
+    return run
+
+
+# --- 1. a model whose tokenizer cannot encode a chat prompt is refused at load --------------------
+
+def broken_tokenizer(tiny_dir, where, case):
+    """A copy of the tiny model whose tokenizer is missing or useless in one of three ways."""
+    os.makedirs(where)
+    keep = {"no tokenizer files": ("config.json", "model.safetensors", "generation_config.json"),
+            "no tokenizer.json": ("config.json", "model.safetensors", "generation_config.json",
+                                  "tokenizer_config.json", "chat_template.jinja"),
+            "empty chat prompt": tuple(os.listdir(tiny_dir))}[case]
+    for name in keep:
+        shutil.copy(os.path.join(tiny_dir, name), os.path.join(where, name))
+    if case == "empty chat prompt":  # loads, has a vocabulary, but every chat prompt encodes to nothing
+        open(os.path.join(where, "chat_template.jinja"), "w").close()
+    return where
+
+
+TOKENIZER_CASES = ["no tokenizer files", "no tokenizer.json", "empty chat prompt"]
+ENTRY_POINTS = {  # each loads the model: argv with MODEL and OUT filled in
+    "sqlm.py": (sqlm.main, ["--model", "MODEL", "--steps", "1", "--out", "OUT"] + FAST),
+    "eval.py": (ev.main, ["--task", "arith", "--model", "MODEL", "--limit", "1", "--max-new-tokens", "2",
+                          "--out", "OUT"]),
+    "bench.py": (bench.main, ["update", "--model", "MODEL", "--seqs", "1", "--prompt", "2", "--len", "2",
+                              "--repeat", "1"]),
+}
+
+
+@pytest.mark.parametrize("case", TOKENIZER_CASES)
+@pytest.mark.parametrize("entry", ENTRY_POINTS)
+def test_a_model_without_a_usable_tokenizer_is_refused_at_load(entry, case, tiny_dir, tmp_path, capsys):
+    """A model directory without tokenizer.json loaded a tokenizer of two special tokens: sqlm.py trained
+    on prompts of one token (every step `valid 0.00`), and a chat template that encodes to nothing failed
+    minutes later inside generate. Now every entry point stops at load with one line, exit code 2."""
+    model = broken_tokenizer(tiny_dir, str(tmp_path / "model"), case)
+    main, argv = ENTRY_POINTS[entry]
+    argv = [{"MODEL": model, "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
+    assert exit_code(main, argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert f"the tokenizer of {model} cannot build a chat prompt" in line
+    if case != "empty chat prompt":  # it names what is missing
+        assert "the directory has no tokenizer.json, tokenizer.model or vocab.json" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_experiments_refuses_a_base_model_without_a_usable_tokenizer(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "world"
+    broken_tokenizer(tiny_dir, str(out / "base"), "no tokenizer.json")
+    assert exit_code(experiments.main, ["tiny-world", "--quick", "--out", str(out)]) == 2
+    assert "cannot build a chat prompt" in one_line(capsys.readouterr().err)
+
+
+# --- 2. --resume keeps what the run is ----------------------------------------------------
+
+def other_value(f, value):
+    """A valid value of Config field `f` different from `value`."""
+    if f.metadata["choices"]:
+        return next(c for c in f.metadata["choices"] if c and c != value)
+    kind = {"bool": bool, "int": int, "float": float, "str": str}.get(f.type, f.type)
+    return {bool: lambda: not value, int: lambda: value + 1, float: lambda: value / 2 if value else 0.5,
+            str: lambda: value + "-other"}[kind]()
+
+
+def test_every_field_outside_resumable_is_refused_and_every_resumable_one_allowed(trained_run):
+    """The identity rule field by field: a field not in RESUMABLE changed on --resume is refused and
+    named; a RESUMABLE one passes. A new Config field is identity until it is listed."""
+    saved = sqlm.Config(**harness.saved_config(str(trained_run)))
+    for f in dataclasses.fields(sqlm.Config):
+        if f.name in ("out", "resume", "eval_data"):  # paths: where, not what
+            continue
+        cfg = dataclasses.replace(saved, **{f.name: other_value(f, getattr(saved, f.name))})
+        if f.name in harness.RESUMABLE:
+            harness.check_same_run(cfg, str(trained_run))
+        else:
+            with pytest.raises(harness.RunError, match=f"--{f.name.replace('_', '-')} "):
+                harness.check_same_run(cfg, str(trained_run))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--task", "algebra"], "cannot change what the run is: --task 'algebra' (the run's: 'arith')"),
+    (["--task", "code"], "cannot change what the run is: --task 'code' (the run's: 'arith')"),
+    (["--model", "OTHER"], "cannot change what the run is: --model"),
+    (["--n", "3", "--seed", "7"], "--n 3 (the run's: 2), --seed 7 (the run's: 0)"),
+    (["--out", "OTHER"], "with --resume: a resumed run stays in its own directory"),
+])
+def test_resume_refuses_to_change_what_the_run_is(argv, message, trained_run, tiny_dir, tmp_path, capsys):
+    """`--resume RUN --task algebra` continued an arith run as an algebra run in the same directory, and
+    `--resume RUN --out OTHER` wrote into RUN: one line now, the run untouched, nothing created."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, tmp_path / "model")
+    argv = [{"OTHER": str(other if "--out" in argv else tmp_path / "model")}.get(a, a) for a in argv]
+    before = tree(run)
+    assert sqlm.main(["--resume", str(run), "--steps", "3"] + argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert message in line
+    if "--out" not in argv:  # how to start a new run instead
+        assert f"start a new run with --out NEW_DIR (--model {run / 'step-000002'} starts it from" in line
+    assert tree(run) == before and not other.exists()
+
+
+def test_resume_may_change_the_run_knobs(trained_run, tmp_path):
+    """What only changes how long, how watched, how saved or how fast: accepted, and saved."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    knobs = ["--eval-every", "3", "--eval-limit", "1", "--keep-last", "3", "--save-every", "3",
+             "--microbatch", "2", "--rollout-rows", "8", "--threads", "1", "--no-fit-memory"]
+    threads = torch.get_num_threads()
+    try:
+        assert sqlm.main(["--resume", str(run), "--steps", "3"] + knobs) == 0
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.load(open(run / "config.json"))
+    assert (saved["eval_every"], saved["keep_last"], saved["microbatch"], saved["threads"]) == (3, 3, 2, 1)
+    assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
+
+
+def test_threads_sets_torchs_cpu_threads_for_the_run(tiny_dir, tmp_path, monkeypatch):
+    """--threads N is torch.set_num_threads(N) for the run (0 leaves torch's default)."""
+    seen = []
+    real = sqlm.train_step
+    monkeypatch.setattr(sqlm, "train_step", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    threads = torch.get_num_threads()
+    try:
+        assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "a"), "--threads", "1"]
+                         + FAST) == 0
+        torch.set_num_threads(threads)
+        assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "b")] + FAST) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [1, threads]
+
+
+# --- 3. a failing disk: one line, exit 2, the last complete checkpoint intact ----------------------
+
+@contextlib.contextmanager
+def tmpfs(size, readonly=False):
+    """A tmpfs of `size` mounted on a fresh directory (root only); skips the test where mount is refused."""
+    where = tempfile.mkdtemp(prefix="sqlm-tmpfs-")
+    options = f"size={size}" + (",ro" if readonly else "")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", where], capture_output=True, text=True)
+    if result.returncode:
+        os.rmdir(where)
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}): needs root "
+                    f"with CAP_SYS_ADMIN; the simulated ENOSPC test still runs")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", where], check=False)
+        os.rmdir(where)
+
+
+def fill(where):
+    """Fill a file system until a write fails with ENOSPC."""
+    with open(os.path.join(where, "filler"), "wb", buffering=0) as f:  # unbuffered: close has nothing to flush
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+
+
+def checkpoint_bytes(tiny_dir):
+    """About what one checkpoint of the tiny model takes: weights, AdamW's two moments, the tokenizer."""
+    return 3 * os.path.getsize(os.path.join(tiny_dir, "model.safetensors")) + 100_000
+
+
+def assert_stopped_at_checkpoint_2(run, err):
+    line = one_line(err)
+    assert "cannot write checkpoint step-000002 at step 2 (No space left on device)" in line, line
+    assert f"last complete checkpoint: {run}/step-000001; resume with: python " in line
+    assert line.endswith(f"--resume {run}")
+    assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "samples.jsonl", "step-000001"]  # no .tmp
+    assert harness.read_trainer_state(os.path.join(run, "step-000001"))["step"] == 1
+    assert [m["step"] for m in jsonl(os.path.join(run, "metrics.jsonl"))] == [0, 1]
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes_once_space_is_back(tiny_dir, capsys):
+    """A real ENOSPC: room for one checkpoint, not two. It gave a traceback from safetensors and left
+    step-000002.tmp/ behind with no resume hint."""
+    size = int(1.5 * checkpoint_bytes(tiny_dir))
+    with tmpfs(size) as disk:
+        run = os.path.join(disk, "run")
+        argv = ["--model", tiny_dir, "--steps", "3", "--save-every", "1", "--keep-last", "2", "--out", run] + FAST
+        assert sqlm.main(argv) == 2
+        assert_stopped_at_checkpoint_2(run, capsys.readouterr().err)
+        assert sqlm.main(["--resume", run]) == 2  # still full: refused the same way, nothing lost
+        assert_stopped_at_checkpoint_2(run, capsys.readouterr().err)
+        subprocess.run(["mount", "-o", f"remount,size={4 * size}", disk], check=True)  # space is back
+        assert sqlm.main(["--resume", run]) == 0
+        assert [m["step"] for m in jsonl(os.path.join(run, "metrics.jsonl"))] == [0, 1, 2]
+        assert harness.last_checkpoint(run) == os.path.join(run, "step-000003")
+
+
+def test_a_simulated_full_disk_at_a_checkpoint_is_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
+    """The same property where no tmpfs can be mounted: the trainer state's write fails with ENOSPC."""
+    real = torch.save
+
+    def save(obj, path, *a, **kw):
+        if isinstance(obj, dict) and obj.get("step") == 2:
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(obj, path, *a, **kw)
+    monkeypatch.setattr(torch, "save", save)
+    run = str(tmp_path / "run")
+    argv = ["--model", tiny_dir, "--steps", "3", "--save-every", "1", "--out", run] + FAST
+    assert sqlm.main(argv) == 2
+    assert_stopped_at_checkpoint_2(run, capsys.readouterr().err)
+
+
+def test_a_full_disk_at_the_start_leaves_no_run_directory(tiny_dir, capsys):
+    with tmpfs("64k") as disk:
+        fill(disk)
+        run = os.path.join(disk, "run")
+        assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", run] + FAST) == 2
+        assert "cannot write the run directory" in one_line(capsys.readouterr().err)
+        assert os.listdir(disk) == ["filler"]
+
+
+def test_a_full_disk_when_a_resume_rewrites_the_logs_leaves_them_whole(trained_run, capsys):
+    """A resume rewrites metrics.jsonl and samples.jsonl without the steps it runs again: on a full
+    disk that used to empty them. Now they are written under a temporary name and renamed."""
+    with tmpfs("16m") as disk:
+        run = os.path.join(disk, "run")
+        shutil.copytree(trained_run, run)
+        shutil.rmtree(os.path.join(run, "step-000002"))  # resume from step 1: the logs lose step 1's lines
+        before = tree(run)
+        fill(disk)
+        assert sqlm.main(["--resume", run, "--steps", "3"]) == 2
+        assert "No space left on device" in one_line(capsys.readouterr().err)
+        os.remove(os.path.join(disk, "filler"))
+        assert tree(run) == before
+
+
+def test_eval_on_a_full_disk_is_one_line_and_keeps_the_earlier_result(tiny_dir, capsys):
+    with tmpfs("64k") as disk:
+        out = os.path.join(disk, "result.json")
+        with open(out, "w") as f:
+            f.write('{"earlier": "result"}')
+        fill(disk)
+        argv = ["--task", "arith", "--model", tiny_dir, "--limit", "2", "--max-new-tokens", "64", "--device", "cpu",
+                "--out", out, "--overwrite"]
+        assert exit_code(ev.main, argv) == 2
+        line = one_line(capsys.readouterr().err, progress="eval arith ")
+        assert line.startswith(f"eval.py: error: cannot write {out}: No space left on device"), line
+        assert sorted(os.listdir(disk)) == ["filler", "result.json"] and json.load(open(out)) == {"earlier": "result"}
+
+
+@pytest.mark.parametrize("where", ["read-only", "full"])
+def test_tiny_on_a_read_only_or_full_disk_is_one_line(where, capsys):
+    """`tiny.py --out` in a read-only directory gave a traceback from os.makedirs."""
+    with tmpfs("64k", readonly=where == "read-only") as disk:
+        if where == "full":
+            fill(disk)
+        before = sorted(os.listdir(disk))
+        assert exit_code(tiny.main, ["--out", os.path.join(disk, "m")]) == 2
+        line = one_line(capsys.readouterr().err)
+        assert line.startswith("tiny.py: error: ") and (f"--out {disk}/m: no permission to write in {disk}" if
+                                                          where == "read-only" else "(No space left on device)") in line
+        assert sorted(os.listdir(disk)) == before
+
+
+# --- 4. Ctrl-C and SIGTERM, at any moment ----------------------------------------------------
+
+def start_sqlm(tiny_dir, tmp_path, steps="500"):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "sqlm.py"), "--model", tiny_dir, "--steps", steps,
+                             "--out", str(run)] + FAST, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return proc, run
+
+
+def wait_for(proc, done, limit=240):
+    deadline = time.time() + limit
+    while not done() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert proc.poll() is None and done(), "the program ended or never got there"
+
+
+def importing_torch(pid):
+    """The process has begun loading torch's library: inside sqlm.py's imports."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return "libtorch" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc to see the imports under way")
+def test_ctrl_c_while_torch_is_imported_is_one_line(tiny_dir, tmp_path):
+    """Ctrl-C during start-up printed a traceback from inside `import torch`."""
+    proc, run = start_sqlm(tiny_dir, tmp_path)
+    wait_for(proc, lambda: importing_torch(proc.pid))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert one_line(err) == "sqlm.py: interrupted while starting; nothing was written"
+    assert not run.exists()
+
+
+def test_sigterm_is_handled_like_ctrl_c_and_a_second_signal_changes_nothing(tiny_dir, tmp_path):
+    """SIGTERM (timeout, a scheduler, a container stop) killed a run with nothing printed. Now: the
+    step reached, the last complete checkpoint and the resume command, exit code 143; the signals that
+    follow while it is handled neither add a traceback nor a second line."""
+    proc, run = start_sqlm(tiny_dir, tmp_path)
+    wait_for(proc, lambda: (run / "metrics.jsonl").exists())
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)  # (a SIGINT sent with it would be handled first: signals pend in number order)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143
+    line = one_line(err)
+    assert line.startswith("sqlm.py: interrupted by SIGTERM at step ") and line.endswith(f"--resume {run}")
+
+
+def test_a_second_ctrl_c_while_the_first_is_handled_keeps_the_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C landing while the first was handled raised a new KeyboardInterrupt inside the
+    handling: a traceback, or the wrong line. The handling now ignores it; the handlers in place
+    before main (here pytest's) come back afterwards."""
+    run = tmp_path / "run"
+    real_step, real_last = sqlm.train_step, harness.last_checkpoint
+
+    def step(i, *a):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt right here
+        return real_step(i, *a)
+
+    def last_checkpoint(path):  # runs while the first Ctrl-C is handled
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_last(path)
+    monkeypatch.setattr(sqlm, "train_step", step)
+    monkeypatch.setattr(harness, "last_checkpoint", last_checkpoint)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert sqlm.main(["--model", tiny_dir, "--steps", "3", "--out", str(run)] + FAST) == 130
+    assert one_line(capsys.readouterr().err).startswith("sqlm.py: interrupted at step 1; last complete checkpoint: ")
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_sigterm_while_the_model_loads_is_one_line_and_exit_143(tiny_dir, tmp_path, monkeypatch, capsys):
+    import rollout
+    real = rollout.load
+
+    def load(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **kw)
+    monkeypatch.setattr(rollout, "load", load)
+    assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST) == 143
+    assert one_line(capsys.readouterr().err) == "sqlm.py: interrupted before the first step; nothing was written"
+    assert not (tmp_path / "run").exists()
+
+
+def test_interrupt_codes():
+    assert cli.interrupt_code(KeyboardInterrupt()) == 130 and cli.interrupt_code(cli.Terminated()) == 143
