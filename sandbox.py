@@ -70,7 +70,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass

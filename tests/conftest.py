@@ -1,4 +1,5 @@
 """Shared fixtures: one tiny random Qwen2 model written once per test session (no downloads)."""
+import json
 import os
 import sys
 
@@ -21,3 +22,22 @@ def tiny_dir(tmp_path_factory):
 def tiny_model(tiny_dir):
     """(model, tokenizer) on CPU in fp32; tests must not modify the model's weights."""
     return rollout.load(tiny_dir, device="cpu")
+
+
+# The smallest real run: 2 prompts x 2 proposals, one group a mini-batch, 8 new tokens, no eval.
+FAST = ["--batch", "2", "--n", "2", "--minibatch", "1", "--microbatch", "4", "--max-response", "8",
+        "--eval-every", "0", "--proposer-every", "1", "--device", "cpu", "--task", "arith"]
+
+
+def jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_dir, tmp_path_factory):
+    """A finished 2-step arith run with checkpoints at steps 1 and 2 (copy it before changing it)."""
+    import sqlm
+    run = tmp_path_factory.mktemp("trained") / "run"
+    assert sqlm.main(["--model", tiny_dir, "--steps", "2", "--save-every", "1", "--out", str(run)] + FAST) == 0
+    return run

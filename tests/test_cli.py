@@ -23,10 +23,9 @@ import plot
 import prompts
 import rollout
 import sqlm
+from conftest import FAST, jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--batch", "2", "--n", "2", "--minibatch", "1", "--microbatch", "4", "--max-response", "8",
-        "--eval-every", "0", "--proposer-every", "1", "--device", "cpu", "--task", "arith"]
 
 
 # --- nothing written into the checkout ---------------------------------------------------
@@ -76,17 +75,6 @@ def exit_code(main, argv):
         return e.code
 
 
-def jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_dir, tmp_path_factory):
-    """A finished 2-step run with checkpoints at steps 1 and 2 (copy it before changing it)."""
-    run = tmp_path_factory.mktemp("trained") / "run"
-    assert sqlm.main(["--model", tiny_dir, "--steps", "2", "--save-every", "1", "--out", str(run)] + FAST) == 0
-    return run
 
 
 @pytest.fixture

@@ -27,10 +27,9 @@ import experiments
 import harness
 import sqlm
 import tiny
+from conftest import FAST, jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = ["--batch", "2", "--n", "2", "--minibatch", "1", "--microbatch", "4", "--max-response", "8",
-        "--eval-every", "0", "--proposer-every", "1", "--device", "cpu", "--task", "arith"]
 
 
 def exit_code(main, argv):
@@ -59,17 +58,6 @@ def tree(root):
     return found
 
 
-def jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="module")
-def trained_run(tiny_dir, tmp_path_factory):
-    """A finished 2-step arith run with checkpoints at steps 1 and 2 (copy it before changing it)."""
-    run = tmp_path_factory.mktemp("failures") / "run"
-    assert sqlm.main(["--model", tiny_dir, "--steps", "2", "--save-every", "1", "--out", str(run)] + FAST) == 0
-    return run
 
 
 # --- 1. a model whose tokenizer cannot encode a chat prompt is refused at load --------------------

@@ -186,19 +186,25 @@ def test_clip_bounds_dual_clip_and_normaliser_reach_the_loss(tiny_dir, lo, hi, c
     assert 0 < stats["clip_frac"] < 1
 
 
-def test_kl_term_is_its_coefficient_times_the_k3_gradient(tiny_dir):
-    """With every advantage 0 only the KL term pulls: its gradient must be +kl x grad(k3 against the
-    reference's log-probs). Guards: the sign flipped, the coefficient fixed, the term dropped."""
-    model, tok = rollout.load(tiny_dir, device="cpu")
-    ref = perturbed(model)
-    cfg = sqlm.Config(kl=0.05, microbatch=8)
+def kl_only_gradient(model, ref, tok, cfg):
+    """Sequences with every advantage 0 (so only the KL term can pull), their reference log-probs, and
+    accumulate_gradients' stats and gradient on them."""
     seqs, _ = shifted_seqs(model, tok, cfg)
     for s in seqs:
         s.advantage = 0.0
     sqlm.prepare(model, ref, seqs, cfg, CPU)
     model.zero_grad()
     stats = sqlm.accumulate_gradients(model, ref, seqs, cfg, CPU)
-    got = grads(model)
+    return seqs, stats, grads(model)
+
+
+def test_kl_term_is_its_coefficient_times_the_k3_gradient(tiny_dir):
+    """With every advantage 0 only the KL term pulls: its gradient must be +kl x grad(k3 against the
+    reference's log-probs). Guards: the sign flipped, the coefficient fixed, the term dropped."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    ref = perturbed(model)
+    cfg = sqlm.Config(kl=0.05, microbatch=8)
+    seqs, stats, got = kl_only_gradient(model, ref, tok, cfg)
     model.zero_grad()
     logp, comp = sqlm.micro_logprobs(model, seqs, cfg, CPU)
     ref_logp = torch.zeros_like(logp).masked_scatter(comp.bool(), torch.cat([s.ref_logp for s in seqs]))
@@ -216,13 +222,8 @@ def test_released_code_run_has_no_kl_gradient(tiny_dir):
     ref = perturbed(model)
     for task, moves in (("code", False), ("arith", True)):
         cfg = sqlm.Config(task=task, kl=0.05, as_released=True, microbatch=8).resolve()
-        seqs, _ = shifted_seqs(model, tok, cfg)
-        for s in seqs:
-            s.advantage = 0.0
-        sqlm.prepare(model, ref, seqs, cfg, CPU)
-        model.zero_grad()
-        stats = sqlm.accumulate_gradients(model, ref, seqs, cfg, CPU)
-        assert bool(grads(model).abs().max() > 0) is moves and ("kl" in stats) is moves
+        _, stats, got = kl_only_gradient(model, ref, tok, cfg)
+        assert bool(got.abs().max() > 0) is moves and ("kl" in stats) is moves
 
 
 def test_reference_log_probs_come_from_the_reference_model(tiny_dir):
@@ -422,8 +423,6 @@ def test_loop_evaluates_and_saves_on_schedule(tiny_dir, tmp_path):
     """--eval-every 2 --save-every 2 over 5 steps: eval at steps 0, 2, 4 (not 5: not a multiple),
     checkpoints after steps 2, 4 and the last, 5. Guards: either period off by one, the last
     checkpoint skipped or written twice."""
-    import json
-    import os
     run = tmp_path / "run"
     assert sqlm.main(["--task", "arith", "--model", tiny_dir, "--batch", "2", "--n", "2", "--minibatch", "1",
                       "--max-response", "4", "--eval-every", "2", "--eval-limit", "2", "--save-every", "2",
