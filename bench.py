@@ -27,6 +27,10 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no traceback
+    import cli
+    cli.exit_on_signals("bench.py: interrupted while starting; nothing was written")
+
 import torch
 import torch.nn.functional as F
 
@@ -454,4 +458,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with cli.interrupts():  # Ctrl-C or SIGTERM: one line, no traceback
+        try:
+            sys.exit(main())
+        except KeyboardInterrupt as e:
+            print("bench.py: interrupted; no result", file=sys.stderr)
+            sys.exit(cli.interrupt_code(e))

@@ -25,6 +25,10 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no traceback
+    import cli
+    cli.exit_on_signals("eval.py: interrupted while starting; nothing was written")
+
 import cli
 import prompts
 import rewards

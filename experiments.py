@@ -26,6 +26,11 @@ import subprocess
 import sys
 import time
 
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no traceback
+    import cli
+    cli.exit_on_signals("experiments.py: interrupted while starting; nothing was written")
+
+import cli
 import eval as heldout
 import rewards
 import rollout
@@ -329,4 +334,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with cli.interrupts():  # Ctrl-C or SIGTERM: one line; each finished run's result.json is kept
+        try:
+            main()
+        except KeyboardInterrupt as e:
+            print("experiments.py: interrupted; finished runs are kept, and a rerun resumes the sweep",
+                  file=sys.stderr)
+            sys.exit(cli.interrupt_code(e))

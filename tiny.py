@@ -29,6 +29,10 @@ import random
 import shutil
 import sys
 
+if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no traceback
+    import cli
+    cli.exit_on_signals("tiny.py: interrupted while starting; nothing was written")
+
 import cli
 import torch
 from safetensors import SafetensorError

@@ -358,6 +358,26 @@ def test_ctrl_c_while_torch_is_imported_is_one_line(tiny_dir, tmp_path):
     assert not run.exists()
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc to see the imports under way")
+@pytest.mark.parametrize("script, args", [("eval.py", ["--task", "arith", "--limit", "1"]), ("tiny.py", []),
+                                          ("bench.py", ["memory"]), ("experiments.py", ["report"])])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_every_entry_point_stops_in_one_line_while_starting(script, args, signum, tmp_path):
+    """Ctrl-C or SIGTERM while an entry point imports torch printed a traceback (only sqlm.py had a
+    start-up handler); now each says it was interrupted, in one line, exit 128 + the signal."""
+    out = str(tmp_path / "out")
+    argv = {"eval.py": args + ["--model", out, "--out", out + ".json"], "tiny.py": ["--out", out],
+            "bench.py": args, "experiments.py": args + ["--out", out]}[script]
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, script)] + argv, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wait_for(proc, lambda: importing_torch(proc.pid))
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum
+    assert one_line(err) == f"{script}: interrupted while starting; nothing was written"
+    assert not os.path.exists(out)
+
+
 def test_sigterm_is_handled_like_ctrl_c_and_a_second_signal_changes_nothing(tiny_dir, tmp_path):
     """SIGTERM (timeout, a scheduler, a container stop) killed a run with nothing printed. Now: the
     step reached, the last complete checkpoint and the resume command, exit code 143; the signals that
