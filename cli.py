@@ -72,6 +72,20 @@ def os_reason(e, path=None):
     return text[:160]
 
 
+def write_atomic(path, text):
+    """Write a file under a temporary name and rename it into place: a full disk or a kill mid-write
+    leaves the old file whole (an emptied config.json, log or result would be lost)."""
+    tmp = str(path) + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
 # --- interrupts ------------------------------------------------------------------------
 
 class Terminated(KeyboardInterrupt):

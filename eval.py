@@ -18,7 +18,6 @@ Left out: few-shot prompts, answer checking by a model, third-party benchmark fi
 import argparse
 import hashlib
 import json
-import os
 import random
 import sys
 import time
@@ -365,15 +364,10 @@ def check_out(out, overwrite):
 def write_result(out, result):
     """Write the result JSON atomically: a temporary file renamed into place, so a kill or a full disk
     leaves no partial file (and an earlier result under --overwrite whole)."""
-    tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
+        cli.write_atomic(out, json.dumps(result, indent=1))
+    except OSError as e:
         fail(f"cannot write {out}: {cli.os_reason(e)}")
 
 

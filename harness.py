@@ -17,7 +17,6 @@ SIGTERM) at any point are one line that says where the run stands and how to con
 file is written so that such a failure leaves the last complete checkpoint and the logs usable.
 """
 import argparse
-import contextlib
 import copy
 import dataclasses
 import json
@@ -275,21 +274,7 @@ def truncate_logs(run, step):
         if os.path.exists(path):
             with open(path) as f:
                 kept = [line for line in f if before(line)]
-            write_atomic(path, "".join(kept))
-
-
-def write_atomic(path, text):
-    """Write a file under a temporary name and rename it into place: a full disk or a kill mid-write
-    leaves the old file whole (an emptied config.json or log would lose the run)."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+            cli.write_atomic(path, "".join(kept))
 
 
 def append_jsonl(path, records):
@@ -428,7 +413,7 @@ def train(cfg):
         os.makedirs(path, exist_ok=True)
         if cfg.resume:
             truncate_logs(path, start)  # steps after the checkpoint are run again
-        write_atomic(os.path.join(path, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+        cli.write_atomic(os.path.join(path, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
     except OSError as e:
         if created:
             shutil.rmtree(path, ignore_errors=True)
