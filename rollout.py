@@ -464,26 +464,42 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask, temperatur
     being scored (the first token of a row can never be scored: it has no prefix).
     The lm-head is applied only to the positions that predict a completion token, in
     chunks of `chunk_tokens`; with grad on, each chunk is recomputed in backward instead
-    of keeping its (chunk x vocab) logits alive.
+    of keeping its (chunk x vocab) logits alive. model: a causal LM, or a `TokenLogprobs`
+    (which a distributed wrapper such as DDP may hold): either way the computation runs as a
+    module's forward.
     """
     if temperature <= 0:
         raise ValueError(f"token_logprobs needs temperature > 0 (greedy samples are scored at 1.0), got {temperature}")
-    check_plain_head(model)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=positions, use_cache=False).last_hidden_state  # (B, T, H)
-    weight = model.get_output_embeddings().weight  # (V, H)
-    scored = completion_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
-    h = hidden[:, :-1][scored]  # (N, H)
-    targets = input_ids[:, 1:][scored]  # (N,)
-    pieces = []
-    for start in range(0, len(targets), chunk_tokens):
-        args = (h[start:start + chunk_tokens], weight, targets[start:start + chunk_tokens], temperature)
-        if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logprobs(*args))
-    out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
-    flat = torch.cat(pieces) if pieces else out.new_zeros(0)
-    out[:, 1:] = out[:, 1:].masked_scatter(scored, flat)
-    return out
+    net = TokenLogprobs(model) if hasattr(model, "get_decoder") else model
+    return net(input_ids, attention_mask, completion_mask, temperature, chunk_tokens)
+
+
+class TokenLogprobs(torch.nn.Module):
+    """A causal LM whose forward is `token_logprobs`. It reads the decoder and the lm-head weight
+    directly, which a wrapper never sees from outside its forward: DDP would skip its gradient
+    all-reduce and FSDP2 its unsharding. Wrapping this module instead keeps them in the path."""
+
+    def __init__(self, model):
+        super().__init__()
+        check_plain_head(model)
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, completion_mask, temperature=1.0, chunk_tokens=4096):
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=positions, use_cache=False).last_hidden_state  # (B, T, H)
+        weight = self.model.get_output_embeddings().weight  # (V, H)
+        scored = completion_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
+        h = hidden[:, :-1][scored]  # (N, H)
+        targets = input_ids[:, 1:][scored]  # (N,)
+        pieces = []
+        for start in range(0, len(targets), chunk_tokens):
+            args = (h[start:start + chunk_tokens], weight, targets[start:start + chunk_tokens], temperature)
+            if torch.is_grad_enabled():
+                pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
+            else:
+                pieces.append(_chunk_logprobs(*args))
+        out = torch.zeros(input_ids.shape, dtype=torch.float32, device=input_ids.device)
+        flat = torch.cat(pieces) if pieces else out.new_zeros(0)
+        out[:, 1:] = out[:, 1:].masked_scatter(scored, flat)
+        return out
