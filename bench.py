@@ -458,9 +458,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    with cli.interrupts():  # Ctrl-C or SIGTERM: one line, no traceback
-        try:
-            sys.exit(main())
-        except KeyboardInterrupt as e:
-            print("bench.py: interrupted; no result", file=sys.stderr)
-            sys.exit(cli.interrupt_code(e))
+    sys.exit(cli.exit_on_interrupt(main, "bench.py: interrupted; no result"))

@@ -7,6 +7,7 @@ import errno
 import os
 import re
 import signal
+import sys
 
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)", re.IGNORECASE)
 
@@ -50,6 +51,11 @@ def check_creatable(path, flag="--out", file=False):
         raise ValueError(f"{flag} {path}: no permission to write in {parent}")
 
 
+def first_line(e, limit=160):
+    """An exception's message cut to its first line (its type's name if it has none): for one-line errors."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 def os_reason(e, path=None):
     """One line for an error of the machine (no space, read-only, permission) as a write meets it:
     an OSError's strerror and file, or what safetensors or torch.save raise around one (they wrap
@@ -57,7 +63,7 @@ def os_reason(e, path=None):
     read-only file system under `path` is looked up)."""
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    text = first_line(e, limit=None)
     for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT):
         if os.strerror(code) in text or f"code: {code}," in text:
             return os.strerror(code)
@@ -126,6 +132,17 @@ def interrupts():
             quiet = getattr(previous[0], "__name__", "") == "exit_now"
             for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous):
                 signal.signal(signum, signal.SIG_IGN if quiet else handler)
+
+
+def exit_on_interrupt(main, line):
+    """`main()` under `interrupts()`: its result, or on Ctrl-C or SIGTERM `line` on stderr and exit
+    130 or 143 (an entry point's last word: no traceback)."""
+    with interrupts():
+        try:
+            return main()
+        except KeyboardInterrupt as e:
+            print(line, file=sys.stderr)
+            sys.exit(interrupt_code(e))
 
 
 def _set_handlers(handler):

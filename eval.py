@@ -374,12 +374,7 @@ def write_result(out, result):
 def main(argv=None):
     """CLI entry: bad input or a failing disk is one line on stderr and exit code 2; Ctrl-C or SIGTERM
     one line and exit code 130 or 143."""
-    with cli.interrupts():
-        try:
-            return run_cli(argv)
-        except KeyboardInterrupt as e:
-            print("eval.py: interrupted; no result was written", file=sys.stderr)
-            raise SystemExit(cli.interrupt_code(e)) from None
+    return cli.exit_on_interrupt(lambda: run_cli(argv), "eval.py: interrupted; no result was written")
 
 
 def run_cli(argv):

@@ -334,10 +334,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    with cli.interrupts():  # Ctrl-C or SIGTERM: one line; each finished run's result.json is kept
-        try:
-            main()
-        except KeyboardInterrupt as e:
-            print("experiments.py: interrupted; finished runs are kept, and a rerun resumes the sweep",
-                  file=sys.stderr)
-            sys.exit(cli.interrupt_code(e))
+    cli.exit_on_interrupt(main, "experiments.py: interrupted; finished runs are kept, and a rerun resumes the sweep")

@@ -83,28 +83,40 @@ class MachineError(RunError):
 
 # --- the config ----------------------------------------------------------------------
 
+def flag(name):
+    """The command-line spelling of a Config field: eval_every -> --eval-every."""
+    return "--" + name.replace("_", "-")
+
+
+def resolved(cfg):
+    """`cfg` with its task defaults filled and a local model's path absolute, as a run's config.json
+    stores them (a hub id stays as given)."""
+    cfg.resolve()
+    if os.path.isdir(os.path.expanduser(cfg.model)):
+        cfg.model = os.path.abspath(os.path.expanduser(cfg.model))
+    return cfg
+
+
 def check_config(cfg):
     """Fill the task defaults, make paths absolute (a run resumes from any directory) and check every
     value; ValueError is one line naming the flag. Idempotent."""
     if cfg.task not in prompts.TASKS:
         raise ValueError(f"unknown task '{cfg.task}' ({', '.join(prompts.TASKS)})")
-    cfg.resolve()
-    if os.path.isdir(os.path.expanduser(cfg.model)):  # a local model; a hub id stays as given
-        cfg.model = os.path.abspath(os.path.expanduser(cfg.model))
+    resolved(cfg)
     cfg.out = cfg.out or os.path.join("runs", f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg.out, cfg.resume, cfg.eval_data = (os.path.abspath(os.path.expanduser(p)) if p else p
                                           for p in (cfg.out, cfg.resume, cfg.eval_data))
     for f in dataclasses.fields(cfg):
-        value, flag = getattr(cfg, f.name), "--" + f.name.replace("_", "-")
+        value, name = getattr(cfg, f.name), flag(f.name)
         if f.metadata["choices"] and value not in f.metadata["choices"]:
-            raise ValueError(f"{flag} must be one of {', '.join(c for c in f.metadata['choices'] if c)}, "
+            raise ValueError(f"{name} must be one of {', '.join(c for c in f.metadata['choices'] if c)}, "
                              f"not {value!r}")
         if f.type in (float, "float") and not math.isfinite(value):
-            raise ValueError(f"{flag} must be finite, not {value}")
+            raise ValueError(f"{name} must be finite, not {value}")
         if f.name in POSITIVE and not value > 0:
-            raise ValueError(f"{flag} must be positive, not {value}")
+            raise ValueError(f"{name} must be positive, not {value}")
         if f.name in NON_NEGATIVE and not value >= 0:
-            raise ValueError(f"{flag} must be >= 0, not {value}")
+            raise ValueError(f"{name} must be >= 0, not {value}")
     checks = [((cfg.solver_reward == "tests") == (cfg.task == "code") or cfg.solver_reward == "format",
                f"--solver-reward {cfg.solver_reward} does not fit --task {cfg.task}"),
               (not cfg.arith_check or cfg.task == "arith", "--arith-check applies to --task arith only"),
@@ -233,8 +245,7 @@ def read_trainer_state(checkpoint):
         state = torch.load(path, weights_only=False)  # our own file: numpy RNG state needs the unpickler
         state["step"], state["optimizer"], state["rng"]["python"]  # noqa: B018 (the fields a resume reads)
     except Exception as e:  # truncated, overwritten, not a torch file: one line, no traceback
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise RunError(f"cannot read {path} ({first}): delete {checkpoint} to resume from the checkpoint "
+        raise RunError(f"cannot read {path} ({cli.first_line(e)}): delete {checkpoint} to resume from the checkpoint "
                        f"before it") from None
     return state
 
@@ -480,13 +491,10 @@ def check_same_run(cfg, run):
         saved = Config(**saved_config(run)).resolve()  # as saved: resolved, paths absolute
     except ValueError as e:
         raise RunError(str(e)) from None
-    cfg = dataclasses.replace(cfg).resolve()  # before check_config too: its complaint would miss the point
-    if os.path.isdir(os.path.expanduser(cfg.model)):
-        cfg.model = os.path.abspath(os.path.expanduser(cfg.model))
+    cfg = resolved(dataclasses.replace(cfg))  # before check_config too: its complaint would miss the point
     changed = [f.name for f in dataclasses.fields(Config) if f.name not in RESUMABLE + ("out", "resume")
                and getattr(cfg, f.name) != getattr(saved, f.name)]
     if changed:
-        flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
         what = ", ".join(f"{flag(n)} {getattr(cfg, n)!r} (the run's: {getattr(saved, n)!r})" for n in changed)
         weights = last_checkpoint(run)
         raise RunError(f"--resume {run} cannot change what the run is: {what}. --resume may change only "
@@ -502,12 +510,12 @@ def parse_args(argv):
         raise ValueError(message)
     p.error = error
     for f in dataclasses.fields(Config):
-        flag, help_ = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} (default: {f.default!r})"
+        help_ = f"{f.metadata['help']} (default: {f.default!r})"
         if f.type is bool or f.type == "bool":  # --cat / --no-cat: a resumed run can switch a flag off
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
+            p.add_argument(flag(f.name), type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
     given = vars(p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv)))
     if "resume" in given:
         if given.get("out") and os.path.abspath(os.path.expanduser(given["out"])) != \

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+import cli
+
 
 class LoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message is one line for the CLI."""
@@ -74,7 +76,7 @@ def load(name_or_path, device=None, dtype=None):
             raise LoadError(f"cannot load model '{name_or_path}': it is not a local directory, not in the Hugging "
                             f"Face cache, and the hub is unreachable (offline); pass the directory of a "
                             f"downloaded model") from None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = cli.first_line(e, 200)
         where = "the directory holds no loadable model" if is_dir else "not a local directory, and the hub gave"
         raise LoadError(f"cannot load model '{name_or_path}' ({where}: {first})") from None
     problem = tokenizer_problem(tokenizer, model)
@@ -100,7 +102,7 @@ def tokenizer_problem(tokenizer, model):
     try:
         ids = chat_prompt(tokenizer, PROBE)
     except Exception as e:  # no chat template, or a template that fails
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
+        first = cli.first_line(e, 120)
         return f"cannot build a chat prompt ({first})"
     if not ids:
         return "cannot build a chat prompt (it encodes to no tokens)"

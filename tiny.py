@@ -421,9 +421,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    with cli.interrupts():  # Ctrl-C or SIGTERM: one line, no traceback; `staged` has removed the half-written model
-        try:
-            main()
-        except KeyboardInterrupt as e:
-            print("tiny.py: interrupted; --out is as it was before", file=sys.stderr)
-            sys.exit(cli.interrupt_code(e))
+    # `staged` has removed the half-written model by the time the line is printed
+    cli.exit_on_interrupt(main, "tiny.py: interrupted; --out is as it was before")
