@@ -3,8 +3,9 @@
     python bench.py rollout [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--prompts 8 --n 4 --new 128 --repeat 3]
     python bench.py update  [--model tiny|qwen2.5-0.5b|qwen2.5-3b|DIR] [--seqs 16 --prompt 64 --len 256 --repeat 3]
     python bench.py decode  [--model tiny|qwen2.5-3b|DIR] [--batches 64,256,1024 --prompt 128 --new 256 --repeat 3]
-    python bench.py memory  [--model qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-3b,qwen2.5-7b --cards 24,40,80,141]
+    python bench.py memory  [--model qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-3b,qwen2.5-7b --cards 24,40,80,141 --gpus 1,2,4,8]
     python bench.py sandbox [--programs 40 --tests 5 --repeat 3]
+    python bench.py parallel [--model tiny|DIR --processes 2 --steps 4 --repeat 3]
 
 Goals (not asserted in tests): `generate` no slower than Hugging Face `generate` on the
 same job, and faster when `n > 1` shares a prompt or rows finish at different times;
@@ -283,26 +284,94 @@ def model_config(name):
 
 
 def bench_memory(a):
-    """For each model and card: the largest rollout rows and micro-batch that fit, without and with gradient
-    checkpointing, and the planned peak per phase (GB) at those sizes. Predictions, not measurements."""
+    """For each model, number of GPUs and card: the largest rollout rows and micro-batch per GPU that fit,
+    without and with gradient checkpointing, and the planned peak per phase (GB) at those sizes; as a run
+    does (harness.fit_to_memory), the KL reference in bf16 only where an fp32 one fits nothing. Predictions,
+    not measurements. The step is the paper's: 64 x 4 proposals, 1,024 solver rows, 32-group mini-batches."""
     settings = dict(max_prompt=a.max_prompt, max_response=a.max_response, n=a.n, kl=a.kl > 0,
                     fused_adamw=a.fused_adamw, chunk_tokens=a.chunk_tokens)
     rows = []
     for name in a.model.split(","):
         config = model_config(name)
-        for card in a.cards:
-            row = {"model": name, "card_gb": card, "params_b": round(memory.parameter_count(config) / 1e9, 2)}
-            for checkpointing in (False, True):
-                key = "checkpointing" if checkpointing else "plain"
-                fit = memory.fit_memory(config, card * 1e9, grad_checkpointing=checkpointing, **settings)
-                row[key] = None
-                if fit:
-                    plan = memory.memory_plan(config, rollout_rows=fit[0], microbatch=fit[1],
-                                               grad_checkpointing=checkpointing, **settings)
-                    row[key] = {"rollout_rows": fit[0], "microbatch": fit[1], **{
-                        k: round(v / 1e9, 1) for k, v in plan.items() if k.endswith("_peak")}}
-            rows.append(row)
+        for gpus in a.gpus:
+            sizes = dict(max_rows=-(-64 * a.n * a.n // gpus), max_microbatch=-(-32 * a.n // gpus), world=gpus)
+            for card in a.cards:
+                row = {"model": name, "gpus": gpus, "card_gb": card,
+                       "params_b": round(memory.parameter_count(config) / 1e9, 2)}
+                for checkpointing in (False, True):
+                    key = "checkpointing" if checkpointing else "plain"
+                    for kl_bytes in (4, 2) if a.kl > 0 else (4,):
+                        fit = memory.fit_memory(config, card * 1e9, grad_checkpointing=checkpointing, kl_bytes=kl_bytes,
+                                                **sizes, **settings)
+                        if fit:
+                            break
+                    row[key] = None
+                    if fit:
+                        plan = memory.memory_plan(config, rollout_rows=fit[0], microbatch=fit[1], world=gpus,
+                                                  grad_checkpointing=checkpointing, kl_bytes=kl_bytes, **settings)
+                        row[key] = {"rollout_rows": fit[0], "microbatch": fit[1],
+                                    **({"kl_reference": "bf16"} if settings["kl"] and kl_bytes == 2 else {}),
+                                    **{k: round(v / 1e9, 1) for k, v in plan.items() if k.endswith("_peak")}}
+                rows.append(row)
     return {"bench": "memory", "predicted_not_measured": True, **settings, "rows": rows}
+
+
+# --- parallel: one training run on one process and on N (torchrun) ------------------------
+
+class BenchError(Exception):
+    """A benchmark whose job failed or whose correctness check did not hold: one line, exit code 2."""
+
+
+def sqlm_run(args, processes, out):
+    """`python sqlm.py ARGS` or its torchrun launch on `processes`; (wall seconds, per-step seconds after the
+    first step from metrics.jsonl, samples.jsonl's text)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+             os.path.join(here, "sqlm.py"), "--"] if processes > 1 else [sys.executable, os.path.join(here, "sqlm.py")])
+    started = time.perf_counter()
+    done = subprocess.run(head + args + ["--out", out], capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise BenchError(f"sqlm.py on {processes} process(es) failed: {done.stderr.strip().splitlines()[-1:]}")
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        steps = [m for m in map(json.loads, f) if "t_update" in m][1:]
+    with open(os.path.join(out, "samples.jsonl")) as f:
+        samples = f.read()
+    return wall, statistics.mean(sum(m[k] for k in ("t_propose", "t_solve", "t_rewards", "t_update")) for m in steps), samples
+
+
+def bench_parallel(a):
+    """The same training run on one process and on --processes under torchrun (gloo on CPU, NCCL on GPUs):
+    seconds per step after the first, and the whole command's wall time, interleaved --repeat times. Checked
+    first: both runs write the same samples.jsonl. On CPU the processes share the cores, so the one-process
+    run is timed at --threads 1 (the same per-process setting) and at --threads P (all the cores)."""
+    processes, cpu = a.processes, cli.device(a.device).type == "cpu"
+    with tempfile.TemporaryDirectory() as scratch:
+        model = a.model
+        if model == "tiny":  # format-pre-trained, so proposals are valid and answers parse: a whole step runs
+            model = tiny.make(os.path.join(scratch, "tiny"), seed=0)
+            tiny.pretrain(model, steps=a.pretrain, log_every=0)
+        job = ["--task", "arith", "--model", model, "--steps", str(a.steps), "--batch", str(a.batch), "--n", str(a.n),
+               "--minibatch", str(a.minibatch), "--microbatch", str(a.microbatch), "--max-response", str(a.max_response),
+               "--proposer-every", "1", "--eval-every", "0", "--save-every", "0"] + (["--device", a.device] if a.device else [])
+        ways = ([("1 process, 1 thread", 1, 1), (f"1 process, {processes} threads", 1, processes),
+                 (f"{processes} processes, 1 thread each", processes, 1)] if cpu else
+                [("1 process", 1, 0), (f"{processes} processes", processes, 0)])
+        times = {name: [] for name, _, _ in ways}
+        samples = {}
+        for r in range(a.repeat):
+            for name, count, threads in ways:
+                wall, step, samples[name] = sqlm_run(job + ["--threads", str(threads)], count,
+                                                     os.path.join(scratch, f"run-{r}-{len(times[name])}-{count}-{threads}"))
+                times[name].append((step, wall))
+        first, last = ways[0][0], ways[-1][0]
+        if samples[first] != samples[last]:
+            raise BenchError(f"{last} wrote other samples than {first}: not the same run")
+        rows = [{"way": name, "step_s": round(statistics.median(s for s, _ in t), 3),
+                 "step_s_range": [round(min(s for s, _ in t), 3), round(max(s for s, _ in t), 3)],
+                 "wall_s": round(statistics.median(w for _, w in t), 1)} for name, t in times.items()]
+    return {"bench": "parallel", "machine": machine(), "load": os.getloadavg(), "same_samples": True, "job": job[2:],
+            "rows": rows}
 
 
 # --- sandbox: the pool vs one plain subprocess at a time ----------------------------
@@ -419,17 +488,31 @@ def main(argv=None):
     m = sub.add_parser("memory", help="predicted peak memory per phase and the sizes that fit each card")
     m.add_argument("--model", default=",".join(tiny.QWEN25_SHAPES), help="comma-separated shapes, tiny, or directories")
     m.add_argument("--cards", type=lambda s: [float(x) for x in s.split(",")], default=[24, 40, 80, 141], help="GB")
+    m.add_argument("--gpus", type=lambda s: [int(x) for x in s.split(",")], default=[1],
+                   help="GPUs per run (torchrun, FSDP2): plans per GPU, e.g. 1,2,4,8")
     m.add_argument("--max-prompt", type=int, default=512)
     m.add_argument("--max-response", type=int, default=1024)
     m.add_argument("--n", type=int, default=4)
     m.add_argument("--kl", type=float, default=0.001, help="0: no reference model")
     m.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=False)
     m.add_argument("--chunk-tokens", type=int, default=4096)
+    q = sub.add_parser("parallel", help="one training run on one process vs N under torchrun (same samples checked)")
+    q.add_argument("--model", default="tiny", help="tiny (format-pre-trained here) or a directory")
+    q.add_argument("--pretrain", type=int, default=100, help="format pre-training steps of the tiny model")
+    q.add_argument("--device", default="")
+    q.add_argument("--processes", type=int, default=2)
+    q.add_argument("--steps", type=int, default=4)
+    q.add_argument("--batch", type=int, default=8)
+    q.add_argument("--n", type=int, default=4)
+    q.add_argument("--minibatch", type=int, default=4)
+    q.add_argument("--microbatch", type=int, default=8)
+    q.add_argument("--max-response", type=int, default=64)
+    q.add_argument("--repeat", type=int, default=3)
     s = sub.add_parser("sandbox", help="sandboxed tests per second vs plain subprocess.run of the same interpreter")
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
-    for parser in (p, r, u, d, m, s):  # usage errors too: one line, exit code 2
+    for parser in (p, r, u, d, m, q, s):  # usage errors too: one line, exit code 2
         parser.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
     a = p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
     temperature, top_p, kl = getattr(a, "temperature", 1.0), getattr(a, "top_p", 1.0), getattr(a, "kl", 0.0)
@@ -444,13 +527,14 @@ def main(argv=None):
     except ValueError as e:
         p.error(str(e))
     if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
-                                             "programs", "tests", "max_prompt", "max_response", "chunk_tokens")) < 1 \
-            or min(getattr(a, "batches", [1]) + getattr(a, "cards", [1])) <= 0:
+                                             "programs", "tests", "max_prompt", "max_response", "chunk_tokens",
+                                             "processes", "steps", "batch", "minibatch")) < 1 \
+            or min(getattr(a, "batches", [1]) + getattr(a, "cards", [1]) + getattr(a, "gpus", [1])) <= 0:
         p.error("counts (--repeat, --prompts, --n, --new, --seqs, ...) must be at least 1")
     try:
         result = {"rollout": bench_rollout, "update": bench_update, "decode": bench_decode, "memory": bench_memory,
-                  "sandbox": bench_sandbox}[a.which](a)
-    except rollout.LoadError as e:
+                  "parallel": bench_parallel, "sandbox": bench_sandbox}[a.which](a)
+    except (rollout.LoadError, BenchError) as e:
         print(f"bench.py: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result))

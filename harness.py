@@ -15,6 +15,11 @@ change what the run is (`RESUMABLE`: length, eval, checkpoints, device and memor
 Failures of the machine (no space, a read-only directory, permissions) and interrupts (Ctrl-C,
 SIGTERM) at any point are one line that says where the run stands and how to continue it; every
 file is written so that such a failure leaves the last complete checkpoint and the logs usable.
+
+Under torchrun (parallel.py) every process runs `train`; rank 0 alone prints, evaluates and writes
+the logs, the config and the model; each process's share of the AdamW state is saved in the
+checkpoint's optimizer/ (torch.distributed.checkpoint), so a run resumes on as many processes as
+wrote it. A write that fails on rank 0 ends it with its one line, and torchrun stops the others.
 """
 import argparse
 import copy
@@ -35,6 +40,7 @@ from safetensors import SafetensorError
 import cli
 import eval as heldout
 import memory
+import parallel
 import prompts
 import rollout
 import sqlm
@@ -163,42 +169,65 @@ def bf16_copy(model):
     return sampler.requires_grad_(False)
 
 
-def fit_to_memory(cfg, model_config, device):
+def fit_to_memory(cfg, model_config, device, world=1):
     """On a GPU with --fit-memory: --rollout-rows and --microbatch become the largest that the memory
-    plan (memory.memory_plan) fits on the card, up to the step's own sizes. Memory knobs only: the
-    samples and the gradient do not depend on them."""
-    if device.type == "cuda" and cfg.fit_memory:
-        fit = memory.fit_memory(model_config, torch.cuda.get_device_properties(device).total_memory,
-                                max_rows=cfg.batch * cfg.n * cfg.n, max_microbatch=cfg.minibatch * cfg.n,
-                                max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n,
-                                kl=bool(cfg.kl_coef), grad_checkpointing=cfg.grad_checkpointing, gpu=True)
-        if fit is None:
-            raise RunError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
-                           "--kl 0 or a shorter --max-response")
-        cfg.rollout_rows, cfg.microbatch = fit
-        print(f"memory plan: --rollout-rows {cfg.rollout_rows} --microbatch {cfg.microbatch}", flush=True)
+    plan (memory.memory_plan, per process of `world`) fits on the card, up to the step's own sizes.
+    Memory knobs only: the samples and the gradient do not depend on them. Returns the KL reference's
+    dtype: fp32, or bf16 (as released) only when the plan fits nothing with an fp32 one, said once."""
+    if device.type != "cuda" or not cfg.fit_memory:
+        return torch.float32
+    settings = dict(max_rows=-(-cfg.batch * cfg.n * cfg.n // world), max_microbatch=-(-cfg.minibatch * cfg.n // world),
+                    max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n, kl=bool(cfg.kl_coef),
+                    grad_checkpointing=cfg.grad_checkpointing, gpu=True, world=world)  # sizes per process
+    card = torch.cuda.get_device_properties(device).total_memory
+    fit, kl_dtype = memory.fit_memory(model_config, card, **settings), torch.float32
+    if fit is None and cfg.kl_coef:
+        fit, kl_dtype = memory.fit_memory(model_config, card, kl_bytes=2, **settings), torch.bfloat16
+    if fit is None:
+        raise RunError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
+                       "--kl 0, a shorter --max-response or more GPUs (torchrun, README)")
+    cfg.rollout_rows, cfg.microbatch = fit
+    if parallel.rank_from_env() == 0:
+        print(f"memory plan: --rollout-rows {cfg.rollout_rows} --microbatch {cfg.microbatch}"
+              + ("; the fp32 KL reference does not fit this GPU, so it is kept in bf16 (as released: the KL term "
+                 "starts near 0.006 per token, not at 0)" if kl_dtype == torch.bfloat16 else ""), flush=True)
+    return kl_dtype
 
 
 # --- checkpoints ---------------------------------------------------------------------
 
-def save_checkpoint(run, step, model, tokenizer, optimizer, cfg):
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def save_checkpoint(run, step, model, tokenizer, optimizer, cfg, world=parallel.ONE, policy=None):
     """run/step-NNNNNN: save_pretrained model + tokenizer, optimizer, step, RNG states, config.
 
     Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint. A
     failing disk raises MachineError with the temporary directory removed (a full disk is not made
-    fuller, and a later save or prune finds nothing half-written).
+    fuller, and a later save or prune finds nothing half-written). On N processes (`policy` the
+    sharded root around `model`): the whole weights gathered to rank 0, which writes them, and each
+    process's AdamW shard in optimizer/; trainer_state.pt, written last, holds every process's RNG.
     """
     final = os.path.join(run, f"step-{step:06d}")
     tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    sharded = world.size > 1
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "config": dataclasses.asdict(cfg),
-                    "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                            "torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}},
-                   os.path.join(tmp, "trainer_state.pt"))
+        weights = parallel.full_state_dict(policy) if sharded else None  # a collective, before rank 0 writes
+        rngs = world.gather([rng_state()])
+        if world.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        world.barrier()
+        if sharded:
+            parallel.save_optimizer(policy, optimizer, os.path.join(tmp, "optimizer"))
+        if world.main:
+            model.save_pretrained(tmp, state_dict=weights)
+            tokenizer.save_pretrained(tmp)
+            torch.save({"step": step, "world_size": world.size, "config": dataclasses.asdict(cfg),
+                        "optimizer": "optimizer/ (sharded)" if sharded else optimizer.state_dict(),
+                        "rng": rngs if sharded else rngs[0]}, os.path.join(tmp, "trainer_state.pt"))
     except BaseException as e:  # no space, Ctrl-C: no half-written .tmp left to fill the disk
         machine = isinstance(e, (OSError, RuntimeError, SafetensorError))  # torch.save, safetensors wrap OSError
         reason = cli.os_reason(e, run) if machine else None  # before the cleanup frees the space again
@@ -206,8 +235,10 @@ def save_checkpoint(run, step, model, tokenizer, optimizer, cfg):
         if not machine:
             raise
         raise MachineError(run, step, f"checkpoint step-{step:06d}", reason) from None
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    if world.main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    world.barrier()  # every process sees the checkpoint complete before the run goes on
     return final
 
 
@@ -243,19 +274,30 @@ def read_trainer_state(checkpoint):
     path = os.path.join(checkpoint, "trainer_state.pt")
     try:
         state = torch.load(path, weights_only=False)  # our own file: numpy RNG state needs the unpickler
-        state["step"], state["optimizer"], state["rng"]["python"]  # noqa: B018 (the fields a resume reads)
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per process on N
+        state["step"], state["optimizer"], [rng["python"] for rng in rngs]  # noqa: B018 (the fields a resume reads)
     except Exception as e:  # truncated, overwritten, not a torch file: one line, no traceback
         raise RunError(f"cannot read {path} ({cli.first_line(e)}): delete {checkpoint} to resume from the checkpoint "
                        f"before it") from None
     return state
 
 
-def restore_rng(state):
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+def restore_rng(state, rank=0):
+    rng = state["rng"][rank] if isinstance(state["rng"], list) else state["rng"]  # one per process on N
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def check_world_size(state, checkpoint, world, run):
+    """A checkpoint's AdamW state is sharded per process: it resumes on as many processes as wrote it."""
+    wrote = state.get("world_size", 1)
+    if wrote != world.size:
+        launch = "python sqlm.py" if wrote == 1 else f"torchrun --nproc-per-node {wrote} sqlm.py --"
+        raise RunError(f"{checkpoint} was written by {wrote} process{'es' * (wrote > 1)}, this run has {world.size}: "
+                       f"its optimizer state is per process; resume it with {launch} --resume {run}")
 
 
 # --- logs ----------------------------------------------------------------------------
@@ -341,29 +383,32 @@ def run_eval(sampler, tokenizer, cfg):
 
 class Run:
     """A run directory as the loop (sqlm.train) sees it: evaluate, log and save; `step` is the step
-    in progress (for the Ctrl-C line)."""
+    in progress (for the Ctrl-C line). On N processes rank 0 evaluates and logs, and every process
+    takes part in a save (`policy`: the sharded root around `model`)."""
 
-    def __init__(self, path, cfg, sampler, model, tokenizer, optimizer, step):
+    def __init__(self, path, cfg, sampler, model, tokenizer, optimizer, step, world=parallel.ONE, policy=None):
         self.path, self.cfg, self.sampler, self.model, self.tokenizer, self.optimizer = \
             path, cfg, sampler, model, tokenizer, optimizer
-        self.step = step
+        self.step, self.world, self.policy = step, world, policy
 
     def evaluate(self, step):
-        return run_eval(self.sampler, self.tokenizer, self.cfg)
+        return run_eval(self.sampler, self.tokenizer, self.cfg) if self.world.main else {}
 
     def log(self, step, metrics, batch=()):
-        try:  # a line cut short by a full disk is dropped on resume (truncate_logs)
-            append_jsonl(os.path.join(self.path, "metrics.jsonl"), [{"step": step, **metrics}])
-            if batch:
-                append_jsonl(os.path.join(self.path, "samples.jsonl"), [record(step, p) for p in batch])
-        except OSError as e:
-            raise MachineError(self.path, step, "the logs", cli.os_reason(e)) from None
-        print(format_line({"step": step, **metrics}), flush=True)
+        if self.world.main:
+            try:  # a line cut short by a full disk is dropped on resume (truncate_logs)
+                append_jsonl(os.path.join(self.path, "metrics.jsonl"), [{"step": step, **metrics}])
+                if batch:
+                    append_jsonl(os.path.join(self.path, "samples.jsonl"), [record(step, p) for p in batch])
+            except OSError as e:
+                raise MachineError(self.path, step, "the logs", cli.os_reason(e)) from None
+            print(format_line({"step": step, **metrics}), flush=True)
         self.step = step + 1
 
     def save(self, step):
-        save_checkpoint(self.path, step, self.model, self.tokenizer, self.optimizer, self.cfg)
-        prune_checkpoints(self.path, self.cfg.keep_last)
+        save_checkpoint(self.path, step, self.model, self.tokenizer, self.optimizer, self.cfg, self.world, self.policy)
+        if self.world.main:
+            prune_checkpoints(self.path, self.cfg.keep_last)
 
 
 # --- the run -------------------------------------------------------------------------
@@ -372,10 +417,17 @@ def train(cfg):
     """The whole run: load, (resume), then sqlm.train with eval, logs and checkpoints. Returns the run dir.
 
     Raises RunError on bad input found as the run starts (nothing is written then) and
-    Interrupted on Ctrl-C.
+    Interrupted on Ctrl-C. Under torchrun, every process runs it (parallel.setup joins them).
     """
     cfg = check_config(cfg)  # idempotent: no Config reaches the loop with its task defaults unfilled
-    device = cli.device(cfg.device)
+    world, device = parallel.setup(cfg.device)
+    try:
+        return train_on(cfg, world, device)
+    finally:
+        parallel.teardown(world)
+
+
+def train_on(cfg, world, device):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -389,8 +441,11 @@ def train(cfg):
         if state and cfg.steps <= state["step"]:
             raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({resume_from}, step "
                            f"{state['step']}): give --steps above {state['step']} to train on")
+        if state:
+            check_world_size(state, resume_from, world, path)
     else:
         check_new_run_dir(path)
+    world.barrier()  # every process has checked the directory before rank 0 writes in it
     if cfg.eval_data:  # read now, not at the first eval
         try:
             heldout.read_jsonl(cfg.eval_data, cfg.task)
@@ -402,23 +457,53 @@ def train(cfg):
     except ValueError as e:
         raise RunError(str(e)) from None
     check_prompts(cfg, tokenizer)
+    kl_dtype = fit_to_memory(cfg, model.config, device, world.size)
     ref_model = None
     if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
         # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
         ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=device)[0]
         ref_model.requires_grad_(False)
+        for p in ref_model.parameters():  # bf16 only where the plan fits nothing else (parameters: RoPE stays fp32)
+            p.data = p.data.to(kl_dtype)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()
-    # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy.
-    sampler = bf16_copy(model) if device.type == "cuda" else model
-    fit_to_memory(cfg, model.config, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy,
+    # and on N CPU processes a whole fp32 copy (the trained weights are sharded).
+    sampler = bf16_copy(model) if device.type == "cuda" else copy.deepcopy(model) if world.size > 1 else model
+    policy = model
+    if world.size > 1:  # FSDP2: the policy is the sharded root around the model, the reference sharded alike
+        policy = parallel.shard(model, world)
+        ref_model = parallel.shard(ref_model, world) if ref_model is not None else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if state:
-        optimizer.load_state_dict(state["optimizer"])
+        if world.size > 1:
+            parallel.load_optimizer(policy, optimizer, os.path.join(resume_from, "optimizer"))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         start = state["step"]
-        restore_rng(state)
-    run = Run(path, cfg, sampler, model, tokenizer, optimizer, start)
+        restore_rng(state, world.rank)
+    run = Run(path, cfg, sampler, model, tokenizer, optimizer, start, world, policy)
+    if world.main:
+        prepare_run_dir(path, cfg, start)
+    world.barrier()
+    if world.main:
+        if cfg.resume:
+            print(f"resumed from {resume_from} at step {start}" if resume_from else
+                  f"no checkpoint in {path} yet: running it again from step 0", flush=True)
+        print("config " + json.dumps(dataclasses.asdict(cfg)) + (f" on {world.size} processes" if world.size > 1 else ""),
+              flush=True)
+    try:
+        sqlm.train(cfg, policy, sampler, ref_model, optimizer, tokenizer, device, run, start, world)
+    except KeyboardInterrupt as e:
+        raise Interrupted(path, run.step, e) from None
+    if world.main:
+        print(run_summary(path), flush=True)
+    return path
+
+
+def prepare_run_dir(path, cfg, start):
+    """Create the run directory (a resumed run's: its logs cut back to `start`) and write config.json."""
     created = not os.path.isdir(path)
     try:  # only now: a start that fails leaves no directory behind
         os.makedirs(path, exist_ok=True)
@@ -434,16 +519,6 @@ def train(cfg):
             shutil.rmtree(path, ignore_errors=True)
             raise
         raise Interrupted(path, start, e) from None
-    if cfg.resume:
-        print(f"resumed from {resume_from} at step {start}" if resume_from else
-              f"no checkpoint in {path} yet: running it again from step 0", flush=True)
-    print("config " + json.dumps(dataclasses.asdict(cfg)), flush=True)
-    try:
-        sqlm.train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, start)
-    except KeyboardInterrupt as e:
-        raise Interrupted(path, run.step, e) from None
-    print(run_summary(path), flush=True)
-    return path
 
 
 def run_summary(run):
@@ -516,7 +591,9 @@ def parse_args(argv):
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
             p.add_argument(flag(f.name), type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
-    given = vars(p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv)))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = argv[1:] if argv[:1] == ["--"] else argv  # `torchrun ... sqlm.py -- --n 4`, where torchrun keeps the --
+    given = vars(p.parse_args(cli.negative_values_joined(argv)))
     if "resume" in given:
         if given.get("out") and os.path.abspath(os.path.expanduser(given["out"])) != \
                 os.path.abspath(os.path.expanduser(given["resume"])):
@@ -531,6 +608,12 @@ def parse_args(argv):
     return cfg
 
 
+def say(line):
+    """An error or interrupt line on stderr, once: from rank 0 of a torchrun launch (every process meets it)."""
+    if parallel.rank_from_env() == 0:
+        print(line, file=sys.stderr)
+
+
 def main(argv=None):
     """CLI entry: bad input (flag, value, task, model, run directory) and a failing disk are one line
     on stderr and exit code 2; Ctrl-C or SIGTERM, at any moment, one line saying how to resume, exit
@@ -543,17 +626,17 @@ def main(argv=None):
                     check_same_run(cfg, cfg.resume)  # first: a changed --task fails check_config otherwise
                 cfg = check_config(cfg)
             except (ValueError, RunError) as e:
-                print(f"sqlm.py: error: {e}", file=sys.stderr)
+                say(f"sqlm.py: error: {e}")
                 return 2
             try:
                 train(cfg)
             except (RunError, rollout.LoadError) as e:
-                print(f"sqlm.py: error: {e}", file=sys.stderr)
+                say(f"sqlm.py: error: {e}")
                 return 2
             except Interrupted as e:
-                print(f"sqlm.py: {e}", file=sys.stderr)
+                say(f"sqlm.py: {e}")
                 return e.code
         except KeyboardInterrupt as e:  # before the run directory exists: nothing was written
-            print("sqlm.py: interrupted before the first step; nothing was written", file=sys.stderr)
+            say("sqlm.py: interrupted before the first step; nothing was written")
             return cli.interrupt_code(e)
     return 0

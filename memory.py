@@ -19,14 +19,16 @@ def parameter_count(config):
 
 
 def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n=4, kl=True,
-                grad_checkpointing=False, gpu=True, fused_adamw=False, chunk_tokens=4096):
-    """Predicted peak memory (bytes) of each phase of an SQLM step, from the model config and the run's settings.
+                grad_checkpointing=False, gpu=True, fused_adamw=False, chunk_tokens=4096, world=1, kl_bytes=4):
+    """Predicted peak memory (bytes) of each phase of an SQLM step, per process, from the model config and
+    the run's settings.
 
     gpu=True is sqlm.py's CUDA path: fp32 weights under bf16 autocast, a bf16 sampling copy, bf16
     KV cache; gpu=False is its CPU path (everything fp32, sampling on the trained model). N weights:
 
-      resident    4N fp32 weights + 8N AdamW moments + 2N bf16 sampling copy + 4N fp32 KL reference (kl > 0)
-      rollout     + the largest of, in time order: the prefill (its own cache of rollout_rows / n prompts
+      resident    4N fp32 weights + 8N AdamW moments + 4N fp32 KL reference (kl > 0; kl_bytes=2: bf16)
+      rollout     + 2N bf16 sampling copy (freed during the update: sqlm.release_sampler)
+                  + the largest of, in time order: the prefill (its own cache of rollout_rows / n prompts
                   x max_prompt, and one layer's transients); the prefill's cache copied into the preallocated
                   one, rollout_rows x (max_prompt + max_response) x layers x 2 (K, V) x kv_width x 2 B; that
                   cache and a decode step's (rows, vocab) sampling buffers (logits bf16 + fp32, log-probs,
@@ -49,6 +51,12 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
     on CPU (tests/test_memory.py); on a GPU the attention kernel's own workspace, the CUDA context (~0.5 GB)
     and allocator fragmentation are not counted: `fit_memory` leaves headroom for them.
     Assumes the gradients are freed after each update (optimizer.zero_grad(set_to_none=True)).
+
+    world > 1 (torchrun, FSDP2; predicted, not measured): the weights, AdamW moments, gradients and KL
+    reference are sharded (/ world); each process keeps a whole sampling copy (fp32 on CPU) and autocast's
+    2N casts (parallel.shard), and adds FSDP2's gathered fp32 weights of the root (embedding, final norm,
+    lm-head) and two decoder layers (the one computing, the one prefetched), and in the update their
+    unsharded fp32 gradients before the reduce-scatter. Rollout rows and micro-batches are per process.
     """
     weights = parameter_count(config)
     hidden, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
@@ -58,8 +66,9 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
     length = max_prompt + max_response
     tokens, scored = microbatch * length, microbatch * max_response
 
-    resident = {"weights": 4 * weights, "adamw": 8 * weights,
-                "sampler_copy": 2 * weights if gpu else 0, "kl_reference": 4 * weights if kl else 0}
+    shard = weights / world
+    resident = {"weights": 4 * shard, "adamw": 8 * shard, "kl_reference": kl_bytes * shard if kl else 0}
+    sampler_copy = 2 * weights if gpu else 4 * weights if world > 1 else 0  # one CPU process samples on the model
     kv_cache = rollout_rows * length * layers * 2 * kv_width * e
     prompts = -(-rollout_rows // n)
     prefill_cache = prompts * max_prompt * layers * 2 * kv_width * e
@@ -69,6 +78,11 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
     outside = 12 * hidden  # per token: embedding output, final norm
     chunk = min(chunk_tokens, scored) * vocab * 4
     casts = 2 * weights if gpu else 0
+    grads = 4 * weights
+    if world > 1:  # FSDP2: sharded gradients, and the root and two layers gathered (weights, then gradients)
+        root = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2) + hidden
+        gathered = root + 2 * (weights - root) / layers
+        casts, grads = casts + 4 * gathered, 4 * shard + 4 * gathered
     if grad_checkpointing:  # the lm-head chunk's backward and one recomputed layer's come one after the other
         saved = tokens * (layers * 4 * hidden + outside)
         backward = max(7 * chunk // 2, tokens * (per_layer + e * inter))
@@ -76,13 +90,14 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
         saved = tokens * (layers * per_layer + outside)
         backward = 4 * chunk
     phases = {
-        "rollout": max(prefill_cache + prefill_layer, prefill_cache + kv_cache, kv_cache + sampling),  # in that order
+        "rollout": sampler_copy + max(prefill_cache + prefill_layer, prefill_cache + kv_cache, kv_cache + sampling),
         "logprobs": casts + tokens * outside + max(2 * chunk, tokens * e * 3 * inter),
-        "update": 4 * weights + casts + saved + backward,
-        "optimizer": 4 * weights * (1 if fused_adamw else 2),
+        "update": grads + casts + saved + backward,
+        "optimizer": 4 * shard * (1 if fused_adamw else 2),
     }
-    plan = dict(resident, kv_cache=kv_cache, activations=saved, logprob_chunk=chunk, grads=4 * weights)
-    plan.update({f"{name}_peak": sum(resident.values()) + extra for name, extra in phases.items()})
+    plan = dict(resident, resident=sum(resident.values()), sampler_copy=sampler_copy, kv_cache=kv_cache,
+                activations=saved, logprob_chunk=chunk, grads=4 * shard)
+    plan.update({f"{name}_peak": plan["resident"] + extra for name, extra in phases.items()})
     plan["peak"] = max(plan[f"{name}_peak"] for name in phases)
     plan["peak_phase"] = max(phases, key=lambda name: plan[f"{name}_peak"])
     return plan

@@ -15,17 +15,20 @@ One step (`train_step`), in the order the functions below run:
   5. GRPO advantages per group, the sequences each role trains on     (to_sequences)
   6. old log-probs (training model) and KL-reference log-probs        (prepare)
   7. solver update; proposer update every `proposer_every` steps     (policy_update)
-  8. refresh the bf16 sampling copy (GPU)                             (refresh_sampler)
-`train` is the loop around it. What a reader skips on first reading (flag checks, the CLI, run
+  8. rebuild the bf16 sampling copy (GPU), freed during 6-7           (refresh_sampler)
+`train` is the loop around it. On N processes (torchrun, parallel.py) each samples a share of
+steps 1 and 3, every process gathers every record, and each trains on the sequences a mini-batch
+deals it (`deal`); `world` is then the process group, and for one process `parallel.ONE`, whose
+methods return their input. What a reader skips on first reading (flag checks, the CLI, run
 directories, checkpoints and resume, logging, interrupts, precision and memory fitting) is in
 harness.py, which imports this module and never the reverse.
 
 Simplifications, stated up front: no learned critic (the released code used PPO with a
-critic for code; we use this update for all three tasks), one device (no distribution), no
-sequence packing, one epoch per batch.
+critic for code; we use this update for all three tasks), no sequence packing, one epoch per batch.
 
     python sqlm.py --task arith                                   # Qwen2.5-3B-Instruct, one GPU
     python sqlm.py --task arith --model /tmp/tiny --batch 4 ...   # offline, CPU
+    torchrun --nproc-per-node 4 sqlm.py -- --task arith           # 4 GPUs (FSDP2)
 """
 import dataclasses
 import sys
@@ -39,6 +42,7 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line (har
 import numpy as np
 import torch
 
+import parallel
 import prompts
 import rewards
 import rollout
@@ -214,6 +218,7 @@ class Seq:
     completion_ids: list
     advantage: float
     group: int                     # proposal index (solver) or prompt index (proposer) in the step's batch
+    rank: int = 0                  # the process that trains it (`deal`)
     on_policy: bool = False        # in the first mini-batch of an update: old log-probs = current, detached
     old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model before the update
     ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
@@ -226,33 +231,39 @@ def derive_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def sample(sampler, tokenizer, prompt_ids, n, cfg, seed, label="sample"):
-    """n samples per prompt at the run's temperature and top-p; seed: a key tuple.
+def sample(sampler, tokenizer, prompt_ids, keys, cfg, seed, label="sample", world=parallel.ONE):
+    """cfg.n samples per prompt at the run's temperature and top-p; seed: a key tuple.
 
-    Prompt i draws from its own stream, derived from (seed, i), so the samples are the same
-    however the prompts are split into generate calls: --rollout-rows is a memory knob only.
+    Prompt i draws from its own stream, derived from (seed, keys[i]) with its key its index in the
+    step (the prompt's, or the proposal's a problem came from), so the samples are the same however
+    the prompts are split into generate calls (--rollout-rows is a memory knob only) or processes.
     """
-    seeds = [derive_seed(*seed, i) for i in range(len(prompt_ids))]
+    seeds = [derive_seed(*seed, key) for key in keys]
     show = rollout.progress_printer(label, quiet_seconds=10)  # shown only for a phase longer than 10 s
 
     def progress(out):
-        show(len(out), len(prompt_ids) * n, {"tokens": sum(len(s.completion_ids) for s in out)})
-    return rollout.generate_many(sampler, tokenizer, prompt_ids, n, seeds, cfg.rollout_rows, progress,
+        if world.main:
+            show(len(out), len(prompt_ids) * cfg.n, {"tokens": sum(len(s.completion_ids) for s in out)})
+    return rollout.generate_many(sampler, tokenizer, prompt_ids, cfg.n, seeds, cfg.rollout_rows, progress,
                                  max_new_tokens=cfg.max_response, temperature=cfg.temperature, top_p=cfg.top_p)
 
 
-def propose(sampler, tokenizer, cfg, seed):
-    """Step 1: batch x n proposals from the topic prompt, parsed into one record each."""
+def propose(sampler, tokenizer, cfg, seed, world=parallel.ONE):
+    """Step 1: batch x n proposals from the topic prompt, parsed into one record each. Each process
+    samples and parses its share of the prompts; every process returns every record."""
     topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
-    return parse(cfg, sample(sampler, tokenizer, [topic] * cfg.batch, cfg.n, cfg, seed, "propose"))
+    mine = world.share(range(cfg.batch))
+    samples = sample(sampler, tokenizer, [topic] * len(mine), mine, cfg, seed, "propose", world)
+    return world.gather(parse(cfg, samples, first=mine.start * cfg.n))
 
 
-def parse(cfg, samples):
-    """Step 2: one record per proposal, with its problem or the reason it is invalid (truncated
-    proposals are parsed too, as released). --cat: the problem must carry a reference solution
-    that passes its tests and a wrong one that fails one (all checks of a step in one sandbox call)."""
-    batch = [Proposal(i, s, *rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat, released=cfg.as_released,
-                                                     arith_check=cfg.arith_check))
+def parse(cfg, samples, first=0):
+    """Step 2: one record per proposal (numbered from `first`), with its problem or the reason it is
+    invalid (truncated proposals are parsed too, as released). --cat: the problem must carry a
+    reference solution that passes its tests and a wrong one that fails one (all checks of a step in
+    one sandbox call)."""
+    batch = [Proposal(first + i, s, *rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat, released=cfg.as_released,
+                                                             arith_check=cfg.arith_check))
              for i, s in enumerate(samples)]
     if cfg.cat:
         candidates = [p for p in batch if p.valid]
@@ -262,10 +273,11 @@ def parse(cfg, samples):
     return batch
 
 
-def solve(sampler, tokenizer, cfg, batch, seed):
+def solve(sampler, tokenizer, cfg, batch, seed, world=parallel.ONE):
     """Step 3: n answers to each valid proposal (as released: to every proposal, an invalid one as its
     raw text). A solver prompt longer than `max_prompt` invalidates its proposal (released: it is cut
-    from the left instead)."""
+    from the left instead). Each process answers a share of the problems and returns the records
+    it answered (one process: all of them)."""
     todo, prompt_ids = [], []
     for p in batch:
         if not (p.valid or cfg.as_released):
@@ -278,9 +290,11 @@ def solve(sampler, tokenizer, cfg, batch, seed):
         p.problem = problem
         todo.append(p)
         prompt_ids.append(ids[-cfg.max_prompt:])
-    answers = iter(sample(sampler, tokenizer, prompt_ids, cfg.n, cfg, seed, "solve"))
+    todo, prompt_ids = world.share(todo), world.share(prompt_ids)
+    answers = iter(sample(sampler, tokenizer, prompt_ids, [p.index for p in todo], cfg, seed, "solve", world))
     for p in todo:
         p.answers = [next(answers) for _ in range(cfg.n)]
+    return todo
 
 
 def score(cfg, batch):
@@ -347,6 +361,42 @@ def mark_on_policy(seqs, cfg):
             s.on_policy = s.group // cfg.minibatch == first
 
 
+def minibatches(seqs, cfg):
+    """The update's mini-batches: k holds groups [k*minibatch, (k+1)*minibatch) of the step's batch
+    whatever was dropped (8 solver and 2 proposer steps at the paper's shape, fewer only when a whole
+    mini-batch's proposals were invalid)."""
+    out = {}
+    for s in seqs:
+        out.setdefault(s.group // cfg.minibatch, []).append(s)
+    return [out[k] for k in sorted(out)]
+
+
+def deal(seqs, cfg, world):
+    """Which process trains each sequence (`Seq.rank`): each mini-batch is dealt across the processes,
+    balanced by tokens (parallel.World.deal); one process trains them all."""
+    for minibatch in minibatches(seqs, cfg):
+        for s, rank in zip(minibatch, world.deal([len(s.prompt_ids) + len(s.completion_ids) for s in minibatch])):
+            s.rank = rank
+
+
+def micro_batches(seqs, cfg, world):
+    """This process's micro-batches of `seqs` (those dealt to it, in order), padded with empty ones to
+    as many as the busiest process runs: with sharded weights every forward and backward is a
+    collective, so every process must make the same number of calls (`idle_pass`)."""
+    mine = [s for s in seqs if s.rank == world.rank]
+    calls = max(-(-sum(s.rank == r for s in seqs) // cfg.microbatch) for r in range(world.size))
+    micros = [mine[start:start + cfg.microbatch] for start in range(0, len(mine), cfg.microbatch)]
+    return micros + [[]] * (calls - len(micros))
+
+
+def idle_pass(model, seq, cfg, device, backward):
+    """A forward (and a backward of 0) on one sequence that changes nothing: the collectives a process
+    out of sequences must still join while the others run theirs."""
+    logp, _ = micro_logprobs(model, [seq], cfg, device)
+    if backward:
+        (logp.sum() * 0.0).backward()
+
+
 def micro_logprobs(model, seqs, cfg, device):
     """(B, T) completion log-probs of a micro-batch under `model` (at the sampling temperature), and its mask."""
     ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs], pad_id=0, device=device)
@@ -356,8 +406,9 @@ def micro_logprobs(model, seqs, cfg, device):
 
 
 @torch.no_grad()
-def prepare(model, ref_model, seqs, cfg, device):
-    """Step 6: old log-probs from the training model and reference log-probs from the frozen one.
+def prepare(model, ref_model, seqs, cfg, device, world=parallel.ONE):
+    """Step 6: old log-probs from the training model and reference log-probs from the frozen one,
+    of the sequences dealt to this process.
 
     A sequence marked `on_policy` (the first mini-batch of the solver update) skips the old
     forward: nothing has moved yet, so its old log-probs are its current ones, detached, in
@@ -365,31 +416,39 @@ def prepare(model, ref_model, seqs, cfg, device):
     """
     for name, net in (("old_logp", model), ("ref_logp", ref_model)):
         todo = [s for s in seqs if not (name == "old_logp" and s.on_policy)] if net is not None else []
-        for start in range(0, len(todo), cfg.microbatch):
-            micro = todo[start:start + cfg.microbatch]
+        for micro in micro_batches(todo, cfg, world):
+            if not micro:
+                idle_pass(net, todo[0], cfg, device, backward=False)
+                continue
             logp, comp = micro_logprobs(net, micro, cfg, device)
             for s, row, m in zip(micro, logp, comp.bool()):
                 setattr(s, name, row[m])
 
 
-def accumulate_gradients(model, ref_model, minibatch, cfg, device):
+def accumulate_gradients(model, ref_model, minibatch, cfg, device, world=parallel.ONE):
     """Backward of one mini-batch's loss in micro-batches; returns token-weighted stats.
 
-    Ours: every micro-batch divides by the token count of the whole mini-batch, so the summed
-    gradient is the same however the mini-batch is split (a per-micro-batch normaliser
-    would weight short micro-batches' tokens more). Released: each micro-batch's token mean,
-    averaged over the micro-batches.
+    Ours: every micro-batch divides by the token count of the whole mini-batch (over all
+    processes), so the summed gradient is the same however the mini-batch is split (a
+    per-micro-batch normaliser would weight short micro-batches' tokens more). Released: each
+    micro-batch's token mean, averaged over the micro-batches (of all processes). Each process
+    runs the micro-batches dealt to it; FSDP2 averages the processes' gradients, so each loss is
+    scaled by their number to make the average the sum.
     """
     tokens = sum(len(s.completion_ids) for s in minibatch)
-    micros = [minibatch[start:start + cfg.microbatch] for start in range(0, len(minibatch), cfg.microbatch)]
+    micros = micro_batches(minibatch, cfg, world)
+    count = sum(-(-sum(s.rank == r for s in minibatch) // cfg.microbatch) for r in range(world.size))  # released
     totals = {}
     for micro in micros:
+        if not micro:
+            idle_pass(model, minibatch[0], cfg, device, backward=True)
+            continue
         logp, comp = micro_logprobs(model, micro, cfg, device)
         mask = comp.bool()
         old = torch.cat([logp[i][mask[i]].detach() if s.on_policy else s.old_logp for i, s in enumerate(micro)])
         old = torch.zeros_like(logp).masked_scatter(mask, old)
         adv = torch.tensor([s.advantage for s in micro], device=device)
-        normalizer = mask.sum() * len(micros) if cfg.as_released else tokens
+        normalizer = mask.sum().clamp(min=1) * count if cfg.as_released else tokens
         loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, normalizer, cfg.clip_c)
         stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
         stats["pg_loss"] = loss.item() * tokens
@@ -398,65 +457,76 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device):
             kl = kl_penalty(logp, ref, comp, normalizer)
             loss = loss + cfg.kl_coef * kl
             stats["kl"] = kl.item() * tokens
-        loss.backward()
+        (loss * world.size).backward()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / tokens
-    return totals
+    return world.sum(totals)
 
 
-def policy_update(model, ref_model, optimizer, seqs, cfg, device):
+def policy_update(model, ref_model, optimizer, seqs, cfg, device, world=parallel.ONE):
     """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of `minibatch` groups (x n sequences).
 
     loss = clipped_pg_loss + kl * kl_penalty, AdamW after a global grad-norm clip.
     Returns the mean of each statistic over the mini-batches.
     """
     model.train()
-    # Mini-batch k holds groups [k*minibatch, (k+1)*minibatch) of the step's batch whatever was
-    # dropped: 8 solver and 2 proposer steps at the paper's shape, fewer only when a whole
-    # mini-batch's proposals were invalid (no tokens).
-    minibatches = {}
-    for s in seqs:
-        minibatches.setdefault(s.group // cfg.minibatch, []).append(s)
-    minibatches = [minibatches[k] for k in sorted(minibatches)]
+    batches = minibatches(seqs, cfg)
     totals = {}
-    for minibatch in minibatches:
+    for minibatch in batches:
         optimizer.zero_grad(set_to_none=True)
-        stats = accumulate_gradients(model, ref_model, minibatch, cfg, device)
+        stats = accumulate_gradients(model, ref_model, minibatch, cfg, device, world)
         stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
         optimizer.step()
         for key, value in stats.items():
-            totals[key] = totals.get(key, 0.0) + value / len(minibatches)
+            totals[key] = totals.get(key, 0.0) + value / len(batches)
     optimizer.zero_grad(set_to_none=True)  # no gradients held through the next rollout (12 GB at 3B)
     model.eval()
     return totals
 
 
 @torch.no_grad()
+def release_sampler(sampler, model):
+    """Before step 6: a separate sampling copy gives its memory to the update (2 bytes per weight on a
+    GPU: 6 GB at 3B, what lets the paper's step with its KL term fit one 80 GB card, docs/memory.md);
+    `refresh_sampler` rebuilds it from the updated weights, so the samples do not change."""
+    if sampler is not model:
+        for p in sampler.parameters():
+            p.data = p.data.new_empty(0)
+
+
+@torch.no_grad()
 def refresh_sampler(sampler, model):
-    """Step 8: the sampling copy (bf16, GPU) takes the updated weights; on CPU it is the model itself."""
+    """Step 8: the sampling copy (bf16 on GPU; on N processes a whole copy on each) is rebuilt from the
+    updated weights; on one CPU process it is the model itself."""
     if sampler is not model:
         for p_sample, p_train in zip(sampler.parameters(), model.parameters()):
-            p_sample.copy_(p_train)
+            p_sample.data = parallel.full_tensor(p_train).to(p_sample.dtype, copy=True)  # a shard is gathered first
 
 
 # --- one step, and the loop -------------------------------------------------------------
 
-def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device):
+def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device, world=parallel.ONE):
     """Steps 1-8 of the module docstring; returns the step's metrics and its records (one per proposal)."""
     update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0  # released: global step 5, 10, ...
     t0 = time.perf_counter()
-    batch = propose(sampler, tokenizer, cfg, seed=(cfg.seed, step, 0))
+    batch = propose(sampler, tokenizer, cfg, (cfg.seed, step, 0), world)
     t1 = time.perf_counter()
-    solve(sampler, tokenizer, cfg, batch, seed=(cfg.seed, step, 1))
+    mine = solve(sampler, tokenizer, cfg, batch, (cfg.seed, step, 1), world)
     t2 = time.perf_counter()
-    score(cfg, batch)
+    score(cfg, mine)
+    answered = {p.index: p for p in world.gather(mine)}  # every process: every record, answered and scored
+    batch = [answered.get(p.index, p) for p in batch]
     t3 = time.perf_counter()
     solver_seqs, proposer_seqs = to_sequences(batch, cfg, update_proposer)
     mark_on_policy(solver_seqs, cfg)
+    deal(solver_seqs, cfg, world)
+    deal(proposer_seqs, cfg, world)
+    release_sampler(sampler, model)
     # the proposer's old log-probs are taken before the solver update changes the weights
-    prepare(model, ref_model, solver_seqs + proposer_seqs, cfg, device)
-    solver_stats = policy_update(model, ref_model, optimizer, solver_seqs, cfg, device) if solver_seqs else {}
-    proposer_stats = policy_update(model, ref_model, optimizer, proposer_seqs, cfg, device) if proposer_seqs else {}
+    prepare(model, ref_model, solver_seqs + proposer_seqs, cfg, device, world)
+    solver_stats = policy_update(model, ref_model, optimizer, solver_seqs, cfg, device, world) if solver_seqs else {}
+    proposer_stats = (policy_update(model, ref_model, optimizer, proposer_seqs, cfg, device, world)
+                      if proposer_seqs else {})
     refresh_sampler(sampler, model)
     t4 = time.perf_counter()
     metrics = {"step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2, "t_update": t4 - t3,
@@ -466,7 +536,7 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
     return metrics, batch
 
 
-def train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, start=0):
+def train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, start=0, world=parallel.ONE):
     """The loop: greedy eval at step 0 and every `eval_every` steps (and after the last), one
     `train_step` per step, a checkpoint every `save_every` steps and at the end. `run` (harness.Run)
     does the bookkeeping: evaluate(step) -> figures, log(step, metrics, batch), save(step)."""
@@ -475,7 +545,7 @@ def train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, sta
 
     for step in range(start, cfg.steps):
         figures = run.evaluate(step) if eval_due(step) else {}
-        metrics, batch = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device)
+        metrics, batch = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device, world)
         run.log(step, {**metrics, **figures}, batch)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             run.save(step + 1)

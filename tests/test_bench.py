@@ -47,7 +47,19 @@ def test_memory_bench_prints_the_plan_that_fit_memory_chose(capsys):
     assert max(v for k, v in small["plain"].items() if k.endswith("_peak")) <= 0.9 * 141
 
 
+def test_memory_bench_plans_per_gpu_and_falls_back_to_a_bf16_reference_as_a_run_does(capsys):
+    """--gpus: the plan per GPU of an FSDP2 run. The paper's 3B step fits one 80 GB card only with its KL
+    reference in bf16 (said in the row), and two cards with the fp32 one; each row's sizes fit 90% of its card."""
+    row = run_bench(["memory", "--model", "qwen2.5-3b", "--cards", "80", "--gpus", "1,2"], capsys)
+    one, two = row["rows"]
+    assert (one["gpus"], two["gpus"]) == (1, 2)
+    assert one["plain"]["kl_reference"] == "bf16" and "kl_reference" not in two["plain"]
+    assert two["plain"]["microbatch"] > one["plain"]["microbatch"]
+    assert all(v <= 0.9 * 80 for r in (one, two) for k, v in r["plain"].items() if k.endswith("_peak"))
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["memory", "--gpus", "0"], "must be at least 1"),
     (["rollout", "--temperature", "nan"], "--temperature must be a finite number"),
     (["rollout", "--temperature", "-1"], "--temperature must be a finite number"),
     (["rollout", "--temperature", "-1e-3"], "--temperature must be a finite number"),

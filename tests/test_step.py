@@ -331,8 +331,8 @@ def test_samples_do_not_depend_on_rollout_rows(tiny_dir):
     prompts = [rollout.chat_prompt(tok, text) for text in ("a", "bb", "a", "ccc", "dd")]
     texts = []
     for rows in (4, 8, 64):
-        cfg = sqlm.Config(max_response=12, rollout_rows=rows).resolve()
-        texts.append([s.completion_ids for s in sqlm.sample(model, tok, prompts, 2, cfg, seed=(0, 1, 1))])
+        cfg = sqlm.Config(max_response=12, rollout_rows=rows, n=2).resolve()
+        texts.append([s.completion_ids for s in sqlm.sample(model, tok, prompts, range(5), cfg, seed=(0, 1, 1))])
     assert texts[0] == texts[1] == texts[2]
     assert texts[0][0] != texts[0][4]  # two identical prompts still draw different samples
 
@@ -358,11 +358,11 @@ def test_a_long_rollout_phase_shows_progress(monkeypatch, capsys):
     clock = iter(range(0, 1000, 11))  # each reading 11 s later: a long phase
     monkeypatch.setattr(rollout.time, "time", lambda: next(clock))
     cfg = sqlm.Config(rollout_rows=4, n=2).resolve()
-    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 1), label="solve")
+    sqlm.sample(None, None, [[1]] * 4, range(4), cfg, seed=(0, 3, 1), label="solve")
     lines = capsys.readouterr().err.splitlines()
     assert [line.split("  ")[:2] for line in lines] == [["solve", "4/8 rows"], ["solve", "8/8 rows"]]
     assert all("tok/s" in line and "eta" in line for line in lines)
     clock = iter(range(1000))
     monkeypatch.setattr(rollout.time, "time", lambda: next(clock))
-    sqlm.sample(None, None, [[1]] * 4, 2, cfg, seed=(0, 3, 0), label="propose")
+    sqlm.sample(None, None, [[1]] * 4, range(4), cfg, seed=(0, 3, 0), label="propose")
     assert capsys.readouterr().err == ""

@@ -1,0 +1,163 @@
+"""Data parallelism on torch.distributed: the same SQLM step on N processes, equal to one process.
+
+    torchrun --nproc-per-node N sqlm.py -- --task arith ...
+
+(the `--` keeps torchrun's own parser off sqlm.py's flags: it would take --n for an abbreviation
+of its --nnodes). One GPU per process with NCCL, or CPU processes with gloo. Each process:
+
+  - samples a contiguous share of the step's prompts, then of its problems, from an unsharded copy
+    of the weights (generation has no collectives: processes decode different numbers of tokens);
+    each prompt's sampling stream is keyed by its global index, so the samples are one process's;
+  - gathers every record, so every process builds the same groups, advantages and mini-batches;
+  - trains on the sequences each mini-batch deals it (balanced by tokens, the same number of
+    forward and backward calls everywhere), with weights, gradients and AdamW state sharded by
+    FSDP2 (`fully_shard` per decoder layer, and a root around the log-prob forward); the loss
+    divides by the mini-batch's global token count, and statistics are summed over processes;
+  - rank 0 evaluates (alone, on its copy) and writes the logs and the Hugging Face checkpoint;
+    the AdamW state is saved sharded (torch.distributed.checkpoint), one file per process.
+
+A single process uses `ONE`, a World whose methods return their input: it pays nothing for this.
+Multi-node is torchrun's own flags (--nnodes, --rdzv-endpoint) and a shared run directory; nothing
+here depends on it, and it is not tested.
+"""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+import cli
+import rollout
+
+
+class World:
+    """This process among the run's processes: `rank` of `size`, on `device`. For one process
+    (rank 0 of 1) every collective returns its input unchanged and nothing is communicated."""
+
+    def __init__(self, rank=0, size=1, device=None):
+        self.rank, self.size, self.device = rank, size, device
+
+    @property
+    def main(self):
+        """The process that prints, evaluates and writes."""
+        return self.rank == 0
+
+    def share(self, items):
+        """This process's contiguous share of `items` (shares differ in size by at most one)."""
+        return items[self.rank * len(items) // self.size:(self.rank + 1) * len(items) // self.size]
+
+    def gather(self, items):
+        """Every process's `items`, concatenated in rank order, on every process: gather(share(x)) == x."""
+        if self.size == 1:
+            return list(items)
+        parts = [None] * self.size
+        dist.all_gather_object(parts, list(items))
+        return [x for part in parts for x in part]
+
+    def sum(self, values):
+        """A dict of floats summed over processes, in rank order (a key a process lacks counts 0)."""
+        if self.size == 1:
+            return values
+        total = {}
+        for part in self.gather([values]):
+            for key, value in part.items():
+                total[key] = total.get(key, 0.0) + value
+        return total
+
+    def deal(self, lengths):
+        """A rank for each of a mini-batch's sequences, balanced by tokens: longest first, each to the
+        process with the fewest tokens so far (ties: the fewest sequences, then the lowest rank).
+        The same on every process, from the same gathered records."""
+        if self.size == 1:
+            return [0] * len(lengths)
+        tokens, counts, ranks = [0] * self.size, [0] * self.size, [0] * len(lengths)
+        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            ranks[i] = min(range(self.size), key=lambda r: (tokens[r], counts[r], r))
+            tokens[ranks[i]] += lengths[i]
+            counts[ranks[i]] += 1
+        return ranks
+
+    def barrier(self):
+        if self.size > 1:
+            dist.barrier()
+
+
+ONE = World()
+
+
+def launched():
+    """Started by torchrun with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank_from_env():
+    """This process's rank before the process group exists (0 without torchrun): for who prints an error."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def setup(device_flag):
+    """(World, device): torchrun's processes joined in a process group (NCCL on GPUs, gloo on CPU),
+    each GPU process on cuda:LOCAL_RANK; one process: (ONE, the --device). The timeout covers
+    rank 0's eval while the others wait."""
+    device = cli.device(device_flag)
+    if not launched():
+        return ONE, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    return World(dist.get_rank(), dist.get_world_size(), device), device
+
+
+def teardown(world):
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(model, world):
+    """FSDP2 over the processes: `fully_shard` each decoder layer, then a `rollout.TokenLogprobs` around
+    the model as the root, returned. The root holds the embedding, final norm and lm-head, unsharded
+    around its forward: the log-prob computation, which the update calls (calling the decoder from
+    outside a sharded root would meet sharded weights, and leave them without gradients).
+
+    Weights are gathered in fp32 and computed under the same bf16 autocast as on one GPU (no FSDP2
+    mixed-precision policy), so N processes compute what one does, up to summation order; the cost is
+    autocast's bf16 casts of the whole model on every GPU during the update (memory.memory_plan)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(world.device.type, (world.size,))
+    for layer in model.get_decoder().layers:
+        fully_shard(layer, mesh=mesh)
+    return fully_shard(rollout.TokenLogprobs(model), mesh=mesh)
+
+
+def full_tensor(p):
+    """A parameter's whole value: a sharded one is all-gathered (a collective: every process calls it)."""
+    return p.full_tensor() if hasattr(p, "full_tensor") else p
+
+
+def full_state_dict(policy):
+    """The sharded policy's weights as one Hugging Face state dict on rank 0, on CPU ({} elsewhere).
+    A collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = {key.removeprefix("model."): value for key, value in state.items()}  # TokenLogprobs.model
+    # a tied lm-head comes back as a second copy of the embedding: keep what save_pretrained keeps
+    own = {name for name, _ in policy.model.named_parameters()} | {name for name, _ in policy.model.named_buffers()}
+    return {key: value for key, value in state.items() if key in own}
+
+
+def save_optimizer(policy, optimizer, path):
+    """The sharded AdamW state under `path`, one file per process plus metadata. A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    dcp.save({"optimizer": get_optimizer_state_dict(policy, optimizer)}, checkpoint_id=path)
+
+
+def load_optimizer(policy, optimizer, path):
+    """`save_optimizer`'s state back into `optimizer` (the same number of processes). A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    state = {"optimizer": get_optimizer_state_dict(policy, optimizer)}
+    dcp.load(state, checkpoint_id=path)
+    set_optimizer_state_dict(policy, optimizer, state["optimizer"])

@@ -1,0 +1,169 @@
+"""The step on N processes equals the step on one: `torchrun --standalone --nproc-per-node 2 sqlm.py --
+...` on CPU (gloo, FSDP2) against `python sqlm.py ...` on the same config. A torchrun launch costs
+seconds to a minute of start-up on a busy 2-core machine, so the whole module makes three launches.
+
+The config has a signal to learn (a base that knows 7 * 8 and slips 30% of the time, as in
+test_learning), a KL term (its sharded reference model), a proposer update each step, two groups per
+mini-batch and two sequences per micro-batch, so every mini-batch is dealt across both processes.
+lr is 1e-4, not the paper's 1e-6: the weights move by ~1e-3, a hundred times the tolerance.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import parallel
+import sqlm
+import tiny
+from test_learning import one_fact
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SQLM = os.path.join(REPO, "sqlm.py")
+ARGS = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4", "--n", "4",
+        "--minibatch", "2", "--microbatch", "2", "--max-response", "32", "--lr", "1e-4", "--proposer-every", "1",
+        "--eval-every", "0", "--save-every", "1", "--keep-last", "0", "--arith-check"]
+
+
+def launch(args, processes=1):
+    """sqlm.py as a user runs it: `python sqlm.py ARGS`, or under torchrun with `--` before its flags."""
+    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+             SQLM, "--"] if processes > 1 else [sys.executable, SQLM])
+    return subprocess.run(head + args, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+
+
+def jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def weights(run, step):
+    return load_file(os.path.join(run, f"step-{step:06d}", "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same 2-step run on one process and on two: {"base", 1: run dir, 2: run dir}."""
+    root = tmp_path_factory.mktemp("parallel")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        base = tiny.make(str(root / "base"), layers=2, hidden=64, init_std=0.02, tokenizer=tiny.arith_tokenizer())
+        tiny.pretrain(base, steps=60, batch=16, lr=1e-2, log_every=0, transcripts=one_fact)
+    finally:
+        torch.set_num_threads(threads)
+    out = {"base": base}
+    for processes in (1, 2):
+        out[processes] = str(root / f"run{processes}")
+        done = launch(ARGS + ["--model", base, "--out", out[processes]], processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_two_processes_sample_and_update_as_one(runs):
+    """Identical samples.jsonl (every proposal, answer, vote and reward of both steps), metrics within
+    1e-6, and both checkpoints' weights within 1e-5 of the one-process run, which moved them ~1e-3.
+    Guards: solver streams keyed by a process's own positions, a record not gathered, a per-process
+    loss normaliser, the average of the two processes' gradients taken for their sum, the
+    log-probs read from outside the sharded root."""
+    one, two = runs[1], runs[2]
+    with open(os.path.join(one, "samples.jsonl")) as a, open(os.path.join(two, "samples.jsonl")) as b:
+        assert a.read() == b.read()
+    m1, m2 = jsonl(os.path.join(one, "metrics.jsonl")), jsonl(os.path.join(two, "metrics.jsonl"))
+    assert [m["step"] for m in m1] == [m["step"] for m in m2] == [0, 1]
+    assert m1[0]["solver_grad_norm"] > 0 and m1[1]["proposer_kl"] > 0  # a real update, the KL term in it
+    for a, b in zip(m1, m2):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key.startswith("t_"):  # timings
+                continue
+            if isinstance(a[key], float):
+                assert abs(a[key] - b[key]) <= 1e-6, (a["step"], key, a[key], b[key])
+            else:
+                assert a[key] == b[key], (a["step"], key)
+    base = load_file(os.path.join(runs["base"], "model.safetensors"))
+    for step in (1, 2):
+        w1, w2 = weights(one, step), weights(two, step)
+        assert w1.keys() == w2.keys()  # the tied lm-head saved once, as save_pretrained does
+        assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
+    assert max((base[k] - w1[k]).abs().max().item() for k in w1) > 1e-3
+
+
+def test_the_checkpoint_of_two_processes_is_a_hugging_face_model(runs):
+    """Rank 0 writes the whole weights in Hugging Face format: from_pretrained loads them exactly
+    (not the sharded halves), and the optimizer state is in one file per process."""
+    from transformers import AutoModelForCausalLM
+    checkpoint = os.path.join(runs[2], "step-000002")
+    model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    saved = weights(runs[2], 2)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[k], saved[k]) for k in saved)
+    assert params["model.embed_tokens.weight"].shape[0] == model.config.vocab_size
+    assert sorted(os.listdir(os.path.join(checkpoint, "optimizer"))) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+def test_two_processes_resume_to_the_uninterrupted_run(runs, tmp_path):
+    """A 2-process run stopped after its step-1 checkpoint (the directory as a kill during step 2
+    leaves it: step-000001 complete, step 1's log lines written, no step-000002) resumed on two
+    processes ends exactly where the uninterrupted run did: samples, metrics and weights equal.
+    Resumed on one process it is refused in one line. Guards: the AdamW shards or a process's RNG not
+    restored, the KL reference taken from the checkpoint."""
+    run = str(tmp_path / "stopped")
+    shutil.copytree(runs[2], run)
+    shutil.rmtree(os.path.join(run, "step-000002"))
+    done = launch(["--resume", run, "--steps", "2"], processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("samples.jsonl", "metrics.jsonl"):
+        got, want = jsonl(os.path.join(run, name)), jsonl(os.path.join(runs[2], name))
+        strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
+        assert strip(got) == strip(want)
+    got, want = weights(run, 2), weights(runs[2], 2)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+    shutil.rmtree(os.path.join(run, "step-000002"))
+    refused = launch(["--resume", run, "--steps", "2"])
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"sqlm.py: error: {run}/step-000001 was written by 2 processes, this run has 1: its optimizer state is per "
+        f"process; resume it with torchrun --nproc-per-node 2 sqlm.py -- --resume {run}"]
+
+
+# --- the dealing, without processes ---------------------------------------------------
+
+def test_shares_cover_the_items_in_order():
+    for size in (1, 2, 3, 5):
+        for count in (0, 1, 4, 7):
+            shares = [parallel.World(r, size).share(list(range(count))) for r in range(size)]
+            assert [x for share in shares for x in share] == list(range(count))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+def test_a_minibatch_is_dealt_by_tokens_with_equal_calls_on_every_process():
+    """Each process gets a near-equal token count (within the longest sequence) and makes as many
+    forward/backward calls as the busiest one, padding with empty micro-batches; one process keeps
+    every sequence in order, in the micro-batches it always had."""
+    lengths = [30, 5, 5, 5, 5, 5, 5, 28, 2]
+    cfg = sqlm.Config(minibatch=100, microbatch=2)
+    seqs = [sqlm.Seq([1], [0] * (n - 1), 0.0, group=0) for n in lengths]
+    for size in (2, 3):
+        sqlm.deal(seqs, cfg, parallel.World(0, size))
+        tokens = [sum(n for n, s in zip(lengths, seqs) if s.rank == r) for r in range(size)]
+        assert max(tokens) - min(tokens) <= max(lengths)
+        micros = [sqlm.micro_batches(seqs, cfg, parallel.World(r, size)) for r in range(size)]
+        assert len({len(m) for m in micros}) == 1  # the same number of calls everywhere
+        assert sorted(id(s) for m in micros for micro in m for s in micro) == sorted(map(id, seqs))
+    sqlm.deal(seqs, cfg, parallel.ONE)
+    assert sqlm.micro_batches(seqs, cfg, parallel.ONE) == [seqs[i:i + 2] for i in range(0, len(seqs), 2)]
+
+
+def test_the_flags_after_torchruns_double_dash_are_sqlm_flags():
+    """`torchrun ... sqlm.py -- --n 4`: a `--` that reaches sqlm.py (torchrun passes it on under some
+    Python versions) is dropped, and every flag after it is read."""
+    import harness
+    cfg = harness.parse_args(["--", "--task", "algebra", "--n", "3", "--lr", "-1e-6"])
+    assert (cfg.task, cfg.n, cfg.lr) == ("algebra", 3, -1e-6)
