@@ -65,8 +65,10 @@ def where_it_stands(run):
     """The last complete checkpoint of a run and the command that continues it (one line's tail)."""
     script = os.path.relpath(sqlm.__file__)
     script = sqlm.__file__ if script.startswith("..") else script
+    launch = (f"torchrun --nproc-per-node {os.environ['WORLD_SIZE']} {shlex.quote(script)} --" if parallel.launched()
+              else f"python {shlex.quote(script)}")  # a checkpoint resumes on as many processes as wrote it
     return (f"last complete checkpoint: {last_checkpoint(run) or 'none yet'}; "
-            f"resume with: python {shlex.quote(script)} --resume {shlex.quote(run)}")
+            f"resume with: {launch} --resume {shlex.quote(run)}")
 
 
 class Interrupted(Exception):
@@ -428,6 +430,7 @@ def train(cfg):
 
 
 def train_on(cfg, world, device):
+    """`train` in this process, a member of `world`, on `device`."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -60,6 +60,7 @@ def test_memory_bench_plans_per_gpu_and_falls_back_to_a_bf16_reference_as_a_run_
 
 @pytest.mark.parametrize("argv, message", [
     (["memory", "--gpus", "0"], "must be at least 1"),
+    (["parallel", "--processes", "0"], "must be at least 1"),
     (["rollout", "--temperature", "nan"], "--temperature must be a finite number"),
     (["rollout", "--temperature", "-1"], "--temperature must be a finite number"),
     (["rollout", "--temperature", "-1e-3"], "--temperature must be a finite number"),

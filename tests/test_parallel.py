@@ -4,7 +4,8 @@ seconds to a minute of start-up on a busy 2-core machine, so the whole module ma
 
 The config has a signal to learn (a base that knows 7 * 8 and slips 30% of the time, as in
 test_learning), a KL term (its sharded reference model), a proposer update each step, two groups per
-mini-batch and two sequences per micro-batch, so every mini-batch is dealt across both processes.
+mini-batch and two sequences per micro-batch, so every mini-batch is dealt across both processes,
+and an eval of 4 held-out problems at steps 0 and 2 (rank 0 alone).
 lr is 1e-4, not the paper's 1e-6: the weights move by ~1e-3, a hundred times the tolerance.
 """
 import json
@@ -26,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQLM = os.path.join(REPO, "sqlm.py")
 ARGS = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4", "--n", "4",
         "--minibatch", "2", "--microbatch", "2", "--max-response", "32", "--lr", "1e-4", "--proposer-every", "1",
-        "--eval-every", "0", "--save-every", "1", "--keep-last", "0", "--arith-check"]
+        "--eval-every", "2", "--eval-limit", "4", "--save-every", "1", "--keep-last", "0", "--arith-check"]
 
 
 def launch(args, processes=1):
@@ -35,6 +36,10 @@ def launch(args, processes=1):
              SQLM, "--"] if processes > 1 else [sys.executable, SQLM])
     return subprocess.run(head + args, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+
+
+def timing(key):
+    return key.startswith("t_") or key.endswith("_seconds")
 
 
 def jsonl(path):
@@ -75,12 +80,13 @@ def test_two_processes_sample_and_update_as_one(runs):
     with open(os.path.join(one, "samples.jsonl")) as a, open(os.path.join(two, "samples.jsonl")) as b:
         assert a.read() == b.read()
     m1, m2 = jsonl(os.path.join(one, "metrics.jsonl")), jsonl(os.path.join(two, "metrics.jsonl"))
-    assert [m["step"] for m in m1] == [m["step"] for m in m2] == [0, 1]
+    assert [m["step"] for m in m1] == [m["step"] for m in m2] == [0, 1, 2]  # 2: the final weights' eval
+    assert "eval_accuracy" in m2[0] and "eval_accuracy" in m2[2]  # rank 0 evaluated, the other waited
     assert m1[0]["solver_grad_norm"] > 0 and m1[1]["proposer_kl"] > 0  # a real update, the KL term in it
     for a, b in zip(m1, m2):
         assert a.keys() == b.keys()
         for key in a:
-            if key.startswith("t_"):  # timings
+            if timing(key):
                 continue
             if isinstance(a[key], float):
                 assert abs(a[key] - b[key]) <= 1e-6, (a["step"], key, a[key], b[key])
@@ -120,7 +126,7 @@ def test_two_processes_resume_to_the_uninterrupted_run(runs, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("samples.jsonl", "metrics.jsonl"):
         got, want = jsonl(os.path.join(run, name)), jsonl(os.path.join(runs[2], name))
-        strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("t_")} for r in rows]  # noqa: E731
+        strip = lambda rows: [{k: v for k, v in r.items() if not timing(k)} for r in rows]  # noqa: E731
         assert strip(got) == strip(want)
     got, want = weights(run, 2), weights(runs[2], 2)
     assert all(torch.equal(got[k], want[k]) for k in want)
