@@ -259,6 +259,28 @@ def test_kl_reference_is_the_initial_model_also_after_a_resume(tiny_dir, tmp_pat
     assert loaded == [str(tmp_path / "run" / "step-000001"), tiny_dir]
 
 
+def test_kl_reference_takes_the_dtype_the_memory_plan_chose(tiny_dir, tmp_path, monkeypatch):
+    """Where only a bf16 reference fits (harness.fit_to_memory says so on a GPU), the loop gets the
+    reference's weights in bf16, its RoPE buffers fp32, and the policy stays fp32; where fp32 fits,
+    fp32. Guards: the plan's choice ignored (an fp32 reference that does not fit the card)."""
+    class Stop(Exception):
+        pass
+
+    def train(cfg, model, sampler, ref, *rest):
+        seen.update(model=model, ref=ref)
+        raise Stop
+    monkeypatch.setattr(sqlm, "train", train)
+    for dtype in (torch.bfloat16, torch.float32):
+        seen = {}
+        monkeypatch.setattr(harness, "fit_to_memory", lambda cfg, config, device, world=1: dtype)
+        cfg = sqlm.Config(task="arith", model=tiny_dir, device="cpu", kl=0.001, out=str(tmp_path / str(dtype)))
+        with pytest.raises(Stop):
+            harness.train(cfg)
+        assert {p.dtype for p in seen["ref"].parameters()} == {dtype}
+        assert {b.dtype for b in seen["ref"].buffers()} == {torch.float32}
+        assert {p.dtype for p in seen["model"].parameters()} == {torch.float32}
+
+
 # --- the on-policy shortcut, the optimizer, the sampling copy -----------------------------------
 
 def test_on_policy_shortcut_gives_the_old_log_prob_passs_gradient(tiny_dir):
