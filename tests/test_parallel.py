@@ -1,6 +1,6 @@
 """The step on N processes equals the step on one: `torchrun --standalone --nproc-per-node 2 sqlm.py --
 ...` on CPU (gloo, FSDP2) against `python sqlm.py ...` on the same config. A torchrun launch costs
-seconds to a minute of start-up on a busy 2-core machine, so the whole module makes three launches.
+seconds to a minute of start-up on a busy 2-core machine, so the whole module makes four launches.
 
 The config has a signal to learn (a base that knows 7 * 8 and slips 30% of the time, as in
 test_learning), a KL term (its sharded reference model), a proposer update each step, two groups per
@@ -11,8 +11,10 @@ lr is 1e-4, not the paper's 1e-6: the weights move by ~1e-3, a hundred times the
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -30,12 +32,14 @@ ARGS = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", 
         "--eval-every", "2", "--eval-limit", "4", "--save-every", "1", "--keep-last", "0", "--arith-check"]
 
 
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
 def launch(args, processes=1):
     """sqlm.py as a user runs it: `python sqlm.py ARGS`, or under torchrun with `--` before its flags."""
     head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
              SQLM, "--"] if processes > 1 else [sys.executable, SQLM])
-    return subprocess.run(head + args, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    return subprocess.run(head + args, capture_output=True, text=True, timeout=900, env=ENV)
 
 
 def timing(key):
@@ -113,15 +117,24 @@ def test_the_checkpoint_of_two_processes_is_a_hugging_face_model(runs):
     assert sorted(os.listdir(os.path.join(checkpoint, "optimizer"))) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
-def test_two_processes_resume_to_the_uninterrupted_run(runs, tmp_path):
-    """A 2-process run stopped after its step-1 checkpoint (the directory as a kill during step 2
-    leaves it: step-000001 complete, step 1's log lines written, no step-000002) resumed on two
-    processes ends exactly where the uninterrupted run did: samples, metrics and weights equal.
-    Resumed on one process it is refused in one line. Guards: the AdamW shards or a process's RNG not
-    restored, the KL reference taken from the checkpoint."""
-    run = str(tmp_path / "stopped")
-    shutil.copytree(runs[2], run)
-    shutil.rmtree(os.path.join(run, "step-000002"))
+def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run(runs, tmp_path):
+    """The same run on 2 processes, SIGTERM to torchrun as soon as its step-1 checkpoint exists (during
+    step 2), prints rank 0's line with the torchrun resume command; resumed on two processes it ends
+    exactly where the uninterrupted run did: samples, metrics and weights equal. Resumed on one
+    process it is refused in one line. Guards: the AdamW shards or a process's RNG not restored, the
+    KL reference taken from the checkpoint."""
+    run = str(tmp_path / "killed")
+    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SQLM, "--"]
+    killed = subprocess.Popen(head + ARGS + ["--model", runs["base"], "--out", run, "--steps", "3"], text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.time() + 600
+    while not os.path.isdir(os.path.join(run, "step-000001")) and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGTERM)
+    _, err = killed.communicate(timeout=300)
+    assert killed.returncode != 0
+    assert (f"sqlm.py: interrupted by SIGTERM at step 1; last complete checkpoint: {run}/step-000001; resume with: "
+            f"torchrun --nproc-per-node 2 ") in err, err[-3000:]
     done = launch(["--resume", run, "--steps", "2"], processes=2)
     assert done.returncode == 0, done.stderr[-3000:]
     for name in ("samples.jsonl", "metrics.jsonl"):
