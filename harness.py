@@ -454,7 +454,9 @@ def train_on(cfg, world, device):
             heldout.read_jsonl(cfg.eval_data, cfg.task)
         except ValueError as e:
             raise RunError(f"--eval-data: {e}") from None
-    model, tokenizer = rollout.load(resume_from or cfg.model, device=device, dtype=torch.float32)
+    # On N GPUs the whole fp32 model is loaded on the CPU: fully_shard moves only each GPU's shard to it.
+    load_on = torch.device("cpu") if world.size > 1 else device
+    model, tokenizer = rollout.load(resume_from or cfg.model, device=load_on, dtype=torch.float32)
     try:
         rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
     except ValueError as e:
@@ -464,7 +466,7 @@ def train_on(cfg, world, device):
     ref_model = None
     if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
         # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
-        ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=device)[0]
+        ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=load_on)[0]
         ref_model.requires_grad_(False)
         for p in ref_model.parameters():  # bf16 only where the plan fits nothing else (parameters: RoPE stays fp32)
             p.data = p.data.to(kl_dtype)
@@ -472,7 +474,7 @@ def train_on(cfg, world, device):
         model.activation_checkpointing_enable()
     # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy,
     # and on N CPU processes a whole fp32 copy (the trained weights are sharded).
-    sampler = bf16_copy(model) if device.type == "cuda" else copy.deepcopy(model) if world.size > 1 else model
+    sampler = bf16_copy(model).to(device) if device.type == "cuda" else copy.deepcopy(model) if world.size > 1 else model
     policy = model
     if world.size > 1:  # FSDP2: the policy is the sharded root around the model, the reference sharded alike
         policy = parallel.shard(model, world)

@@ -234,9 +234,10 @@ def derive_seed(*keys):
 def sample(sampler, tokenizer, prompt_ids, keys, cfg, seed, label="sample", world=parallel.ONE):
     """cfg.n samples per prompt at the run's temperature and top-p; seed: a key tuple.
 
-    Prompt i draws from its own stream, derived from (seed, keys[i]) with its key its index in the
-    step (the prompt's, or the proposal's a problem came from), so the samples are the same however
-    the prompts are split into generate calls (--rollout-rows is a memory knob only) or processes.
+    Prompt i draws from its own stream, derived from (seed, keys[i]), keys[i] being its index in the
+    step (the prompt's, or that of the proposal a problem came from), so the samples are the same
+    however the prompts are split into generate calls (--rollout-rows is a memory knob only) or
+    across processes.
     """
     seeds = [derive_seed(*seed, key) for key in keys]
     show = rollout.progress_printer(label, quiet_seconds=10)  # shown only for a phase longer than 10 s
