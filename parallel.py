@@ -18,7 +18,7 @@ of its --nnodes). One GPU per process with NCCL, or CPU processes with gloo. Eac
 
 A single process uses `ONE`, a World whose methods return their input: it pays nothing for this.
 Multi-node is torchrun's own flags (--nnodes, --rdzv-endpoint) and a shared run directory; nothing
-here depends on it, and it is not tested.
+here assumes one node, and more than one is not tested.
 """
 import datetime
 import os
