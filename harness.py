@@ -65,8 +65,11 @@ def where_it_stands(run):
     """The last complete checkpoint of a run and the command that continues it (one line's tail)."""
     script = os.path.relpath(sqlm.__file__)
     script = sqlm.__file__ if script.startswith("..") else script
-    launch = (f"torchrun --nproc-per-node {os.environ['WORLD_SIZE']} {shlex.quote(script)} --" if parallel.launched()
-              else f"python {shlex.quote(script)}")  # a checkpoint resumes on as many processes as wrote it
+    launch = f"python {shlex.quote(script)}"
+    if parallel.launched():  # a checkpoint resumes on as many processes as wrote it
+        per_node, world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), int(os.environ["WORLD_SIZE"])
+        nodes = f"--nnodes {world // per_node} " if world > per_node else ""
+        launch = f"torchrun {nodes}--nproc-per-node {per_node} {shlex.quote(script)} --"
     return (f"last complete checkpoint: {last_checkpoint(run) or 'none yet'}; "
             f"resume with: {launch} --resume {shlex.quote(run)}")
 
@@ -231,11 +234,12 @@ def save_checkpoint(run, step, model, tokenizer, optimizer, cfg, world=parallel.
                         "optimizer": "optimizer/ (sharded)" if sharded else optimizer.state_dict(),
                         "rng": rngs if sharded else rngs[0]}, os.path.join(tmp, "trainer_state.pt"))
     except BaseException as e:  # no space, Ctrl-C: no half-written .tmp left to fill the disk
+        e = parallel.cause(e)  # the sharded optimizer's save wraps what failed in every process
         machine = isinstance(e, (OSError, RuntimeError, SafetensorError))  # torch.save, safetensors wrap OSError
         reason = cli.os_reason(e, run) if machine else None  # before the cleanup frees the space again
         shutil.rmtree(tmp, ignore_errors=True)
         if not machine:
-            raise
+            raise e
         raise MachineError(run, step, f"checkpoint step-{step:06d}", reason) from None
     if world.main:
         shutil.rmtree(final, ignore_errors=True)
@@ -478,12 +482,19 @@ def train_on(cfg, world, device):
     policy = model
     if world.size > 1:  # FSDP2: the policy is the sharded root around the model, the reference sharded alike
         policy = parallel.shard(model, world)
-        ref_model = parallel.shard(ref_model, world) if ref_model is not None else None
+        ref_model = parallel.shard(ref_model, world, forward_only=True) if ref_model is not None else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if state:
         if world.size > 1:
-            parallel.load_optimizer(policy, optimizer, os.path.join(resume_from, "optimizer"))
+            try:
+                parallel.load_optimizer(policy, optimizer, os.path.join(resume_from, "optimizer"))
+            except BaseException as e:  # a missing or damaged shard, in any process: one line, not a traceback
+                e = parallel.cause(e)
+                if isinstance(e, KeyboardInterrupt):
+                    raise e from None
+                raise RunError(f"cannot read {resume_from}/optimizer ({cli.first_line(e)}): delete {resume_from} "
+                               f"to resume from the checkpoint before it") from None
         else:
             optimizer.load_state_dict(state["optimizer"])
         start = state["step"]

@@ -114,7 +114,7 @@ def teardown(world):
         dist.destroy_process_group()
 
 
-def shard(model, world):
+def shard(model, world, forward_only=False):
     """FSDP2 over the processes: `fully_shard` each decoder layer, then a `rollout.TokenLogprobs` around
     the model as the root, returned. The root holds the embedding, final norm and lm-head, unsharded
     around its forward: the log-prob computation, which the update calls (calling the decoder from
@@ -122,13 +122,20 @@ def shard(model, world):
 
     Weights are gathered in fp32 and computed under the same bf16 autocast as on one GPU (no FSDP2
     mixed-precision policy), so N processes compute what one does, up to summation order; the cost is
-    autocast's bf16 casts of the whole model on every GPU during the update (memory.memory_plan)."""
+    autocast's bf16 casts of the whole model on every GPU during the update (memory.memory_plan).
+
+    forward_only (the KL reference): the root is sharded again after each forward. FSDP2 keeps a
+    root's weights gathered from its forward to the backward that follows, and this model has none,
+    so its embedding and lm-head would otherwise stay whole on every process for the rest of the run."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(world.device.type, (world.size,))
     for layer in model.get_decoder().layers:
         fully_shard(layer, mesh=mesh)
-    return fully_shard(rollout.TokenLogprobs(model), mesh=mesh)
+    root = fully_shard(rollout.TokenLogprobs(model), mesh=mesh)
+    if forward_only:
+        root.register_forward_hook(lambda module, args, output: module.reshard())
+    return root
 
 
 def full_tensor(p):
@@ -145,6 +152,16 @@ def full_state_dict(policy):
     # a tied lm-head comes back as a second copy of the embedding: keep what save_pretrained keeps
     own = {name for name, _ in policy.model.named_parameters()} | {name for name, _ in policy.model.named_buffers()}
     return {key: value for key, value in state.items() if key in own}
+
+
+def cause(e):
+    """What a torch.distributed.checkpoint failure wraps (an OSError for a full disk, KeyboardInterrupt
+    for a signal mid-write), an interrupt first, from any process; any other exception as it is."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    if not isinstance(e, CheckpointException):
+        return e
+    wrapped = [exc for exc, _ in e.failures.values()]
+    return next((x for x in wrapped if isinstance(x, KeyboardInterrupt)), wrapped[0] if wrapped else e)
 
 
 def save_optimizer(policy, optimizer, path):

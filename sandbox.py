@@ -107,14 +107,15 @@ def run(code, stdin="", timeout=5.0, memory_mb=512, output_limit=1_000_000):
 
 
 def run_many(jobs, timeout=5.0, memory_mb=512, output_limit=1_000_000, workers=None, judge=None):
-    """Run (code, stdin, ...) jobs concurrently, one thread per core by default; results in order.
+    """Run (code, stdin, ...) jobs concurrently, one thread per core by default (the cores split among
+    torchrun's processes on the node); results in order.
 
     Consecutive jobs with the same code share one box (a fresh process per job in it), split so
     that every worker has work. judge(job, result), if given, turns each run into what is kept
     (a verdict) as soon as it ends, so a batch of thousands of runs never holds every output at once.
     """
     iso = isolation()  # probe here, not in every thread at once
-    workers = workers or os.cpu_count()
+    workers = workers or max(1, os.cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: shared
     groups = [list(g) for _, g in itertools.groupby(range(len(jobs)), key=lambda i: jobs[i][0])]
     if groups and len(groups) < workers:  # few programs: split their tests over the workers
         parts = math.ceil(workers / len(groups))

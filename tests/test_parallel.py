@@ -1,6 +1,6 @@
 """The step on N processes equals the step on one: `torchrun --standalone --nproc-per-node 2 sqlm.py --
 ...` on CPU (gloo, FSDP2) against `python sqlm.py ...` on the same config. A torchrun launch costs
-seconds to a minute of start-up on a busy 2-core machine, so the whole module makes four launches.
+seconds to a minute of start-up on a busy 2-core machine, so the whole module makes five launches.
 
 The config has a signal to learn (a base that knows 7 * 8 and slips 30% of the time, as in
 test_learning), a KL term (its sharded reference model), a proposer update each step, two groups per
@@ -121,8 +121,8 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run
     """The same run on 2 processes, SIGTERM to torchrun as soon as its step-1 checkpoint exists (during
     step 2), prints rank 0's line with the torchrun resume command; resumed on two processes it ends
     exactly where the uninterrupted run did: samples, metrics and weights equal. Resumed on one
-    process it is refused in one line. Guards: the AdamW shards or a process's RNG not restored, the
-    KL reference taken from the checkpoint."""
+    process it is refused in one line, and with a damaged AdamW shard it is one line too. Guards: the
+    AdamW shards or a process's RNG not restored, the KL reference taken from the checkpoint."""
     run = str(tmp_path / "killed")
     head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SQLM, "--"]
     killed = subprocess.Popen(head + ARGS + ["--model", runs["base"], "--out", run, "--steps", "3"], text=True,
@@ -150,6 +150,57 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run
     assert refused.stderr.strip().splitlines() == [
         f"sqlm.py: error: {run}/step-000001 was written by 2 processes, this run has 1: its optimizer state is per "
         f"process; resume it with torchrun --nproc-per-node 2 sqlm.py -- --resume {run}"]
+
+    with open(os.path.join(run, "step-000001", "optimizer", "__1_0.distcp"), "r+b") as f:
+        f.truncate(100)  # rank 1's AdamW shard damaged: one line from rank 0, not a traceback per process
+    damaged = launch(["--resume", run, "--steps", "2"], processes=2)
+    assert damaged.returncode != 0
+    assert (f"sqlm.py: error: cannot read {run}/step-000001/optimizer (") in damaged.stderr
+    assert "Traceback" not in damaged.stderr.split("sqlm.py: error:")[0]  # nothing from sqlm.py before the line
+
+
+RESHARD = """
+import os, sys, torch, torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1")
+dist.init_process_group("gloo")
+import parallel, rollout
+from torch.distributed.tensor import DTensor
+model, _ = rollout.load(sys.argv[1], device="cpu")
+ref = parallel.shard(model.requires_grad_(False), parallel.World(0, 1, torch.device("cpu")), forward_only=sys.argv[3] == "1")
+ids = torch.randint(5, 100, (2, 12))
+with torch.no_grad():
+    ref(ids, torch.ones_like(ids), (torch.arange(12) >= 6).long().expand(2, 12))
+print(sorted(n for n, p in ref.named_parameters() if not isinstance(p, DTensor)))
+"""
+
+
+def test_the_kl_reference_is_sharded_again_after_each_forward(tiny_dir):
+    """FSDP2 keeps a root's weights gathered after a forward until the backward that follows; the KL
+    reference has no backward, so `shard(forward_only=True)` reshards it: after a no-grad forward every
+    weight is a shard again. Without it the embedding and final norm stay whole (on N GPUs, a whole
+    embedding on every one for the rest of the run). Guards: forward_only dropped."""
+    import socket
+    out = {}
+    for forward_only in ("1", "0"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = str(s.getsockname()[1])
+        done = subprocess.run([sys.executable, "-c", RESHARD, tiny_dir, port, forward_only], capture_output=True,
+                              text=True, timeout=300, env={**ENV, "PYTHONPATH": REPO})
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[forward_only] = done.stdout.strip().splitlines()[-1]
+    assert out["1"] == "[]"
+    assert "model.model.embed_tokens.weight" in out["0"]
+
+
+def test_a_wrapped_checkpoint_failure_is_reported_as_what_it_wraps():
+    """torch.distributed.checkpoint wraps every process's failure; the run reports the disk error (one
+    line, exit 2) or the interrupt (the Ctrl-C line) inside it, an interrupt first."""
+    from torch.distributed.checkpoint.api import CheckpointException
+    full, stop = OSError(28, "No space left on device"), KeyboardInterrupt()
+    assert parallel.cause(CheckpointException("save", {1: (full, None)})) is full
+    assert parallel.cause(CheckpointException("save", {0: (full, None), 1: (stop, None)})) is stop
+    assert parallel.cause(full) is full
 
 
 # --- the dealing, without processes ---------------------------------------------------
