@@ -482,7 +482,7 @@ def train_on(cfg, world, device):
     policy = model
     if world.size > 1:  # FSDP2: the policy is the sharded root around the model, the reference sharded alike
         policy = parallel.shard(model, world)
-        ref_model = parallel.shard(ref_model, world, forward_only=True) if ref_model is not None else None
+        ref_model = parallel.shard(ref_model, world) if ref_model is not None else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     if state:

@@ -114,7 +114,7 @@ def teardown(world):
         dist.destroy_process_group()
 
 
-def shard(model, world, forward_only=False):
+def shard(model, world):
     """FSDP2 over the processes: `fully_shard` each decoder layer, then a `rollout.TokenLogprobs` around
     the model as the root, returned. The root holds the embedding, final norm and lm-head, unsharded
     around its forward: the log-prob computation, which the update calls (calling the decoder from
@@ -124,16 +124,16 @@ def shard(model, world, forward_only=False):
     mixed-precision policy), so N processes compute what one does, up to summation order; the cost is
     autocast's bf16 casts of the whole model on every GPU during the update (memory.memory_plan).
 
-    forward_only (the KL reference): the root is sharded again after each forward. FSDP2 keeps a
-    root's weights gathered from its forward to the backward that follows, and this model has none,
-    so its embedding and lm-head would otherwise stay whole on every process for the rest of the run."""
+    A frozen model (no weight requires grad: the KL reference) has its root sharded again after each
+    forward. FSDP2 keeps a root's weights gathered from its forward to the backward that follows, and
+    it has none, so its embedding and lm-head would otherwise stay whole on every process."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(world.device.type, (world.size,))
     for layer in model.get_decoder().layers:
         fully_shard(layer, mesh=mesh)
     root = fully_shard(rollout.TokenLogprobs(model), mesh=mesh)
-    if forward_only:
+    if not any(p.requires_grad for p in model.parameters()):
         root.register_forward_hook(lambda module, args, output: module.reshard())
     return root
 

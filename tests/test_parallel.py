@@ -166,7 +166,7 @@ dist.init_process_group("gloo")
 import parallel, rollout
 from torch.distributed.tensor import DTensor
 model, _ = rollout.load(sys.argv[1], device="cpu")
-ref = parallel.shard(model.requires_grad_(False), parallel.World(0, 1, torch.device("cpu")), forward_only=sys.argv[3] == "1")
+ref = parallel.shard(model.requires_grad_(sys.argv[3] == "0"), parallel.World(0, 1, torch.device("cpu")))
 ids = torch.randint(5, 100, (2, 12))
 with torch.no_grad():
     ref(ids, torch.ones_like(ids), (torch.arange(12) >= 6).long().expand(2, 12))
@@ -176,19 +176,20 @@ print(sorted(n for n, p in ref.named_parameters() if not isinstance(p, DTensor))
 
 def test_the_kl_reference_is_sharded_again_after_each_forward(tiny_dir):
     """FSDP2 keeps a root's weights gathered after a forward until the backward that follows; the KL
-    reference has no backward, so `shard(forward_only=True)` reshards it: after a no-grad forward every
-    weight is a shard again. Without it the embedding and final norm stay whole (on N GPUs, a whole
-    embedding on every one for the rest of the run). Guards: forward_only dropped."""
+    reference (frozen: no weight requires grad) has no backward, so `shard` reshards it after each
+    forward: after a no-grad forward every weight is a shard again. A trained model's root stays
+    gathered for its backward (on N GPUs, the reference's whole embedding would otherwise stay on
+    every one for the rest of the run). Guards: the frozen model's reshard dropped."""
     import socket
     out = {}
-    for forward_only in ("1", "0"):
+    for frozen in ("1", "0"):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = str(s.getsockname()[1])
-        done = subprocess.run([sys.executable, "-c", RESHARD, tiny_dir, port, forward_only], capture_output=True,
+        done = subprocess.run([sys.executable, "-c", RESHARD, tiny_dir, port, frozen], capture_output=True,
                               text=True, timeout=300, env={**ENV, "PYTHONPATH": REPO})
         assert done.returncode == 0, done.stderr[-2000:]
-        out[forward_only] = done.stdout.strip().splitlines()[-1]
+        out[frozen] = done.stdout.strip().splitlines()[-1]
     assert out["1"] == "[]"
     assert "model.model.embed_tokens.weight" in out["0"]
 
