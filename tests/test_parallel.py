@@ -1,6 +1,6 @@
 """The step on N processes equals the step on one: `torchrun --standalone --nproc-per-node 2 sqlm.py --
 ...` on CPU (gloo, FSDP2) against `python sqlm.py ...` on the same config. A torchrun launch costs
-seconds to a minute of start-up on a busy 2-core machine, so the whole module makes five launches.
+seconds to a minute of start-up on a busy 2-core machine, so the whole module makes six launches.
 
 The config has a signal to learn (a base that knows 7 * 8 and slips 30% of the time, as in
 test_learning), a KL term (its sharded reference model), a proposer update each step, two groups per
@@ -157,6 +157,25 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run
     assert damaged.returncode != 0
     assert (f"sqlm.py: error: cannot read {run}/step-000001/optimizer (") in damaged.stderr
     assert "Traceback" not in damaged.stderr.split("sqlm.py: error:")[0]  # nothing from sqlm.py before the line
+
+
+def test_a_full_disk_at_a_two_process_checkpoint_is_one_line(runs):
+    """The AdamW shards are the first write of a 2-process checkpoint; on a full disk
+    torch.distributed.checkpoint wraps each process's ENOSPC, and the run still ends with rank 0's
+    one line (the disk error, the torchrun resume command), no traceback from sqlm.py and no
+    step-000001.tmp left (root: a real 64 KB tmpfs; skipped where mount is refused, as in
+    test_failures). Guards: the wrapped failure not unwrapped."""
+    from test_failures import tmpfs
+    with tmpfs("64k") as disk:
+        run = os.path.join(disk, "run")
+        done = launch(ARGS + ["--model", runs["base"], "--out", run, "--eval-every", "0"], processes=2)
+        assert done.returncode != 0
+        ours = [line for line in done.stderr.splitlines() if line.startswith("sqlm.py")]
+        assert ours == [f"sqlm.py: error: cannot write checkpoint step-000001 at step 1 (No space left on device); "
+                        f"last complete checkpoint: none yet; resume with: torchrun --nproc-per-node 2 sqlm.py -- "
+                        f"--resume {run}"], done.stderr[-3000:]
+        assert "Traceback" not in done.stderr.split("sqlm.py: error:")[0]
+        assert sorted(os.listdir(run)) == ["config.json", "metrics.jsonl", "samples.jsonl"]
 
 
 RESHARD = """
