@@ -61,15 +61,22 @@ class RunError(Exception):
     """Bad input found as a run starts (run directory, checkpoint, prompts): one line for the CLI."""
 
 
+def launch_command(processes, per_node=None):
+    """How to start sqlm.py on `processes` processes (`per_node` of them on each node): a checkpoint
+    resumes on as many processes as wrote it."""
+    script = os.path.relpath(sqlm.__file__)
+    script = shlex.quote(sqlm.__file__ if script.startswith("..") else script)
+    if processes == 1:
+        return f"python {script}"
+    per_node = per_node or processes
+    nodes = f"--nnodes {processes // per_node} " if processes > per_node else ""
+    return f"torchrun {nodes}--nproc-per-node {per_node} {script} --"
+
+
 def where_it_stands(run):
     """The last complete checkpoint of a run and the command that continues it (one line's tail)."""
-    script = os.path.relpath(sqlm.__file__)
-    script = sqlm.__file__ if script.startswith("..") else script
-    launch = f"python {shlex.quote(script)}"
-    if parallel.launched():  # a checkpoint resumes on as many processes as wrote it
-        per_node, world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])), int(os.environ["WORLD_SIZE"])
-        nodes = f"--nnodes {world // per_node} " if world > per_node else ""
-        launch = f"torchrun {nodes}--nproc-per-node {per_node} {shlex.quote(script)} --"
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    launch = launch_command(processes, int(os.environ.get("LOCAL_WORLD_SIZE", processes)))
     return (f"last complete checkpoint: {last_checkpoint(run) or 'none yet'}; "
             f"resume with: {launch} --resume {shlex.quote(run)}")
 
@@ -301,9 +308,8 @@ def check_world_size(state, checkpoint, world, run):
     """A checkpoint's AdamW state is sharded per process: it resumes on as many processes as wrote it."""
     wrote = state.get("world_size", 1)
     if wrote != world.size:
-        launch = "python sqlm.py" if wrote == 1 else f"torchrun --nproc-per-node {wrote} sqlm.py --"
         raise RunError(f"{checkpoint} was written by {wrote} process{'es' * (wrote > 1)}, this run has {world.size}: "
-                       f"its optimizer state is per process; resume it with {launch} --resume {run}")
+                       f"its optimizer state is per process; resume it with {launch_command(wrote)} --resume {run}")
 
 
 # --- logs ----------------------------------------------------------------------------

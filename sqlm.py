@@ -380,14 +380,18 @@ def deal(seqs, cfg, world):
             s.rank = rank
 
 
+def micro_batch_counts(seqs, cfg, world):
+    """How many micro-batches of `seqs` each process runs on the sequences dealt to it."""
+    return [-(-sum(s.rank == r for s in seqs) // cfg.microbatch) for r in range(world.size)]
+
+
 def micro_batches(seqs, cfg, world):
     """This process's micro-batches of `seqs` (those dealt to it, in order), padded with empty ones to
     as many as the busiest process runs: with sharded weights every forward and backward is a
     collective, so every process must make the same number of calls (`idle_pass`)."""
     mine = [s for s in seqs if s.rank == world.rank]
-    calls = max(-(-sum(s.rank == r for s in seqs) // cfg.microbatch) for r in range(world.size))
     micros = [mine[start:start + cfg.microbatch] for start in range(0, len(mine), cfg.microbatch)]
-    return micros + [[]] * (calls - len(micros))
+    return micros + [[]] * (max(micro_batch_counts(seqs, cfg, world)) - len(micros))
 
 
 def idle_pass(model, seq, cfg, device, backward):
@@ -438,7 +442,7 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device, world=paralle
     """
     tokens = sum(len(s.completion_ids) for s in minibatch)
     micros = micro_batches(minibatch, cfg, world)
-    count = sum(-(-sum(s.rank == r for s in minibatch) // cfg.microbatch) for r in range(world.size))  # released
+    count = sum(micro_batch_counts(minibatch, cfg, world))  # released: every process's micro-batches
     totals = {}
     for micro in micros:
         if not micro:

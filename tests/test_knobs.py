@@ -15,26 +15,10 @@ import harness
 import rewards
 import rollout
 import sqlm
+from test_step import answered, proposal, sample  # the records a step leaves
+from test_step import cfg_for as config
 
 CPU = torch.device("cpu")
-
-
-def sample(text, prompt=(1, 2), completion=(3, 4)):
-    return rollout.Sample(list(prompt), list(completion), text, True)
-
-
-def proposal(index, answers, problem="What is 2 * 3?"):
-    p = sqlm.Proposal(index, sample(problem, completion=(5, 6, index + 7)), rewards.Problem(problem))
-    p.answers = [sample(text, completion=(8, k + 9)) for k, text in enumerate(answers)]
-    return p
-
-
-def answered(*values):
-    return [f"<think>.</think><answer>{v}</answer>" if v is not None else "no answer" for v in values]
-
-
-def config(**kw):
-    return sqlm.Config(**{"task": "arith", "batch": 2, "n": 4, "minibatch": 1, **kw}).resolve()
 
 
 def perturbed(model):
@@ -56,7 +40,7 @@ def grads(model):
 def test_proposer_reward_rule_reaches_score(rule, want):
     """--proposer-reward: three of four agree, so sqlm pays 1, azr 1 - 3/4, rzero 1 - 2|3/4 - 1/2|.
     Guards: the rule flag not passed to rewards.proposer_reward."""
-    batch = [proposal(0, answered(6, 6, 6, 7))]
+    batch = [proposal(0, answers=answered(6, 6, 6, 7))]
     sqlm.score(config(proposer_reward=rule), batch)
     assert batch[0].proposer_reward == pytest.approx(want)
 
@@ -66,8 +50,8 @@ def test_solver_trains_on_its_own_rewards_and_the_proposer_on_its_own():
     proposer's are its own rewards' per prompt group. Guards: to_sequences reading task_rewards for
     the solver, or the solver's rewards for the proposer."""
     cfg = config(solver_reward="format")
-    batch = [proposal(0, answered(6, None, 6, 7)), proposal(1, answered(5, 5, 5, 5)),
-             proposal(2, answered(1, 1, 2, 2)), proposal(3, answered(None, 3, 3, 3))]
+    batch = [proposal(0, answers=answered(6, None, 6, 7)), proposal(1, answers=answered(5, 5, 5, 5)),
+             proposal(2, answers=answered(1, 1, 2, 2)), proposal(3, answers=answered(None, 3, 3, 3))]
     sqlm.score(cfg, batch)
     solver, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
     format_rewards = [1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1]
@@ -81,8 +65,8 @@ def test_adv_norm_reaches_both_roles(norm):
     """--adv-norm none (Dr. GRPO) drops the division by the group std for the solver and the
     proposer alike; checked against the formula in float64. Guards: either role's call left at std."""
     cfg = config(adv_norm=norm)
-    batch = [proposal(0, answered(6, 6, 7, 8)), proposal(1, answered(1, 1, 1, 2)),
-             proposal(2, answered(4, 4, 4, 4)), proposal(3, answered(1, 2, 3, 4))]
+    batch = [proposal(0, answers=answered(6, 6, 7, 8)), proposal(1, answers=answered(1, 1, 1, 2)),
+             proposal(2, answers=answered(4, 4, 4, 4)), proposal(3, answers=answered(1, 2, 3, 4))]
     sqlm.score(cfg, batch)
     solver, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
 
@@ -99,7 +83,7 @@ def test_adv_norm_reaches_both_roles(norm):
 def test_judge_reaches_the_code_rewards(judge, want):
     """--judge lenient forgives spacing in score's sandbox call. Guards: the judge not passed to test_pass_rates."""
     cfg = config(task="code", judge=judge, n=2, batch=1)
-    p = proposal(0, ["```python\nprint(3, 4)\n```", "```python\nprint('3  4')\n```"], problem="Print 3 4.")
+    p = proposal(0, "Print 3 4.", ["```python\nprint(3, 4)\n```", "```python\nprint('3  4')\n```"])
     p.problem.tests = [("", "3 4")]
     sqlm.score(cfg, [p])
     assert p.task_rewards == want
@@ -109,7 +93,7 @@ def test_released_answers_are_parsed_as_released_in_score():
     """--as-released: votes compare int()-parseable raw strings, so `007` and `7` split. Guards: score
     calling extract_answer without the released flag."""
     for released, want in ((False, [1, 1, 1, 1]), (True, [1, 0, 0, 1])):
-        batch = [proposal(0, answered("007", 7, 7, "007"))]
+        batch = [proposal(0, answers=answered("007", 7, 7, "007"))]
         sqlm.score(config(as_released=released), batch)
         assert batch[0].task_rewards == want
 

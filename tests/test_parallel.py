@@ -35,11 +35,14 @@ ARGS = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
-def launch(args, processes=1):
+def command(args, processes=1):
     """sqlm.py as a user runs it: `python sqlm.py ARGS`, or under torchrun with `--` before its flags."""
-    head = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-             SQLM, "--"] if processes > 1 else [sys.executable, SQLM])
-    return subprocess.run(head + args, capture_output=True, text=True, timeout=900, env=ENV)
+    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+             SQLM, "--"] if processes > 1 else [sys.executable, SQLM]) + args
+
+
+def launch(args, processes=1):
+    return subprocess.run(command(args, processes), capture_output=True, text=True, timeout=900, env=ENV)
 
 
 def timing(key):
@@ -124,8 +127,7 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run
     process it is refused in one line, and with a damaged AdamW shard it is one line too. Guards: the
     AdamW shards or a process's RNG not restored, the KL reference taken from the checkpoint."""
     run = str(tmp_path / "killed")
-    head = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", SQLM, "--"]
-    killed = subprocess.Popen(head + ARGS + ["--model", runs["base"], "--out", run, "--steps", "3"], text=True,
+    killed = subprocess.Popen(command(ARGS + ["--model", runs["base"], "--out", run, "--steps", "3"], 2), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
     deadline = time.time() + 600
     while not os.path.isdir(os.path.join(run, "step-000001")) and killed.poll() is None and time.time() < deadline:
