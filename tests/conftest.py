@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
@@ -11,6 +12,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import rollout  # noqa: E402
 import tiny  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped, with their reason, where no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device: `python bench.py gpu` runs it on one (docs/gpu.md)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
