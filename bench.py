@@ -6,6 +6,10 @@
     python bench.py memory  [--model qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-3b,qwen2.5-7b --cards 24,40,80,141 --gpus 1,2,4,8]
     python bench.py sandbox [--programs 40 --tests 5 --repeat 3]
     python bench.py parallel [--model tiny|DIR --processes 2 --steps 4 --repeat 3]
+    python bench.py gpu     [--out DIR --budget-s 360 --parts env,cuda_tests,decode,step,torchrun]
+
+`gpu` is the one-call check of the CUDA path (docs/gpu.md): a JSON line per part, appended to
+OUT/results.jsonl as each finishes; `gpu --device cpu --model tiny` is its dry run (a test).
 
 Goals (not asserted in tests): `generate` no slower than Hugging Face `generate` on the
 same job, and faster when `n > 1` shares a prompt or rows finish at different times;
@@ -15,18 +19,22 @@ least 3x Hugging Face `generate` and half the memory-bandwidth roofline. `memory
 `memory.memory_plan`'s predictions (arithmetic, nothing is run).
 """
 import argparse
+import contextlib
 import copy
+import gc
 import json
 import math
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from xml.etree import ElementTree
 
 if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no traceback
     import cli
@@ -34,6 +42,7 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no 
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import cli
 import memory
@@ -111,16 +120,27 @@ def hf_generate(model, tokenizer, prompt_ids, n, new, temperature, top_p):
     return int(((is_stop.cumsum(1) - is_stop) == 0).sum()), out
 
 
+def greedy_agreement(model, tokenizer, prompt_ids, new):
+    """Ours and Hugging Face `generate`, greedy, on the same rows: whether every row agrees token for token,
+    and the share of tokens before each row's first difference (under bf16 a near-tie can part them)."""
+    ours = rollout.generate(model, tokenizer, prompt_ids, max_new_tokens=new, temperature=0)
+    _, ref = hf_generate(model, tokenizer, prompt_ids, 1, new, 0, 1.0)
+    agreed = []
+    for s, theirs in zip(ours, ref.tolist()):
+        same = [a == b for a, b in zip(s.completion_ids, theirs)] + [False]
+        agreed.append(same.index(False))
+    total = sum(len(s.completion_ids) for s in ours)
+    return {"greedy_agrees_with_hf": all(n == len(s.completion_ids) for n, s in zip(agreed, ours)),
+            "greedy_tokens_agreeing": round(sum(agreed) / total, 3)}
+
+
 def bench_rollout(a):
     device = cli.device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = get_model(a.model, device, dtype)
     prompt_ids = make_prompts(tokenizer, a.prompts)
 
-    # correctness first: greedy must agree token for token
-    ours = rollout.generate(model, tokenizer, prompt_ids[:4], max_new_tokens=min(32, a.new), temperature=0)
-    _, ref = hf_generate(model, tokenizer, prompt_ids[:4], 1, min(32, a.new), 0, 1.0)
-    agree = all(s.completion_ids == ref[i, :len(s.completion_ids)].tolist() for i, s in enumerate(ours))
+    agreement = greedy_agreement(model, tokenizer, prompt_ids[:4], min(32, a.new))  # correctness first
 
     def ours():
         return sum(len(s.completion_ids) for s in rollout.generate(
@@ -132,7 +152,7 @@ def bench_rollout(a):
     rates, tokens = interleaved({"ours": ours, "hf": hf}, a.repeat, device)
     return {"bench": "rollout", "model": a.model, "device": machine(), "dtype": str(dtype).split(".")[-1],
             "prompts": a.prompts, "n": a.n, "repeat": a.repeat, "prompt_tokens": len(prompt_ids[0]), "max_new_tokens": a.new,
-            "greedy_agrees_with_hf": agree,
+            **agreement,
             "ours_tokens_per_s": rates["ours"], "hf_tokens_per_s": rates["hf"],
             "speedup": round(rates["ours"] / rates["hf"], 2), "ours_tokens": tokens["ours"], "hf_tokens": tokens["hf"]}
 
@@ -237,10 +257,12 @@ def copy_bandwidth(device, gib=1.0):
     return 2 * 5 * src.numel() * src.element_size() / (time.perf_counter() - start)
 
 
-def bench_decode(a):
+def bench_decode(a, result=None):
     """Ours vs Hugging Face generate at each batch size (one prompt per row, n=1, temperature 1), and our
     decode's achieved bandwidth: (weight bytes + KV bytes read) per decode step / step time, against the
-    measured copy bandwidth. Rows of random weights rarely stop, so every row is assumed to run all steps."""
+    measured copy bandwidth. Rows of random weights rarely stop, so every row is assumed to run all steps.
+    `result` (a dict) is filled as each figure is measured, so a caller cut short keeps what was done."""
+    result = {} if result is None else result
     device = cli.device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model, tokenizer = get_model(a.model, device, dtype)
@@ -250,11 +272,13 @@ def bench_decode(a):
     kv_bytes_per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * torch.finfo(dtype).bits // 8
     vocab = config.vocab_size
     prompt = lambda batch: [[(7 * i + j) % (vocab - 10) + 5 for j in range(a.prompt)] for i in range(batch)]
-    ours = rollout.generate(model, tokenizer, prompt(4), max_new_tokens=min(16, a.new), temperature=0)
-    _, ref = hf_generate(model, tokenizer, prompt(4), 1, min(16, a.new), 0, 1.0)
-    agree = all(s.completion_ids == ref[i, :len(s.completion_ids)].tolist() for i, s in enumerate(ours))
-    bandwidth = copy_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.125)
     rows = []
+    result.update({"bench": "decode", "model": a.model, "device": machine(), "dtype": str(dtype).split(".")[-1],
+                   "prompt_tokens": a.prompt, "max_new_tokens": a.new, "repeat": a.repeat,
+                   **greedy_agreement(model, tokenizer, prompt(4), min(16, a.new)),
+                   "weight_gb": float(f"{weight_bytes / 1e9:.3g}"), "rows": rows})
+    bandwidth = copy_bandwidth(device, gib=1.0 if device.type == "cuda" else 0.125)
+    result["copy_gb_per_s"] = round(bandwidth / 1e9, 1)
     for batch in a.batches:
         prompts_ = prompt(batch)
         jobs = {"ours": lambda: sum(len(s.completion_ids) for s in rollout.generate(
@@ -268,10 +292,8 @@ def bench_decode(a):
                      "speedup": round(rates["ours"] / rates["hf"], 2), "ours_step_ms": round(1e3 * step_s, 2),
                      "achieved_gb_per_s": float(f"{achieved / 1e9:.3g}"),
                      "share_of_copy_bandwidth": float(f"{achieved / bandwidth:.3g}")})
-    return {"bench": "decode", "model": a.model, "device": machine(), "dtype": str(dtype).split(".")[-1],
-            "prompt_tokens": a.prompt, "max_new_tokens": a.new, "repeat": a.repeat, "greedy_agrees_with_hf": agree,
-            "weight_gb": float(f"{weight_bytes / 1e9:.3g}"), "copy_gb_per_s": round(bandwidth / 1e9, 1),
-            "load": round(os.getloadavg()[0], 1), "rows": rows}
+    result["load"] = round(os.getloadavg()[0], 1)
+    return result
 
 
 # --- memory: the predicted plan per model and card ----------------------------------------
@@ -459,6 +481,350 @@ def bench_sandbox(args):
             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
+# --- gpu: the one-call check of the CUDA path (docs/gpu.md) ------------------------------
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GPU_PARTS = ("env", "cuda_tests", "step", "decode", "torchrun")  # the step before decode: the main use first
+PART_CAP_S = {"cuda_tests": 120, "step": 240, "decode": 120}  # the most of --budget-s a part may take
+PART_MIN_S = {"cuda_tests": 20, "step": 60, "decode": 30}  # with less left the part is skipped, said in its line
+# Each part's job: on a GPU the issue's sizes (random weights in Qwen2.5-3B's shape); `--model tiny` the dry run.
+GPU_SIZES = {"gpu": dict(batches=[64, 256], prompt=128, new=128, repeat=3,
+                         step_batch=64, step_n=4, step_response=128, step_steps=1),
+             "tiny": dict(batches=[2, 3], prompt=6, new=4, repeat=1,
+                          step_batch=2, step_n=2, step_response=8, step_steps=1)}
+
+
+class PartTimeout(BaseException):
+    """A part ran past its share of --budget-s (raised by SIGALRM; a BaseException, so that no
+    `except Exception` inside the part swallows it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    def expire(signum, frame):
+        raise PartTimeout()
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def gb(nbytes):
+    return None if nbytes is None else round(nbytes / 1e9, 2)
+
+
+def bench_gpu(a):
+    """Each part of --parts in turn, one JSON line each, printed and appended to OUT/results.jsonl as it
+    finishes. A part gets at most PART_CAP_S of what is left of --budget-s (SIGALRM cuts it; what it had
+    measured stays in its line) and is skipped with less than PART_MIN_S left; a part that fails records
+    its one-line error and the next one runs. Returns 0 if every part ran and held, else 1."""
+    device = cli.device(a.device)
+    try:
+        os.makedirs(a.out, exist_ok=True)
+    except OSError as e:
+        raise BenchError(f"cannot make --out {a.out}: {cli.os_reason(e)}") from None
+    parts = {"env": gpu_env, "cuda_tests": gpu_cuda_tests, "decode": gpu_decode, "step": gpu_step,
+             "torchrun": gpu_torchrun}
+    deadline = time.monotonic() + a.budget_s
+    run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # tells a rerun's lines from the first's
+    held = True
+    for name in a.parts:
+        left = deadline - time.monotonic()
+        row = {"part": name, "run": run}
+        print(f"bench.py gpu: {name} ({left:.0f} s of --budget-s left)", file=sys.stderr, flush=True)
+        if left <= PART_MIN_S.get(name, 0):
+            row.update(ok=False, skipped=f"--budget-s: {max(left, 0):.0f} s left, the part needs {PART_MIN_S.get(name, 0)} s")
+        else:
+            limit = min(left, PART_CAP_S.get(name, left))
+            started = time.monotonic()
+            try:
+                with time_limit(limit):
+                    parts[name](a, device, row, limit)
+                row["ok"] = row.get("ok", True)
+            except PartTimeout:
+                row.update(ok=False, error=f"cut by the time limit after {limit:.0f} s (what it had measured is above)")
+            except Exception as e:  # the next part still runs
+                row.update(ok=False, error=f"{type(e).__name__}: {cli.first_line(e, 300)}")
+            row["seconds"] = round(time.monotonic() - started, 1)
+            gc.collect()  # a part's models, before the next part allocates
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        held = held and row["ok"]
+        line = json.dumps(row)
+        print(line, flush=True)
+        with open(os.path.join(a.out, "results.jsonl"), "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    return 0 if held else 1
+
+
+def gpu_env(a, device, row, limit):
+    """What ran: Python, torch and its CUDA, the card, and each pin of requirements.txt against the version
+    imported (the device machine may carry others)."""
+    import importlib.metadata
+    import numpy
+    import safetensors
+    import tokenizers
+    import transformers
+    imported = {"torch": torch, "transformers": transformers, "tokenizers": tokenizers, "safetensors": safetensors,
+                "numpy": numpy, "pytest": None}
+    pins = {}
+    with open(os.path.join(HERE, "requirements.txt")) as f:
+        for line in f:
+            name, sep, version = line.split("#")[0].strip().partition("==")
+            if not sep:
+                continue
+            try:
+                ran = imported[name].__version__ if imported.get(name) else importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                ran = None
+            pins[name] = {"pinned": version, "ran": ran}
+    cuda = device.type == "cuda"
+    props = torch.cuda.get_device_properties(device) if cuda else None
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        driver = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                                timeout=20).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    row.update(device=machine() if not cuda else props.name, memory_gb=gb(props.total_memory) if cuda else None,
+               capability=".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
+               multiprocessors=props.multi_processor_count if cuda else None,
+               gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0, driver=driver,
+               python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+               cudnn=torch.backends.cudnn.version() if cuda else None,
+               transformers_from=os.path.dirname(transformers.__file__), commit=commit, pins=pins,
+               differ_from_pins=[n for n, p in pins.items() if (p["ran"] or "").split("+")[0] != p["pinned"]])
+
+
+def junit_outcomes(path):
+    """{test name: "passed" | "failed: first line" | "skipped: reason"} from pytest's JUnit XML."""
+    outcomes = {}
+    for case in ElementTree.parse(path).iter("testcase"):
+        verdict = "passed"
+        for child in case:
+            text = (child.get("message") or child.text or "").strip()
+            if child.tag in ("failure", "error"):
+                verdict = "failed: " + ((text.splitlines() or [child.tag])[0])[:300]
+                break
+            if child.tag == "skipped":
+                verdict = "skipped: " + text
+        outcomes[case.get("name")] = verdict
+    return outcomes
+
+
+def gpu_cuda_tests(a, device, row, limit):
+    """pytest on tests/test_cuda.py (`-m cuda`), in its own process: pass, fail or skip per test; the JUnit
+    XML and pytest's output (tracebacks) beside the results. Off a GPU (the dry run) CUDA is hidden from it,
+    so every test is skipped with its reason, whatever the machine has."""
+    xml, log = (os.path.join(a.out, f"cuda_tests.{ext}") for ext in ("xml", "log"))
+    env = dict(os.environ, **({} if device.type == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}))
+    done = subprocess.run([sys.executable, "-m", "pytest", os.path.join("tests", "test_cuda.py"), "-m", "cuda", "-rA",
+                           f"--junitxml={xml}"], cwd=HERE, env=env, capture_output=True, text=True,
+                          timeout=max(limit - 5, 1))
+    with open(log, "w") as f:
+        f.write(done.stdout + done.stderr)
+    tests = junit_outcomes(xml) if os.path.exists(xml) else {}
+    counts = {kind: sum(v.startswith(kind) for v in tests.values()) for kind in ("passed", "failed", "skipped")}
+    row.update(pytest_exit=done.returncode, **counts, tests=tests, log=os.path.basename(log))
+    if done.returncode or not tests:
+        last = ((done.stdout + done.stderr).strip().splitlines() or ["no output"])[-1]
+        row.update(ok=False, error=f"pytest exit {done.returncode}: {last[:300]}")
+
+
+def gpu_decode(a, device, row, limit):
+    """`bench_decode` at --batches (on a GPU: 64 and 256, 128 new tokens, bf16, 3B shape): greedy agreement
+    with Hugging Face first, then tokens/s of both and our achieved bandwidth against a measured copy."""
+    bench_decode(argparse.Namespace(model=a.model, device=str(device), batches=a.batches, prompt=a.prompt, new=a.new,
+                                    repeat=a.repeat), result=row)
+    row.pop("bench", None)
+
+
+class PhaseMeter:
+    """Seconds and peak allocated GPU memory of each phase of each step, measured around sqlm.py's own
+    functions, wrapped from outside (nothing in sqlm.py or harness.py is changed), and around each AdamW
+    step (PyTorch's global optimizer hooks). A phase's peak counts everything allocated then, resident
+    weights included, as memory.memory_plan's `*_peak` do."""
+
+    def __init__(self, device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.steps, self.roles, self.current, self.lengths = [], {}, None, {"prompt": 0, "response": 0}
+
+    def peak(self):
+        """Bytes allocated at most since the last call (None on CPU), then the count starts again."""
+        if not self.cuda:
+            return None
+        torch.cuda.synchronize(self.device)
+        top = torch.cuda.max_memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return top
+
+    def add(self, phase, seconds, peak):
+        entry = self.steps[-1].setdefault(phase, {"s": 0.0, "peak_gb": None})
+        entry["s"] = round(entry["s"] + seconds, 2)
+        if peak is not None:
+            entry["peak_gb"] = max(entry["peak_gb"] or 0, gb(peak))
+
+    def wrap(self, fn, phase):
+        """fn measured as `phase` (a name, or a function of fn's arguments giving one)."""
+        def measured(*args, **kwargs):
+            name = phase(*args, **kwargs) if callable(phase) else phase
+            if name == "propose":  # train_step's first call: a new step
+                self.steps.append({"resident_gb": gb(torch.cuda.memory_allocated(self.device)) if self.cuda else None})
+            self.peak()  # what came before is not this phase's
+            self.current, start = name, time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - start, self.peak())
+        return measured
+
+    def before_optimizer(self, optimizer, args, kwargs):
+        self.add(self.current, 0.0, self.peak())  # the forward and backward of the mini-batch
+        self.optimizer_started = time.perf_counter()
+
+    def after_optimizer(self, optimizer, args, kwargs):
+        self.add("optimizer", time.perf_counter() - self.optimizer_started, self.peak())
+
+    def role(self, model, ref_model, optimizer, seqs, *rest, **kwargs):
+        return self.roles.get(id(seqs), "update")
+
+    def prepared(self, model, ref_model, seqs, *rest, **kwargs):
+        for s in seqs:
+            self.lengths["prompt"] = max(self.lengths["prompt"], len(s.prompt_ids))
+            self.lengths["response"] = max(self.lengths["response"], len(s.completion_ids))
+        return "prepare"
+
+    def to_sequences(self, fn):
+        def split(*args, **kwargs):
+            solver, proposer = fn(*args, **kwargs)
+            self.roles = {id(solver): "solver_update", id(proposer): "proposer_update"}
+            return solver, proposer
+        return split
+
+
+@contextlib.contextmanager
+def patched(*changes):
+    """Set (object, attribute, value) for the block; the old values come back after it."""
+    old = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
+    try:
+        for obj, name, value in changes:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in reversed(old):
+            setattr(obj, name, value)
+
+
+def gpu_step(a, device, row, limit):
+    """sqlm.py's training run (harness.train, in this process) for --step-steps steps at the paper's batch
+    shape (--step-batch prompts x --step-n proposals, --step-n answers each, mini-batch 32 groups, a proposer
+    update every step) with responses capped at --step-response tokens; random weights in the model's shape
+    (no checkpoint is written: 3B with AdamW state is ~37 GB; tests/test_cuda.py writes a tiny one). Per step
+    and phase: seconds and measured peak memory; what --fit-memory chose; memory_plan's prediction at the
+    run's settings and at the longest prompt and response the step met; the last step's peaks against the
+    latter (AdamW allocates its moments, 8 bytes per weight, at the run's first optimizer step, so the first
+    step's rollout and log-prob phases are compared with the plan less them)."""
+    import harness
+    cuda = device.type == "cuda"
+    meter, seen = PhaseMeter(device), {}
+    with tempfile.TemporaryDirectory() as scratch:
+        model = tiny.make(os.path.join(scratch, "tiny"), seed=0) if a.model == "tiny" else a.model
+
+        def load(name, device=None, dtype=None):  # a shape's random weights instead of a checkpoint on disk
+            return tiny.random_real(a.model, device=device, dtype=dtype or torch.float32)
+
+        def fit_to_memory(cfg, model_config, device, world=1):
+            kl_dtype = real_fit(cfg, model_config, device, world)
+            seen.update(config=model_config, kl_bytes=torch.finfo(kl_dtype).bits // 8)
+            return kl_dtype
+
+        real_fit = harness.fit_to_memory
+        cfg = sqlm.Config(task="arith", model=model, device=str(device), steps=a.step_steps, batch=a.step_batch,
+                          n=a.step_n, minibatch=min(32, a.step_batch), max_response=a.step_response, proposer_every=1,
+                          eval_every=0, save_every=0, out=os.path.join(scratch, "run"))
+        row.update(model=a.model, batch=cfg.batch, n=cfg.n, proposals=cfg.batch * cfg.n,
+                   solver_samples=cfg.batch * cfg.n * cfg.n, minibatch=cfg.minibatch, proposer_every=1, kl=cfg.kl,
+                   max_response=cfg.max_response, response_cap=f"{cfg.max_response} tokens for both roles (the "
+                   f"paper's arith limit is {prompts.MAX_RESPONSE['arith']}): a step that fits the time", ran=False)
+        hooks = [register_optimizer_step_pre_hook(meter.before_optimizer),
+                 register_optimizer_step_post_hook(meter.after_optimizer)]
+        changes = [(harness, "fit_to_memory", fit_to_memory), (harness, "save_checkpoint", lambda *args, **kw: None),
+                   (sqlm, "propose", meter.wrap(sqlm.propose, "propose")), (sqlm, "solve", meter.wrap(sqlm.solve, "solve")),
+                   (sqlm, "to_sequences", meter.to_sequences(sqlm.to_sequences)),
+                   (sqlm, "prepare", meter.wrap(sqlm.prepare, meter.prepared)),
+                   (sqlm, "policy_update", meter.wrap(sqlm.policy_update, meter.role)),
+                   (sqlm, "refresh_sampler", meter.wrap(sqlm.refresh_sampler, "refresh"))]
+        if a.model in tiny.QWEN25_SHAPES:
+            changes.append((rollout, "load", load))
+        row["steps"] = meter.steps  # filled as the steps run: a cut keeps the steps done
+        try:
+            with patched(*changes), contextlib.redirect_stdout(sys.stderr):  # the run's own lines stay off stdout
+                harness.train(cfg)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            metrics = os.path.join(scratch, "run", "metrics.jsonl")
+            if os.path.exists(metrics):
+                with open(metrics) as f:
+                    for m, phases in zip(map(json.loads, f), meter.steps):
+                        phases.update({k: round(m[k], 2) for k in ("t_propose", "t_solve", "t_rewards", "t_update")},
+                                      **{k: m.get(k) for k in ("valid_rate", "response_len", "solver_kl")})
+            if "config" in seen:
+                row["fit_memory"] = ({"rollout_rows": cfg.rollout_rows, "microbatch": cfg.microbatch,
+                                      "kl_reference": "bf16" if seen["kl_bytes"] == 2 else "fp32",
+                                      "card_gb": gb(torch.cuda.get_device_properties(device).total_memory)}
+                                     if cuda and cfg.fit_memory else "not applied: --fit-memory acts on a GPU only")
+    row["ran"] = True
+    plan = dict(rollout_rows=cfg.rollout_rows, microbatch=cfg.microbatch, n=cfg.n, kl=bool(cfg.kl_coef),
+                grad_checkpointing=cfg.grad_checkpointing, gpu=cuda, kl_bytes=seen["kl_bytes"])
+    phases = ("rollout", "logprobs", "update", "optimizer")
+    for key, lengths in (("plan_gb", dict(max_prompt=cfg.max_prompt, max_response=cfg.max_response)),
+                         ("plan_at_step_lengths_gb", dict(max_prompt=meter.lengths["prompt"],
+                                                          max_response=meter.lengths["response"]))):
+        predicted = memory.memory_plan(seen["config"], **lengths, **plan)
+        row[key] = {p: gb(predicted[f"{p}_peak"]) for p in phases} | {
+            k: gb(predicted[k]) for k in ("resident", "adamw", "sampler_copy", "kv_cache", "activations")} | lengths
+    if not cuda:
+        row["measured_gb"] = "not measured: no CUDA allocator on CPU"
+        return
+    row.update(measured_against_plan(meter.steps, row["plan_at_step_lengths_gb"]),
+               reserved_gb=gb(torch.cuda.max_memory_reserved(device)))
+
+
+def measured_against_plan(steps, plan):
+    """The last step's measured peak per memory_plan phase (GB), the plan's figure it is compared with, and
+    their ratio. AdamW allocates its moments at the run's first optimizer step: in the first step the
+    rollouts and log-probs run before it, so they are compared with the plan less the moments."""
+    last = steps[-1]
+    peak = lambda *names: max((last[n]["peak_gb"] for n in names if last.get(n, {}).get("peak_gb") is not None),
+                              default=None)
+    measured = {"rollout": peak("propose", "solve"), "logprobs": peak("prepare"),
+                "update": peak("solver_update", "proposer_update"), "optimizer": peak("optimizer")}
+    early = {"rollout", "logprobs"} if len(steps) == 1 else set()
+    compared = {p: round(plan[p] - plan["adamw"], 2) if p in early else plan[p] for p in measured}
+    return {"measured_gb": measured, "compared_with_gb": compared,
+            "measured_over_plan": {p: round(m / compared[p], 2) for p, m in measured.items() if m is not None},
+            "adamw_moments_in": "the update and optimizer phases only" if early else "every phase"}
+
+
+def gpu_torchrun(a, device, row, limit):
+    """Said, not run: a 2-process torchrun step needs two GPUs."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    row.update(ran=False, gpus=gpus, reason=(
+        "a 2-process torchrun step needs two GPUs: NCCL gives each process a device of its own, and two processes "
+        "on one GPU would measure neither FSDP2's communication nor its memory per GPU; not run, nothing faked"
+        if gpus < 2 else "this check runs on one GPU; for 2 processes run python bench.py parallel --processes 2"))
+
+
 # --- CLI -----------------------------------------------------------------------------
 
 def main(argv=None):
@@ -516,9 +882,37 @@ def main(argv=None):
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
-    for parser in (p, r, u, d, m, q, s):  # usage errors too: one line, exit code 2
+    g = sub.add_parser("gpu", help="the one-call GPU check: CUDA tests, decode vs Hugging Face, one sqlm.py step in "
+                       "Qwen2.5-3B's shape, the environment (docs/gpu.md); --device cpu --model tiny: the dry run")
+    g.add_argument("--out", default="gpu-check", help="results folder: results.jsonl (a JSON line per part, appended as "
+                   "each finishes), cuda_tests.xml and cuda_tests.log")
+    g.add_argument("--device", default=None)
+    g.add_argument("--model", default="qwen2.5-3b", help="a Qwen2.5 shape with random weights, tiny (the dry run: tiny "
+                   "sizes throughout), or a model directory")
+    g.add_argument("--budget-s", type=float, default=360, help="seconds for all parts; each takes at most its cap of "
+                   "what is left and is skipped when too little is left")
+    g.add_argument("--parts", type=lambda s: s.split(","), default=list(GPU_PARTS), help=",".join(GPU_PARTS))
+    g.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                   help="decode batches (GPU: 64,256; tiny: 2,3)")
+    g.add_argument("--prompt", type=int, default=None, help="decode prompt tokens (GPU: 128)")
+    g.add_argument("--new", type=int, default=None, help="decode new tokens (GPU: 128)")
+    g.add_argument("--repeat", type=int, default=None, help="decode timed runs per side (GPU: 3)")
+    g.add_argument("--step-batch", type=int, default=None, help="proposer prompts of the step (GPU: 64)")
+    g.add_argument("--step-n", type=int, default=None, help="proposals per prompt and answers per problem (GPU: 4)")
+    g.add_argument("--step-response", type=int, default=None, help="response cap of the step, both roles (GPU: 128)")
+    g.add_argument("--step-steps", type=int, default=None, help="steps run; the last one is compared with the plan (GPU: 1)")
+    for parser in (p, r, u, d, m, q, s, g):  # usage errors too: one line, exit code 2
         parser.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
     a = p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
+    if a.which == "gpu":
+        for key, value in GPU_SIZES["tiny" if a.model == "tiny" else "gpu"].items():
+            setattr(a, key, value if getattr(a, key) is None else getattr(a, key))
+        if not a.budget_s > 0:
+            p.error(f"--budget-s must be positive (got {a.budget_s})")
+        if set(a.parts) - set(GPU_PARTS):
+            p.error(f"--parts: unknown {', '.join(sorted(set(a.parts) - set(GPU_PARTS)))} (parts: {', '.join(GPU_PARTS)})")
+        if a.step_n < 2:
+            p.error(f"--step-n must be at least 2, not {a.step_n} (groups of one carry no signal)")
     temperature, top_p, kl = getattr(a, "temperature", 1.0), getattr(a, "top_p", 1.0), getattr(a, "kl", 0.0)
     if not (temperature >= 0 and math.isfinite(temperature)):  # nan fails >= too
         p.error(f"--temperature must be a finite number >= 0 (got {temperature})")
@@ -532,10 +926,13 @@ def main(argv=None):
         p.error(str(e))
     if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
                                              "programs", "tests", "max_prompt", "max_response", "chunk_tokens",
-                                             "processes", "steps", "batch", "minibatch")) < 1 \
+                                             "processes", "steps", "batch", "minibatch", "step_batch",
+                                             "step_response", "step_steps")) < 1 \
             or min(getattr(a, "batches", [1]) + getattr(a, "cards", [1]) + getattr(a, "gpus", [1])) <= 0:
         p.error("counts (--repeat, --prompts, --n, --new, --seqs, ...) must be at least 1")
     try:
+        if a.which == "gpu":  # prints its own lines, one per part
+            return bench_gpu(a)
         result = {"rollout": bench_rollout, "update": bench_update, "decode": bench_decode, "memory": bench_memory,
                   "parallel": bench_parallel, "sandbox": bench_sandbox}[a.which](a)
     except (rollout.LoadError, BenchError) as e:

@@ -3,11 +3,14 @@
 On CPU in fp32, also where a GPU is present: there the bench runs bf16 and agrees only to bf16 precision.
 """
 import json
+import os
+import time
 
 import pytest
 import torch
 
 import bench
+from conftest import jsonl
 
 
 def run_bench(argv, capsys):
@@ -84,3 +87,133 @@ def test_bench_leaves_no_temporary_model_behind(monkeypatch, tmp_path):
     monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))
     bench.get_model("tiny", torch.device("cpu"), torch.float32)
     assert list(tmp_path.iterdir()) == []
+
+
+# --- bench.py gpu: the one-call GPU check, its dry run and its bookkeeping ---------------------------
+
+def gpu_lines(out, capsys):
+    """The JSON lines printed, after checking they are exactly the lines appended to OUT/results.jsonl."""
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == jsonl(out / "results.jsonl")
+    return {row["part"]: row for row in printed}
+
+
+def test_gpu_check_dry_run_writes_every_parts_line(tmp_path, capsys):
+    """`bench.py gpu --device cpu --model tiny` runs every part with tiny shapes, each one JSON line printed and
+    appended to the results file, none failed. Guards: a part dropped, renamed or raising on the CPU path, a
+    results file not written, a field a GPU run's report reads (docs/gpu.md) gone missing."""
+    assert bench.main(["gpu", "--device", "cpu", "--model", "tiny", "--out", str(tmp_path)]) == 0
+    rows = gpu_lines(tmp_path, capsys)
+    assert list(rows) == list(bench.GPU_PARTS)
+    assert all(row["ok"] is True and "error" not in row and row["seconds"] >= 0 for row in rows.values())
+    env = rows["env"]
+    with open(os.path.join(bench.HERE, "requirements.txt")) as f:
+        pinned = {line.split("==")[0] for line in f if "==" in line}
+    assert set(env["pins"]) == pinned and env["torch"] == torch.__version__ and env["differ_from_pins"] is not None
+    tests = rows["cuda_tests"]["tests"]  # off a GPU every CUDA test is listed, skipped with its reason
+    assert len(tests) >= 5 and all(v.startswith("skipped: needs a CUDA device") for v in tests.values())
+    assert (tmp_path / "cuda_tests.xml").exists() and (tmp_path / "cuda_tests.log").exists()
+    step = rows["step"]
+    assert step["ran"] is True and step["solver_samples"] == 2 * 2 * 2 and len(step["steps"]) == 1
+    assert {"propose", "solve", "prepare", "solver_update", "proposer_update", "optimizer", "refresh"} <= set(step["steps"][0])
+    assert all(step["steps"][0][k] > 0 for k in ("t_propose", "t_solve", "t_update"))
+    assert step["plan_at_step_lengths_gb"]["max_response"] == 8 and step["plan_gb"]["max_prompt"] == 512
+    decode = rows["decode"]
+    assert decode["greedy_agrees_with_hf"] is True and [r["batch"] for r in decode["rows"]] == [2, 3]
+    assert decode["copy_gb_per_s"] > 0 and all(r["achieved_gb_per_s"] > 0 for r in decode["rows"])
+    assert rows["torchrun"]["ran"] is False and "two GPUs" in rows["torchrun"]["reason"]
+
+
+def test_a_failing_part_is_its_one_line_error_and_the_next_part_runs(tmp_path, capsys, monkeypatch):
+    """A part that raises records its one-line error; the parts after it still run and the exit code says
+    one failed. Guards: one broken part losing the whole GPU call."""
+    def broken(a, device, row, limit):
+        row["measured_before_failing"] = 1
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nsecond line")
+    monkeypatch.setattr(bench, "gpu_step", broken)
+    assert bench.main(["gpu", "--device", "cpu", "--model", "tiny", "--out", str(tmp_path),
+                       "--parts", "env,step,torchrun"]) == 1
+    rows = gpu_lines(tmp_path, capsys)
+    assert list(rows) == ["env", "step", "torchrun"] and rows["env"]["ok"] and rows["torchrun"]["ok"]
+    assert rows["step"]["ok"] is False and rows["step"]["measured_before_failing"] == 1
+    assert rows["step"]["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_the_budget_cuts_a_part_that_runs_over_and_skips_parts_with_too_little_left(tmp_path, capsys, monkeypatch):
+    """--budget-s: a part still running when its share is spent is cut, keeping what it had measured; a part
+    with less left than it needs is skipped, said in its line. Guards: a slow part eating the others' time
+    and the call's time limit then losing every line."""
+    def slow(a, device, row, limit):
+        row["first_batch"] = "measured"
+        time.sleep(30)
+    monkeypatch.setattr(bench, "gpu_decode", slow)
+    monkeypatch.setitem(bench.PART_MIN_S, "decode", 0)
+    started = time.monotonic()
+    assert bench.main(["gpu", "--device", "cpu", "--model", "tiny", "--out", str(tmp_path), "--budget-s", "1",
+                       "--parts", "decode,step"]) == 1
+    assert time.monotonic() - started < 10
+    rows = gpu_lines(tmp_path, capsys)
+    assert rows["decode"]["first_batch"] == "measured" and rows["decode"]["error"].startswith("cut by the time limit")
+    assert rows["step"]["ok"] is False and rows["step"]["skipped"].startswith("--budget-s: 0 s left")
+
+
+def test_phase_meter_reads_the_cuda_allocators_peak_per_phase(monkeypatch):
+    """On a GPU each phase's peak is CUDA's max_memory_allocated since the phase began, the AdamW step's apart
+    from the forward and backward before it. Faked counters (no GPU here). Guards: the counter not reset
+    between phases (every phase reporting the step's peak), the optimizer's peak booked to the update."""
+    allocated = {"now": 0, "peak": 0}
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated["peak"])
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: allocated.update(peak=allocated["now"]))
+
+    def use(gbytes):
+        allocated["peak"] = max(allocated["peak"], allocated["now"] + int(gbytes * 1e9))
+
+    meter = bench.PhaseMeter(torch.device("cuda"))
+    allocated.update(now=int(50e9), peak=int(60e9))  # the set-up's peak is no phase's
+    meter.wrap(lambda: use(20), "propose")()
+    meter.wrap(lambda: use(12), "solve")()
+
+    def update():
+        use(15)
+        meter.before_optimizer(None, (), {})
+        use(25)
+        meter.after_optimizer(None, (), {})
+        use(1)
+    meter.wrap(update, "solver_update")()
+    step = meter.steps[0]
+    assert step["resident_gb"] == 50.0
+    assert (step["propose"]["peak_gb"], step["solve"]["peak_gb"]) == (70.0, 62.0)
+    assert (step["solver_update"]["peak_gb"], step["optimizer"]["peak_gb"]) == (65.0, 75.0)
+
+
+def test_measured_peaks_are_set_against_the_plan_less_adamw_before_its_first_step():
+    """The first step's rollouts and log-probs run before AdamW allocates its moments: they are compared with
+    the plan less the moments, the update and optimizer phases with the plan; a later step with the plan.
+    Guards: a first-step rollout reported as 30% under the plan when the plan is right."""
+    plan = {"rollout": 70.0, "logprobs": 56.0, "update": 75.0, "optimizer": 74.0, "adamw": 24.7}
+    phases = {"propose": {"peak_gb": 40.0}, "solve": {"peak_gb": 45.3}, "prepare": {"peak_gb": 31.3},
+              "solver_update": {"peak_gb": 60.0}, "proposer_update": {"peak_gb": 50.0}, "optimizer": {"peak_gb": 74.0}}
+    first = bench.measured_against_plan([phases], plan)
+    assert first["compared_with_gb"] == {"rollout": 45.3, "logprobs": 31.3, "update": 75.0, "optimizer": 74.0}
+    assert first["measured_over_plan"] == {"rollout": 1.0, "logprobs": 1.0, "update": 0.8, "optimizer": 1.0}
+    later = bench.measured_against_plan([{}, phases], plan)
+    assert later["compared_with_gb"]["rollout"] == 70.0 and later["measured_over_plan"]["rollout"] == 0.65
+
+
+def test_junit_outcomes_reads_pass_fail_skip_and_error(tmp_path):
+    """The CUDA tests' line gives each test's verdict from pytest's JUnit XML, a failure by its first line.
+    Guards: a failing or erroring CUDA test reported as passed."""
+    (tmp_path / "r.xml").write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_cuda" name="test_ok" time="0.1"/>'
+        '<testcase classname="tests.test_cuda" name="test_bad" time="0.1"><failure message="assert 0.0042 == 0.0&#10;'
+        'more">trace</failure></testcase>'
+        '<testcase classname="tests.test_cuda" name="test_setup" time="0.1"><error message="failed on setup with '
+        '&quot;OSError&quot;">trace</error></testcase>'
+        '<testcase classname="tests.test_cuda" name="test_off" time="0"><skipped type="pytest.skip" '
+        'message="needs a CUDA device">why</skipped></testcase></testsuite></testsuites>')
+    assert bench.junit_outcomes(tmp_path / "r.xml") == {
+        "test_ok": "passed", "test_bad": "failed: assert 0.0042 == 0.0",
+        "test_setup": 'failed: failed on setup with "OSError"', "test_off": "skipped: needs a CUDA device"}
