@@ -657,6 +657,7 @@ class PhaseMeter:
     def __init__(self, device):
         self.device, self.cuda = device, device.type == "cuda"
         self.steps, self.roles, self.current, self.lengths = [], {}, None, {"prompt": 0, "response": 0}
+        self.reserved = 0  # the most the caching allocator held from the card at any phase
 
     def peak(self):
         """Bytes allocated at most since the last call (None on CPU), then the count starts again."""
@@ -664,6 +665,7 @@ class PhaseMeter:
             return None
         torch.cuda.synchronize(self.device)
         top = torch.cuda.max_memory_allocated(self.device)
+        self.reserved = max(self.reserved, torch.cuda.max_memory_reserved(self.device))
         torch.cuda.reset_peak_memory_stats(self.device)
         return top
 
@@ -693,6 +695,15 @@ class PhaseMeter:
 
     def after_optimizer(self, optimizer, args, kwargs):
         self.add("optimizer", time.perf_counter() - self.optimizer_started, self.peak())
+
+    def released(self, fn):
+        """release_sampler, with the bytes it gave back (the bf16 copy's weights, on a GPU)."""
+        def release(*args, **kwargs):
+            before = torch.cuda.memory_allocated(self.device) if self.cuda else None
+            fn(*args, **kwargs)
+            if self.cuda:
+                self.steps[-1]["sampler_released_gb"] = gb(before - torch.cuda.memory_allocated(self.device))
+        return release
 
     def role(self, model, ref_model, optimizer, seqs, *rest, **kwargs):
         return self.roles.get(id(seqs), "update")
@@ -760,6 +771,7 @@ def gpu_step(a, device, row, limit):
         changes = [(harness, "fit_to_memory", fit_to_memory), (harness, "save_checkpoint", lambda *args, **kw: None),
                    (sqlm, "propose", meter.wrap(sqlm.propose, "propose")), (sqlm, "solve", meter.wrap(sqlm.solve, "solve")),
                    (sqlm, "to_sequences", meter.to_sequences(sqlm.to_sequences)),
+                   (sqlm, "release_sampler", meter.released(sqlm.release_sampler)),
                    (sqlm, "prepare", meter.wrap(sqlm.prepare, meter.prepared)),
                    (sqlm, "policy_update", meter.wrap(sqlm.policy_update, meter.role)),
                    (sqlm, "refresh_sampler", meter.wrap(sqlm.refresh_sampler, "refresh"))]
@@ -796,8 +808,7 @@ def gpu_step(a, device, row, limit):
     if not cuda:
         row["measured_gb"] = "not measured: no CUDA allocator on CPU"
         return
-    row.update(measured_against_plan(meter.steps, row["plan_at_step_lengths_gb"]),
-               reserved_gb=gb(torch.cuda.max_memory_reserved(device)))
+    row.update(measured_against_plan(meter.steps, row["plan_at_step_lengths_gb"]), reserved_gb=gb(meter.reserved))
 
 
 def measured_against_plan(steps, plan):

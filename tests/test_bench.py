@@ -165,6 +165,7 @@ def test_phase_meter_reads_the_cuda_allocators_peak_per_phase(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: allocated["peak"])
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: allocated["peak"] + int(1e9))
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: allocated.update(peak=allocated["now"]))
 
     def use(gbytes):
@@ -182,7 +183,12 @@ def test_phase_meter_reads_the_cuda_allocators_peak_per_phase(monkeypatch):
         meter.after_optimizer(None, (), {})
         use(1)
     meter.wrap(update, "solver_update")()
+
+    def release():
+        allocated["now"] -= int(6e9)
+    meter.released(release)()
     step = meter.steps[0]
+    assert step["sampler_released_gb"] == 6.0 and meter.reserved == 76e9
     assert step["resident_gb"] == 50.0
     assert (step["propose"]["peak_gb"], step["solve"]["peak_gb"]) == (70.0, 62.0)
     assert (step["solver_update"]["peak_gb"], step["optimizer"]["peak_gb"]) == (65.0, 75.0)

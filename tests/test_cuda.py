@@ -5,7 +5,6 @@ Each test mirrors the CPU test named in its docstring, which checks the same pro
 show it; these check what only CUDA shows (bf16 kernels, autocast, memory given back to the card).
 Marked `cuda`: skipped without a CUDA device (conftest.py); `python bench.py gpu` runs them on one.
 """
-import json
 import os
 
 import pytest
@@ -16,6 +15,7 @@ from transformers import AutoModelForCausalLM
 import harness
 import rollout
 import sqlm
+from conftest import jsonl
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -57,6 +57,7 @@ def test_greedy_equals_hf_generate_in_bf16(tiny_dir):
         k = same.index(False)
         agreed += min(k, len(s.completion_ids))
         if k < len(s.completion_ids):  # parted: only at a near-tie
+            assert k < len(ref), f"Hugging Face stopped at token {k}, ours went on"
             with torch.no_grad():
                 logits = sampler(input_ids=torch.tensor([p + s.completion_ids[:k]], device=CUDA)).logits[0, -1].float()
             gap = (logits[s.completion_ids[k]] - logits[ref[k]]).abs().item()
@@ -169,5 +170,5 @@ def test_a_checkpoint_written_on_the_gpu_loads_with_from_pretrained_on_the_cpu(t
     assert moments and all(t.device.type == "cpu" for t in moments)
     model, tok = rollout.load(checkpoint, device="cpu")
     assert rollout.generate(model, tok, [rollout.chat_prompt(tok, "hi")], max_new_tokens=4, temperature=0)
-    assert [m["step"] for m in map(json.loads, open(run / "metrics.jsonl"))] == [0]
+    assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0]
     assert not any(name.endswith(".tmp") for name in os.listdir(run))
