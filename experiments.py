@@ -2,7 +2,10 @@
 
     python experiments.py tiny-world --jobs 2   # base model, then 4 arms x 3 seeds x 60 steps
     python experiments.py tiny-world --quick    # one seed, 30 steps (reuses the base if present)
+    python experiments.py tiny-world --base-seed 1 --arms sqlm,never --seeds 0,1   # another base model
+    python experiments.py tiny-world --world curriculum --arms sqlm,every,never      # the curriculum world
     python experiments.py report                # tables + plot from whatever runs have finished
+    python experiments.py export --to results/tiny-world   # the finished runs' result.json, to commit
 
 A tiny Qwen2 pre-trained on synthetic transcripts (`tiny.py pretrain --task arith`) multiplies
 2-digit by 1-digit numbers by the column method, right by majority vote but slipping in single
@@ -15,7 +18,15 @@ so an interrupted sweep resumes where it stopped and a table can be assembled fr
 at different times.
 
 Arms: sqlm (proposer updated every 5 steps, the paper's setting), format (the format-only
-solver reward, the paper's baseline), never (proposer never updated), every (every step).
+solver reward, the paper's baseline), never (proposer never updated), every (every step),
+azr and rzero (the proposer paid 1 - p, Absolute Zero, or 1 - 2|p - 1/2|, R-Zero, where p is
+the share of the solver's samples that agree with the vote; updated every 5 steps as sqlm).
+
+Worlds and bases: one base model per (world, base seed), each in its own directory with its
+runs, so results of two bases never mix: `--out` itself for the tiny world's seed-0 base,
+`--out`/<world>-base<seed> for any other (`world_dir`). The curriculum world changes only the
+proposer's pre-training mix (`tiny.CURRICULUM_MIX`: 1x1 0.75, 2x1 0.25; the tiny world's is
+1x1 to 3x2 uniformly); the solver's corpus, the held-out set and the settings are the tiny world's.
 """
 import argparse
 import concurrent.futures
@@ -32,6 +43,7 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no 
 
 import cli
 import eval as heldout
+import prompts
 import rewards
 import rollout
 
@@ -44,7 +56,10 @@ WORLD = ["--task", "arith", "--batch", "16", "--n", "4", "--minibatch", "8", "--
          "--max-response", "64", "--lr", "3e-5", "--kl", "0", "--arith-check", "--eval-every", "10",
          "--eval-samples", "8", "--rollout-rows", "512"]
 ARMS = {"sqlm": [], "format": ["--solver-reward", "format"], "never": ["--proposer-every", "0"],
-        "every": ["--proposer-every", "1"]}
+        "every": ["--proposer-every", "1"], "azr": ["--proposer-reward", "azr"],
+        "rzero": ["--proposer-reward", "rzero"]}
+WORLDS = {"tiny": [], "curriculum": ["--proposer-mix", "curriculum"]}  # tiny.py pretrain flags beyond BASE_FLAGS
+WINDOW = 10  # steps per window of the proposer's mix over time
 STEPS = 60  # training steps of the reported runs (--quick: 30)
 OWN_FLAGS = ("--model", "--seed", "--steps", "--eval-data", "--out", "--resume")  # run_arm sets these itself
 
@@ -84,28 +99,72 @@ def write_sets(out):
                     f.write(json.dumps(p) + "\n")
 
 
-def base_model(out):
-    """Pre-train the base model once (tiny.py pretrain), then score it on both splits."""
+def world_dir(out, world="tiny", base_seed=0):
+    """Where a base model and its runs live: `out` for the tiny world's seed-0 base, else
+    out/<world>-base<seed> (runs/tiny-world/curriculum-base0, runs/tiny-world/tiny-base1)."""
+    return out if (world, base_seed) == ("tiny", 0) else os.path.join(out, f"{world}-base{base_seed}")
+
+
+def base_flags(world="tiny", base_seed=0, threads=None):
+    """tiny.py pretrain's flags for a world's base model at a seed (BASE_FLAGS' --seed, and
+    --threads if given, replaced)."""
+    flags = list(BASE_FLAGS)
+    flags[flags.index("--seed") + 1] = str(base_seed)
+    if threads:
+        flags[flags.index("--threads") + 1] = str(threads)
+    return [*BASE_ARGS, *flags, *WORLDS[world]]
+
+
+def scores(model, tok, problems, samples, temperature):
+    """eval.evaluate on every problem at once (so each problem draws the stream a run's eval draws),
+    then {"all": figures, "by_shape": {shape: figures}}: accuracy, and with samples > 1 maj@k, pass@k."""
+    result = heldout.evaluate(model, tok, "arith", problems, samples=samples, temperature=temperature,
+                              max_new_tokens=64, batch_size=512)
+    records, by = result["records"], {}
+    for i, p in enumerate(problems):
+        by.setdefault(rewards.arith_shape(p["problem"]), []).extend(records[i * samples:(i + 1) * samples])
+    return {"all": heldout.summarize(records, samples),
+            "by_shape": {shape: heldout.summarize(rs, samples) for shape, rs in sorted(by.items())}}
+
+
+def figures_of(model, tok, problems):
+    """{"greedy", "sampled", "maj_at_8", "pass_at_8", "by_shape": {shape: the same four}}."""
+    greedy, sampled = scores(model, tok, problems, 1, 0.0), scores(model, tok, problems, 8, 1.0)
+
+    def four(g, s):
+        return {"greedy": g["accuracy"], "sampled": s["accuracy"], "maj_at_8": s["maj_at_k"], "pass_at_8": s["pass_at_k"]}
+    return {**four(greedy["all"], sampled["all"]),
+            "by_shape": {shape: four(greedy["by_shape"][shape], sampled["by_shape"][shape]) for shape in greedy["by_shape"]}}
+
+
+def base_model(out, world="tiny", base_seed=0, threads=None):
+    """Pre-train the base model once (tiny.py pretrain), then score it on both splits (base.json,
+    with each shape's figures and the base proposer's mix: `proposer_mix`)."""
     base = os.path.join(out, "base")
     if not os.path.exists(os.path.join(base, "config.json")):
         print(f"pre-training the base model into {base} ...", flush=True)
-        sh(["tiny.py", "pretrain", *BASE_ARGS, *BASE_FLAGS, "--out", base], os.path.join(out, "base.log"))
+        sh(["tiny.py", "pretrain", *base_flags(world, base_seed, threads), "--out", base], os.path.join(out, "base.log"))
     figures_path = os.path.join(out, "base.json")
     if not os.path.exists(figures_path):
-        import rollout
         model, tok = rollout.load(base, device="cpu")
-        figures = {}
+        mix, well_formed = proposer_mix(model, tok)
+        figures = {"world": world, "base_seed": base_seed, "proposer_mix": mix, "proposer_well_formed": well_formed}
         for split in ("dev", "heldout"):
-            problems = heldout.read_jsonl(os.path.join(out, f"{split}.jsonl"), "arith")
-            greedy = heldout.evaluate(model, tok, "arith", problems, max_new_tokens=64, batch_size=512)
-            sampled = heldout.evaluate(model, tok, "arith", problems, samples=8, temperature=1.0,
-                                       max_new_tokens=64, batch_size=512)
-            figures[split] = {"greedy": greedy["accuracy"], "sampled": sampled["accuracy"],
-                              "maj_at_8": sampled["maj_at_k"], "pass_at_8": sampled["pass_at_k"]}
+            figures[split] = figures_of(model, tok, heldout.read_jsonl(os.path.join(out, f"{split}.jsonl"), "arith"))
         with open(figures_path, "w") as f:
             json.dump(figures, f, indent=1)
     with open(figures_path) as f:
         return base, json.load(f)
+
+
+def proposer_mix(model, tok, n=512, seed=0):
+    """(mix, well-formed share) of `n` proposals the model writes to the arith proposer prompt at
+    T=1: mix is {shape: share} over the well-formed ones (`rewards.arith_shape`: "AxB" or "other"),
+    as a run's `proposal_mix` counts its valid proposals."""
+    samples = rollout.generate(model, tok, [rollout.chat_prompt(tok, prompts.proposer_prompt("arith"))], n=n,
+                               max_new_tokens=16, temperature=1.0, seed=seed)
+    shapes = [shape for shape in (rewards.arith_shape(s.text) for s in samples) if shape != "malformed"]
+    return {shape: shapes.count(shape) / len(shapes) for shape in sorted(set(shapes))}, len(shapes) / n
 
 
 def mean_mix(mixes):
@@ -123,8 +182,11 @@ def run_name(arm, seed, split, extra, steps=None):
     return f"{arm}-s{seed}{variant}" + ("-" + "_".join(x.lstrip("-") for x in extra) if extra else "")
 
 
-def run_arm(out, base, arm, seed, steps, split, threads=None, extra=()):
-    """One training run (`extra`: sqlm.py flags after WORLD's); returns its result (cached in result.json)."""
+def run_arm(out, base, arm, seed, steps, split, threads=None, extra=(), world="tiny", base_seed=0):
+    """One training run (`extra`: sqlm.py flags after WORLD's); returns its result (cached in result.json):
+    the eval curve; per step the zero-signal share of solver groups, `majority_correct` and the
+    proposer's mix (also by WINDOW-step windows); `shape_stats`; and the final weights scored on
+    the run's split shape by shape (`by_shape`, the same streams as the run's own last eval)."""
     run = os.path.join(out, run_name(arm, seed, split, extra, steps))
     result_path = os.path.join(run, "result.json")
     if os.path.exists(result_path):
@@ -144,44 +206,153 @@ def run_arm(out, base, arm, seed, steps, split, threads=None, extra=()):
     trained = [r for r in records if "valid_rate" in r]
     last = trained[-10:]  # the last ten steps' proposals
     mix = mean_mix([r.get("proposal_mix", {}) for r in last])
-    result = {"arm": arm, "seed": seed, "steps": steps, "split": split, "extra": list(extra), "curve": curve, "final": curve[-1],
+    minutes = round((time.time() - started) / 60, 1)
+    model, tok = rollout.load(os.path.join(run, f"step-{steps:06d}"), device="cpu")
+    by_shape = figures_of(model, tok, heldout.read_jsonl(os.path.join(out, f"{split}.jsonl"), "arith"))["by_shape"]
+    result = {"arm": arm, "seed": seed, "steps": steps, "split": split, "extra": list(extra),
+              "world": world, "base_seed": base_seed, "curve": curve, "final": curve[-1],
               "valid_rate": sum(r["valid_rate"] for r in last) / len(last),
               "maj_ok": [r.get("majority_correct") for r in trained],
               "maj_ok_checked": [r.get("majority_checked") for r in trained],
-              "proposal_mix_last10": mix, "minutes": round((time.time() - started) / 60, 1)}
+              "zero_signal": [r["zero_signal"] for r in trained],
+              "proposal_mix": [r.get("proposal_mix", {}) for r in trained],
+              "mix_by_window": [mean_mix([r.get("proposal_mix", {}) for r in trained[i:i + WINDOW]])
+                                for i in range(0, len(trained), WINDOW)],
+              "shape_stats": shape_stats(run, WINDOW, WINDOW), "by_shape": by_shape,
+              "proposal_mix_last10": mix, "minutes": minutes,
+              "shape_eval_minutes": round((time.time() - started) / 60 - minutes, 1)}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     return result
 
 
-def cell(values):
+def cell(values, digits=3):
+    """mean, and over several values ± its standard error (range): 0.754 ± 0.003 (0.749-0.758)."""
     mean = sum(values) / len(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ({min(values):.3f}-{max(values):.3f})"
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    se = (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+    return f"{mean:.{digits}f} ± {se:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def table_lines(results, base, split):
-    """Markdown rows: the base model, then one row per (arm, variant): mean (range) over seeds
-    at the last eval; valid rate, `maj_ok` (with the proposals it covers) and the problem
-    mix over the last ten steps."""
-    lines = [f"| {split} | seeds | greedy | sampled (T=1) | maj@8 | pass@8 | valid | maj_ok (checked) | mix, last 10 steps |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    if base:
-        lines.append(f"| base model | - | {base['greedy']:.3f} | {base['sampled']:.3f} | {base['maj_at_8']:.3f} | "
-                     f"{base['pass_at_8']:.3f} | - | - | - |")
+def label(r):
+    """An arm with its variant: sqlm; sqlm --lr 1e-4; every (30 steps)."""
+    extra = " ".join(r.get("extra", [])) + ("" if r["steps"] == STEPS else f" ({r['steps']} steps)")
+    return f"{r['arm']} {extra.strip()}".strip()
+
+
+def grouped(results):
+    """[(label, [result])] in ARMS order, then by variant."""
     groups = {}
     for r in results:
-        label = " ".join(r.get("extra", [])) + ("" if r["steps"] == STEPS else f" ({r['steps']} steps)")
-        groups.setdefault((r["arm"], label.strip()), []).append(r)
-    for (arm, extra), rs in sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[0][0]), kv[0][1])):
+        groups.setdefault(label(r), []).append(r)
+    return sorted(groups.items(), key=lambda kv: (list(ARMS).index(kv[1][0]["arm"]), kv[0]))
+
+
+def runs_cell(rs):
+    """How many runs, and over how many base models: 6 (3 bases)."""
+    bases = len({r.get("base_seed", 0) for r in rs})
+    return f"{len(rs)}" + (f" ({bases} bases)" if bases > 1 else "")
+
+
+def maj_ok_cell(rs, last=10):
+    """How often the vote was the true product over the last steps, weighted by the proposals it
+    covers, with how many problems that is per run: 0.35 (621)."""
+    ok = [(o, c) for r in rs for o, c in zip(r["maj_ok"][-last:], r["maj_ok_checked"][-last:]) if c]
+    return f"{sum(o * c for o, c in ok) / sum(c for _, c in ok):.2f} ({sum(c for _, c in ok) / len(rs):.0f})" if ok else "-"
+
+
+def base_cells(bases, split):
+    """The base model's row cells (greedy, sampled, maj@8, pass@8) over one or several bases."""
+    return [cell([b[split][k] for b in bases]) for k in ("greedy", "sampled", "maj_at_8", "pass_at_8")]
+
+
+def table_lines(results, bases, split):
+    """Markdown rows: the base model (mean over `bases`), then one row per (arm, variant): mean ±
+    standard error (range) over every run of it, all bases and seeds together, at the last eval;
+    valid rate, `maj_ok` (with the proposals it covers) and the problem mix over the last ten steps."""
+    lines = [f"| {'held-out' if split == 'heldout' else split} | runs | greedy | sampled (T=1) | maj@8 | pass@8 | valid | maj_ok (checked) | mix, last 10 steps |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if bases:
+        lines.append(f"| base model | {len(bases)} | " + " | ".join(base_cells(bases, split)) + " | - | - | - |")
+    for name, rs in grouped(results):
         mix = mean_mix([r["proposal_mix_last10"] for r in rs])
         top = ", ".join(f"{s} {v:.2f}" for s, v in sorted(mix.items(), key=lambda kv: -kv[1])[:4])
-        ok = [(o, c) for r in rs for o, c in zip(r["maj_ok"][-10:], r["maj_ok_checked"][-10:]) if c]
-        maj_ok = f"{sum(o * c for o, c in ok) / sum(c for _, c in ok):.2f} ({sum(c for _, c in ok) / len(rs):.0f})" if ok else "-"
         f = [r["final"] for r in rs]
-        lines.append(f"| {arm}{' ' + extra if extra else ''} | {len(rs)} | {cell([x['eval_accuracy'] for x in f])} | "
+        lines.append(f"| {name} | {runs_cell(rs)} | {cell([x['eval_accuracy'] for x in f])} | "
                      f"{cell([x['eval_sampled_accuracy'] for x in f])} | {cell([x['eval_sampled_maj_at_k'] for x in f])} | "
                      f"{cell([x['eval_sampled_pass_at_k'] for x in f])} | {cell([r['valid_rate'] for r in rs])} | "
-                     f"{maj_ok} | {top} |")
+                     f"{maj_ok_cell(rs)} | {top} |")
+    return lines
+
+
+def per_base_lines(results, bases):
+    """Markdown: each base model's held-out figures and, under it, each arm's mean over run seeds
+    on that base, so a change that holds on one base and not another is visible."""
+    lines = ["| held-out, by base | runs | greedy | sampled (T=1) | maj@8 |", "| --- | --- | --- | --- | --- |"]
+    for seed in sorted({r.get("base_seed", 0) for r in results} | set(bases)):
+        if seed in bases:
+            b = bases[seed]["heldout"]
+            lines.append(f"| base {seed} | - | {b['greedy']:.3f} | {b['sampled']:.3f} | {b['maj_at_8']:.3f} |")
+        for name, rs in grouped([r for r in results if r.get("base_seed", 0) == seed]):
+            f = [r["final"] for r in rs]
+            lines.append(f"| base {seed}: {name} | {len(rs)} | {cell([x['eval_accuracy'] for x in f])} | "
+                         f"{cell([x['eval_sampled_accuracy'] for x in f])} | {cell([x['eval_sampled_maj_at_k'] for x in f])} |")
+    return lines
+
+
+def by_shape_lines(results, bases):
+    """Markdown: held-out greedy / sampled / maj@8 of the final weights on each operand shape."""
+    shapes = sorted({s for r in results for s in r.get("by_shape", {})} | {s for b in bases for s in b["heldout"].get("by_shape", {})})
+    if not shapes:
+        return []
+    lines = ["| held-out by shape | runs | " + " | ".join(f"{s} greedy | {s} sampled | {s} maj@8" for s in shapes) + " |",
+             "| --- | --- |" + " --- |" * 3 * len(shapes)]
+    rows = [("base model", [b["heldout"] for b in bases if "by_shape" in b["heldout"]], None)]
+    rows += [(name, [r for r in rs if "by_shape" in r], runs_cell([r for r in rs if "by_shape" in r]))
+             for name, rs in grouped(results)]
+    for name, rs, runs in rows:
+        if rs:
+            cells = [cell([r["by_shape"][s][k] for r in rs if s in r["by_shape"]])
+                     for s in shapes for k in ("greedy", "sampled", "maj_at_8")]
+            lines.append(f"| {name} | {runs or len(rs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def signal_lines(results):
+    """Markdown: per arm, the share of solver groups with no signal (all rewards equal) over the
+    first and last ten steps and over the run, and how often the vote was the true product."""
+    lines = ["| training signal | runs | zero-signal groups, first 10 steps | last 10 | all steps | "
+             "maj_ok, first 10 | maj_ok, last 10 (checked) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rs in grouped([r for r in results if "zero_signal" in r]):
+        def mean(xs):
+            return sum(xs) / len(xs)
+        zero = [[mean(r["zero_signal"][:10]) for r in rs], [mean(r["zero_signal"][-10:]) for r in rs],
+                [mean(r["zero_signal"]) for r in rs]]
+        first = [dict(r, maj_ok=r["maj_ok"][:10], maj_ok_checked=r["maj_ok_checked"][:10]) for r in rs]
+        lines.append(f"| {name} | {runs_cell(rs)} | " + " | ".join(cell(z, 2) for z in zero) +
+                     f" | {maj_ok_cell(first)} | {maj_ok_cell(rs)} |")
+    return lines
+
+
+def mix_lines(results, bases):
+    """Markdown: the proposer's mix (share of valid proposals by shape) in each WINDOW-step window,
+    mean over runs, after the base proposer's own mix (`base_model`'s 512 samples)."""
+    results = [r for r in results if "mix_by_window" in r]
+    if not results:
+        return []
+    windows = min(len(r["mix_by_window"]) for r in results)
+    lines = ["| proposer's mix | shape | base | " + " | ".join(f"steps {i * WINDOW}-{i * WINDOW + WINDOW - 1}"
+                                                           for i in range(windows)) + " |",
+             "| --- | --- | --- |" + " --- |" * windows]
+    base_mix = mean_mix([b["proposer_mix"] for b in bases if "proposer_mix" in b])
+    for name, rs in grouped(results):
+        per_window = [mean_mix([r["mix_by_window"][i] for r in rs]) for i in range(windows)]
+        shapes = sorted({s for w in per_window for s in w} | set(base_mix), key=lambda s: -per_window[0].get(s, 0))
+        for shape in shapes:
+            if max([base_mix.get(shape, 0)] + [w.get(shape, 0) for w in per_window]) >= 0.005:
+                lines.append(f"| {name} ({len(rs)}) | {shape} | {base_mix.get(shape, 0):.2f} | "
+                             + " | ".join(f"{w.get(shape, 0):.2f}" for w in per_window) + " |")
     return lines
 
 
@@ -206,17 +377,15 @@ def shape_stats(run, first, last):
     return stats
 
 
-def shape_lines(out, results, arm, window=10):
-    """Markdown: the arm's problem mix by shape in its first and last `window` steps (mean over seeds)."""
-    runs = [os.path.join(out, run_name(r["arm"], r["seed"], r["split"], r.get("extra", []), r["steps"]))
-            for r in results if r["arm"] == arm]
-    runs = [run for run in runs if os.path.exists(os.path.join(run, "samples.jsonl"))]
-    if not runs:
+def shape_lines(results, name, window=WINDOW):
+    """Markdown: the arm's solved proposals by shape in its first and last `window` steps (mean
+    over runs): share, proposer reward, and how often the vote was the true product."""
+    stats = [r["shape_stats"] for r in results if "shape_stats" in r and label(r) == name]
+    if not stats:
         return []
-    stats = [shape_stats(run, window, window) for run in runs]
     shapes = sorted({shape for s in stats for w in s.values() for shape in w})
-    lines = [f"| {arm}: shape | share, first {window} steps | share, last {window} | proposer reward, first | "
-             f"last | majority = truth, first | last |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [f"| {name} ({len(stats)}): shape | share, first {window} steps | share, last {window} | "
+             f"proposer reward, first | last | majority = truth, first | last |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for shape in shapes:
         cells = []
         for i in range(3):
@@ -227,30 +396,66 @@ def shape_lines(out, results, arm, window=10):
     return lines
 
 
-def report(out):
-    """table.md (mean and range over seeds at the last eval) and tiny_world.png (accuracy against step)."""
-    results = []
+def world_dirs(out):
+    """[(directory, world, base seed)]: `out` itself (the tiny world's seed-0 base) and every
+    <world>-base<seed> directory under it."""
+    found = [(out, "tiny", 0)]
     for name in sorted(os.listdir(out)):
-        path = os.path.join(out, name, "result.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                results.append(json.load(f))
-    base = json.load(open(os.path.join(out, "base.json"))) if os.path.exists(os.path.join(out, "base.json")) else None
-    reported = [r for r in results if r["split"] == "heldout" and not r.get("extra") and r["steps"] == STEPS]
-    lines = table_lines(reported, base and base["heldout"], "held-out")
-    shorter = [r for r in results if r["split"] == "heldout" and r not in reported]
-    dev = [r for r in results if r["split"] == "dev"]
-    if shorter:
-        lines += ["", "Shorter runs (--quick) and variants, held-out:", ""]
-        lines += table_lines(shorter, base and base["heldout"], "held-out")
-    if dev:
-        lines += ["", "Dev-split runs (choosing settings; the held-out split is never used for this):", ""]
-        lines += table_lines(dev, base and base["dev"], "dev")
-    for arm in ("sqlm", "every", "never"):
-        extra_lines = shape_lines(out, reported, arm)
-        if extra_lines:
-            lines += ["", *extra_lines]
-    table = "\n".join(lines) + "\n"
+        world, _, seed = name.rpartition("-base")
+        if world in WORLDS and seed.isdigit() and os.path.isdir(os.path.join(out, name)):
+            found.append((os.path.join(out, name), world, int(seed)))
+    return found
+
+
+def load(out):
+    """{world: (bases {seed: base.json}, [result])} of every finished run under `out`."""
+    worlds = {}
+    for path, world, seed in world_dirs(out):
+        bases, results = worlds.setdefault(world, ({}, []))
+        if os.path.exists(os.path.join(path, "base.json")):
+            with open(os.path.join(path, "base.json")) as f:
+                bases[seed] = json.load(f)
+        for name in sorted(os.listdir(path)):
+            if os.path.exists(os.path.join(path, name, "result.json")):
+                with open(os.path.join(path, name, "result.json")) as f:
+                    results.append({**json.load(f), "world": world, "base_seed": seed, "dir": os.path.join(path, name)})
+    return {w: v for w, v in worlds.items() if v[0] or v[1]}
+
+
+def is_reported(r):
+    return r["split"] == "heldout" and not r.get("extra") and r["steps"] == STEPS
+
+
+def report(out):
+    """table.md (per world: mean ± standard error (range) over bases and seeds at the last eval,
+    each base apart, each shape, the training signal, the proposer's mix over time) and
+    tiny_world.png (accuracy against step), from the result.json of every finished run."""
+    worlds, lines = load(out), []
+    for world, (bases, results) in sorted(worlds.items(), key=lambda kv: list(WORLDS).index(kv[0])):
+        seeds = ", ".join(map(str, sorted({r["base_seed"] for r in results} | set(bases))))
+        lines += [f"## {world} world (base seeds {seeds})", ""]
+        reported = [r for r in results if is_reported(r)]
+        base_list = [bases[s] for s in sorted(bases)]
+        lines += table_lines(reported, base_list, "heldout")
+        if len({r["base_seed"] for r in reported} | set(bases)) > 1:
+            lines += ["", *per_base_lines(reported, bases)]
+        for part in (by_shape_lines(reported, base_list), signal_lines(reported), mix_lines(reported, base_list)):
+            if part:
+                lines += ["", *part]
+        for name, _ in grouped(reported):
+            part = shape_lines(reported, name)
+            if part:
+                lines += ["", *part]
+        shorter = [r for r in results if r["split"] == "heldout" and not is_reported(r)]
+        dev = [r for r in results if r["split"] == "dev"]
+        if shorter:
+            lines += ["", "Shorter runs (--quick) and variants, held-out:", ""]
+            lines += table_lines(shorter, base_list, "heldout")
+        if dev:
+            lines += ["", "Dev-split runs (choosing settings; the held-out split is never used for this):", ""]
+            lines += table_lines(dev, base_list, "dev")
+        lines.append("")
+    table = "\n".join(lines)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table)
     print(table)
@@ -261,28 +466,56 @@ def report(out):
     except ImportError:
         print("experiments.py: matplotlib is not installed (pip install matplotlib): table only", file=sys.stderr)
         return
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, title in ((axes[0], "eval_accuracy", "held-out greedy"),
-                           (axes[1], "eval_sampled_accuracy", "held-out sampled (T=1)")):
-        for i, arm in enumerate(ARMS):
-            for j, r in enumerate(r for r in reported if r["arm"] == arm):
-                ax.plot([c["step"] for c in r["curve"]], [c[key] for c in r["curve"]], color=f"C{i}", alpha=0.8,
-                        label=arm if j == 0 else None)
-        if base:
-            ax.axhline(base["heldout"]["maj_at_8"], color="grey", linestyle="--", label="base maj@8")
-        ax.set_title(title)
-        ax.set_xlabel("step")
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend()
+    shown = [(w, v) for w, v in sorted(worlds.items(), key=lambda kv: list(WORLDS).index(kv[0]))
+             if any(is_reported(r) for r in v[1])]
+    if not shown:
+        return
+    fig, axes = plt.subplots(len(shown), 2, figsize=(10, 4 * len(shown)), sharey=True, squeeze=False)
+    for row, (world, (bases, results)) in zip(axes, shown):
+        for ax, key, title in ((row[0], "eval_accuracy", "held-out greedy"),
+                               (row[1], "eval_sampled_accuracy", "held-out sampled (T=1)")):
+            for i, arm in enumerate(ARMS):
+                for j, r in enumerate(r for r in results if is_reported(r) and r["arm"] == arm):
+                    ax.plot([c["step"] for c in r["curve"]], [c[key] for c in r["curve"]], color=f"C{i}", alpha=0.7,
+                            label=arm if j == 0 else None)
+            if bases:
+                ax.axhline(sum(b["heldout"]["maj_at_8"] for b in bases.values()) / len(bases), color="grey",
+                           linestyle="--", label="base maj@8")
+            ax.set_title(f"{world} world: {title}")
+            ax.set_xlabel("step")
+        row[0].set_ylabel("accuracy")
+        row[0].legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "tiny_world.png"), dpi=100)
     print(f"plot: {os.path.join(out, 'tiny_world.png')}")
 
 
+def export(out, to):
+    """Copy base.json and every finished run's result.json under `out` to the same places under
+    `to` (small files, to commit), so `report --out TO` rebuilds the tables without the runs."""
+    copied = 0
+    for path, _, _ in world_dirs(out):
+        dest = os.path.join(to, os.path.relpath(path, out))
+        for name in ["base.json"] + [os.path.join(n, "result.json") for n in sorted(os.listdir(path))]:
+            if os.path.isfile(os.path.join(path, name)):
+                os.makedirs(os.path.dirname(os.path.join(dest, name)), exist_ok=True)
+                shutil.copyfile(os.path.join(path, name), os.path.join(dest, name))
+                copied += 1
+    print(f"copied {copied} files from {out} to {to}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="The tiny world: SQLM's label-free gain on a CPU.")
-    p.add_argument("command", choices=["tiny-world", "report"])
-    p.add_argument("--out", default="runs/tiny-world", help="where the base model, runs and report go")
+    p.add_argument("command", choices=["tiny-world", "report", "export"])
+    p.add_argument("--out", default="runs/tiny-world",
+                   help="where the base models, runs and report go (one directory per world and base seed under it)")
+    p.add_argument("--world", default="tiny", choices=list(WORLDS),
+                   help="tiny: the base proposer writes 1x1 to 3x2 evenly; curriculum: mostly 1x1, a quarter 2x1")
+    p.add_argument("--base-seed", type=int, default=0, help="the base model's pre-training seed")
+    p.add_argument("--to", help="export: where the result.json and base.json files are copied")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of each run and of the pre-training (default: cores/jobs with --jobs > 1, "
+                        "else torch's own for runs and 2 for the pre-training)")
     p.add_argument("--quick", action="store_true", help="one seed, 30 steps")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
     p.add_argument("--steps", type=int, default=STEPS, help="training steps per run")
@@ -297,10 +530,16 @@ def main(argv=None):
     a = p.parse_args(argv[:cut])
     if extra and a.split != "dev":
         p.error("flags after -- make a variant to compare on the dev split: add --split dev")
-    if a.command == "report":
+    if a.command in ("report", "export"):
         if not os.path.isdir(a.out):
             p.error(f"--out {a.out} holds no runs yet")
+        if a.command == "export":
+            if not a.to:
+                p.error("export needs --to DIR")
+            return export(a.out, a.to)
         return report(a.out)
+    if not 0 <= a.base_seed < 2**32 or (a.threads is not None and a.threads < 1):
+        p.error(f"--base-seed must be in [0, 2**32) and --threads at least 1 (got {a.base_seed}, {a.threads})")
     arms = a.arms.split(",")
     if not set(arms) <= set(ARMS):
         p.error(f"unknown arm in --arms {a.arms} (choose from {', '.join(ARMS)})")
@@ -315,18 +554,19 @@ def main(argv=None):
         check_variant(extra, arms)
     except ValueError as e:
         p.error(str(e))
-    os.makedirs(a.out, exist_ok=True)
-    write_sets(a.out)
+    out = world_dir(a.out, a.world, a.base_seed)
+    os.makedirs(out, exist_ok=True)
+    write_sets(out)
+    threads = a.threads or (max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None)
     try:
-        base, figures = base_model(a.out)
+        base, figures = base_model(out, a.world, a.base_seed, a.threads)
     except rollout.LoadError as e:
-        p.error(f"{e} (delete {os.path.join(a.out, 'base')} to build it again)")
-    print("base model: " + json.dumps(figures), flush=True)
-    threads = max(1, (os.cpu_count() or 1) // a.jobs) if a.jobs > 1 else None
+        p.error(f"{e} (delete {os.path.join(out, 'base')} to build it again)")
+    print("base model: " + json.dumps({k: figures[k] for k in ("dev", "heldout") if k in figures}), flush=True)
 
     def one(job):
         arm, seed = job
-        r = run_arm(a.out, base, arm, seed, steps, a.split, threads, extra)
+        r = run_arm(out, base, arm, seed, steps, a.split, threads, extra, a.world, a.base_seed)
         print(f"{arm} seed {seed}: " + json.dumps(r["final"]) + f" ({r['minutes']} min)", flush=True)
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:  # runs are processes; threads only wait
         list(pool.map(one, [(arm, seed) for seed in seeds for arm in arms]))

@@ -185,6 +185,30 @@ def transcript(rng):
 # --- the arith world: a base model that multiplies, unreliably --------------------------
 
 PROPOSER_SHAPES = ((1, 1), (2, 1), (2, 2), (3, 1), (3, 2))  # what the base proposer writes, easy to hard
+# The curriculum world's proposer (`--proposer-mix curriculum`): mostly problems the solver learns
+# to answer unanimously within a few steps (1x1, one line of working), a quarter at the frontier it
+# was taught and slips on (2x1), nothing beyond (docs/tiny_world.md, 'A world where the curriculum
+# should matter').
+CURRICULUM_MIX = {(1, 1): 0.75, (2, 1): 0.25}
+
+
+def parse_mix(spec):
+    """"curriculum" -> CURRICULUM_MIX; "1x1:3,2x1:1" -> {(1, 1): 3.0, (2, 1): 1.0}; ValueError is one line."""
+    if spec == "curriculum":
+        return dict(CURRICULUM_MIX)
+    mix = {}
+    try:
+        for part in spec.split(","):
+            shape, weight = part.split(":")
+            a, b = (int(d) for d in shape.split("x"))
+            mix[(a, b)] = float(weight)
+    except ValueError:
+        mix = {}
+    if not mix or any(not 1 <= min(s) <= max(s) <= 4 for s in mix) or any(w < 0 for w in mix.values()) \
+            or not sum(mix.values()) > 0:
+        raise ValueError(f"--proposer-mix must be 'curriculum' or look like 1x1:0.75,2x1:0.25 "
+                         f"(non-negative weights, 1 to 4 digits a side), not {spec!r}")
+    return mix
 
 
 def corrupt_one_digit(value, rng):
@@ -248,20 +272,28 @@ def world_pairs(shapes):
 
 
 def arith_transcripts(solver_shapes=((2, 1), (1, 1)), corrupt=0.3, proposer_share=0.15,
-                      proposer_shapes=PROPOSER_SHAPES):
+                      proposer_shapes=PROPOSER_SHAPES, proposer_mix=None):
     """rng -> (user prompt, reply): the arith task's real prompts, as `transcript` does.
 
     Solver turns (1 - proposer_share): a train-split pair of a shape in `solver_shapes`
     (shape first, uniformly, so 1x1 is not drowned by 2x1), answered by `arith_reply`.
     Proposer turns: "What is a * b?" of a shape in `proposer_shapes`, uniformly, train pairs
     only, so the proposer starts with a spread of difficulties and no answer in its reply.
+    proposer_mix: {shape: weight} instead of `proposer_shapes` drawn uniformly (the
+    curriculum world, `CURRICULUM_MIX`); None keeps the uniform draw and its random stream.
     """
     import prompts
+    if proposer_mix is not None:
+        proposer_shapes = tuple(s for s, w in proposer_mix.items() if w > 0)
+        weights = [proposer_mix[s] for s in proposer_shapes]
     solver_pairs, proposer_pairs = world_pairs(solver_shapes), world_pairs(proposer_shapes)
+
+    def proposer_shape(rng):
+        return rng.choice(proposer_shapes) if proposer_mix is None else rng.choices(proposer_shapes, weights)[0]
 
     def draw(rng):
         if rng.random() < proposer_share:
-            a, b = rng.choice(proposer_pairs[rng.choice(proposer_shapes)])
+            a, b = rng.choice(proposer_pairs[proposer_shape(rng)])
             return prompts.proposer_prompt("arith"), f"What is {a} * {b}?"
         a, b = rng.choice(solver_pairs[rng.choice(solver_shapes)])
         return prompts.solver_prompt("arith", f"What is {a} * {b}?"), arith_reply(a, b, rng, corrupt)
@@ -355,12 +387,19 @@ def main_pretrain(argv):
     p.add_argument("--corrupt", type=float, default=0.3,
                    help="share of solver replies with one wrong digit in the working (and the answer it implies)")
     p.add_argument("--proposer-share", type=float, default=0.15, help="share of proposer turns")
+    p.add_argument("--proposer-mix", default=None,
+                   help="proposer turns' shapes and weights, e.g. 1x1:0.75,2x1:0.25, or 'curriculum' "
+                        "(default: 1x1, 2x1, 2x2, 3x1, 3x2 uniformly)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (on a shared 2-core machine one is many times faster than two)")
     a = p.parse_args(argv)
     check_shape(p, a)
     try:
         shapes = world.parse_digits(a.digits)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        mix = None if a.proposer_mix is None else parse_mix(a.proposer_mix)
     except ValueError as e:
         p.error(str(e))
     if any(b_digits != 1 for _, b_digits in shapes):
@@ -374,8 +413,9 @@ def main_pretrain(argv):
         make(out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
              init_std=0.02, tokenizer=arith_tokenizer(a.seed))
         pretrain(out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                 transcripts=arith_transcripts(shapes, a.corrupt, a.proposer_share))
-    print(f"pre-trained {a.out} on the arith world ({a.digits}, corrupt {a.corrupt}) for {a.steps} steps")
+                 transcripts=arith_transcripts(shapes, a.corrupt, a.proposer_share, proposer_mix=mix))
+    print(f"pre-trained {a.out} on the arith world ({a.digits}, corrupt {a.corrupt}"
+          + (f", proposer mix {a.proposer_mix}" if mix else "") + f") for {a.steps} steps")
 
 
 @contextlib.contextmanager

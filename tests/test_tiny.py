@@ -1,4 +1,5 @@
 """tiny.py: the offline model every other test stands on."""
+import hashlib
 import os
 
 import pytest
@@ -115,6 +116,62 @@ def test_arith_transcripts_use_real_prompts_train_pairs_only_and_vary_the_propos
     assert 0.12 < n_proposer / 3000 < 0.18
     assert proposer_shapes == set(tiny.PROPOSER_SHAPES)
     assert 0.25 < wrong / (3000 - n_proposer) < 0.35
+
+
+def test_the_tiny_worlds_corpus_is_the_one_its_published_base_was_trained_on():
+    """Without a proposer mix the arith corpus draws exactly what it drew before the curriculum
+    world existed (the same roles and replies from the same seed), so the tiny world's base and
+    every figure measured on it stay reproducible."""
+    draw, rng = tiny.arith_transcripts(), random.Random(3)
+    pairs = [draw(rng) for _ in range(400)]
+    text = "".join(("P" if user == prompts.proposer_prompt("arith") else "S") + reply for user, reply in pairs)
+    assert hashlib.sha256(text.encode()).hexdigest() == "85859ea124abdbc739e69b03988d915045bbfb12464fa1ef3ca8d7c1a19583a2"
+
+
+def test_the_curriculum_corpus_gives_the_proposer_mostly_1x1_a_quarter_2x1_and_nothing_beyond():
+    draw, rng = tiny.arith_transcripts(proposer_mix=tiny.CURRICULUM_MIX), random.Random(1)
+    shapes = []
+    for _ in range(6000):
+        user, reply = draw(rng)
+        if user == prompts.proposer_prompt("arith"):
+            a, b = map(int, re.fullmatch(r"What is (\d+) \* (\d+)\?", reply).groups())
+            assert world.world_split(a, b) == "train"
+            shapes.append((len(str(a)), len(str(b))))
+    assert set(shapes) == {(1, 1), (2, 1)} and 0.12 < len(shapes) / 6000 < 0.18
+    assert 0.71 < shapes.count((1, 1)) / len(shapes) < 0.79
+
+
+def test_a_base_pretrained_on_the_curriculum_corpus_proposes_its_mix(tmp_path):
+    """The curriculum world's construction, measured where it matters: on the proposals a base
+    pre-trained on it writes (a fast 2 x 64 base, half its turns the proposer's, 120 steps; the
+    sweep's base is measured the same way into base.json). The tiny world's mix puts a third of
+    its proposals beyond 2x1."""
+    import experiments
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tiny.make(str(tmp_path / "m"), layers=2, hidden=64, init_std=0.02, tokenizer=tiny.arith_tokenizer())
+        tiny.pretrain(out, steps=120, batch=8, lr=1e-2, log_every=0,
+                      transcripts=tiny.arith_transcripts(proposer_share=0.5, proposer_mix=tiny.CURRICULUM_MIX))
+        model, tok = rollout.load(out, device="cpu")
+        mix, well_formed = experiments.proposer_mix(model, tok, n=256)
+    finally:
+        torch.set_num_threads(threads)
+    assert well_formed > 0.8, well_formed
+    assert 0.6 < mix.get("1x1", 0) < 0.9 and 0.1 < mix.get("2x1", 0) < 0.4, mix
+    assert sum(share for shape, share in mix.items() if shape not in ("1x1", "2x1")) < 0.05, mix
+
+
+def test_proposer_mix_flag_reads_shapes_and_weights_and_refuses_anything_else(tmp_path, capsys):
+    assert tiny.parse_mix("curriculum") == tiny.CURRICULUM_MIX
+    assert tiny.parse_mix("1x1:3,2x1:1") == {(1, 1): 3.0, (2, 1): 1.0}
+    for bad in ("1x1", "1x1:-1", "5x1:1", "1x1:0", "x:1", ""):
+        with pytest.raises(ValueError, match="--proposer-mix must be"):
+            tiny.parse_mix(bad)
+    with pytest.raises(SystemExit) as e:
+        tiny.main(["pretrain", "--task", "arith", "--out", str(tmp_path / "m"), "--proposer-mix", "2x1"])
+    assert e.value.code == 2 and "--proposer-mix must be" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_arith_tokenizer_gives_each_digit_its_own_token_the_default_does_not():
