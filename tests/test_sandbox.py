@@ -725,20 +725,33 @@ def test_what_honest_programs_use_still_works():
 
 
 @pytest.fixture
-def shared_file(monkeypatch):
-    """A 1 MB file of the test's own, bound read-only at /decoy/file into every box, as /usr is: one inode
-    shared by all boxes (no real system file is locked or watched)."""
-    folder = tempfile.mkdtemp()
-    os.chmod(folder, 0o755)
-    with open(os.path.join(folder, "file"), "wb") as f:
-        f.write(os.urandom(2**20))
-        os.fsync(f.fileno())  # clean pages: posix_fadvise can then evict them
-    os.chmod(os.path.join(folder, "file"), 0o644)
-    real = sandbox._bwrap_argv
-    monkeypatch.setattr(sandbox, "_bwrap_argv", lambda *a, **kw: real(*a, **kw)[:1] + ["--ro-bind", folder, "/decoy"]
-                        + real(*a, **kw)[1:])
-    yield os.path.join(folder, "file")
-    shutil.rmtree(folder)
+def decoy(monkeypatch):
+    """decoy(megabytes): a file of the test's own on a disk (not a tmpfs), clean and out of the page cache,
+    bound read-only at /decoy/file into every box, as the interpreter is: one inode shared by all boxes (no
+    real system file is locked, watched, synced or probed). Yields the function; removes what it made."""
+    folders = []
+
+    def make(megabytes):
+        folders.append(tempfile.mkdtemp(dir=os.path.expanduser("~")))
+        os.chmod(folders[-1], 0o755)
+        path = os.path.join(folders[-1], "file")
+        with open(path, "wb") as f:
+            f.write(os.urandom(megabytes * 2**20))
+            os.fsync(f.fileno())  # clean pages: posix_fadvise can then evict them
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        os.chmod(path, 0o644)
+        real = sandbox._bwrap_argv
+        monkeypatch.setattr(sandbox, "_bwrap_argv", lambda *a, **kw: real(*a, **kw)[:1] +
+                            ["--ro-bind", folders[-1], "/decoy"] + real(*a, **kw)[1:])
+        return path
+    yield make
+    for folder in folders:
+        shutil.rmtree(folder)
+
+
+@pytest.fixture
+def shared_file(decoy):
+    return decoy(1)
 
 
 FLOCK = "struct.pack('hhqqi4x', {}, 0, 0, 0, 0)"
@@ -799,6 +812,136 @@ def test_page_cache_tells_a_later_run_nothing(probe, shared_file, caplog):
     assert r.status == "ok", r.stderr
     read, unread = r.stdout.splitlines()
     assert read == unread  # page 0 (read by the earlier run) and page 200 (read by none) look the same
+
+
+# --- limits on what the host shares: write-back, ptys, /proc; the channels that stay open --------
+
+def _dirty_pages(fd):
+    """Pages of the file that are dirty or under write-back (cachestat), or None where the kernel lacks it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    span, stat = (ctypes.c_uint64 * 2)(0, 0), (ctypes.c_uint64 * 5)()  # whole file; cache, dirty, writeback, ...
+    if os.uname().machine not in sandbox.SECCOMP_ARCH or libc.syscall(_nr("cachestat"), fd, span, stat, 0) != 0:
+        return None
+    return stat[1] + stat[2]
+
+
+SYNCS = {"sync": "os.sync()", "syncfs": "libc.syncfs(fd)", "fsync": "os.fsync(fd)", "fdatasync": "os.fdatasync(fd)",
+         "sync_file_range": "libc.sync_file_range(fd, 0, 0, 7)"}  # 7: wait, write, wait
+
+
+@pytest.mark.parametrize("call", SYNCS, ids=list(SYNCS))
+def test_a_box_cannot_force_host_write_back(call, decoy, caplog):
+    """sync, syncfs and fsync, fdatasync or sync_file_range on a read-only descriptor force the host to write
+    dirty pages back (64 MB in half a second of a box's loop; a host write 2.4x slower meanwhile). From a box
+    each is a no-op that returns 0: 8 MB written to a decoy file on the host, bound read-only into the box,
+    stay dirty."""
+    if "seccomp" not in LAYERS:
+        skip_reported("seccomp", caplog)
+    path = decoy(8)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        code = LIBC + "fd = os.open('/decoy/file', os.O_RDONLY)\nprint(" + SYNCS[call] + ")"
+        for attempt in range(3):  # another process's own sync() may write the decoy back: that run says nothing
+            os.pwrite(fd, os.urandom(8 * 2**20), 0)
+            before = _dirty_pages(fd)
+            if before is None or before < 1024:
+                pytest.skip("no dirty pages to watch (no cachestat, or a file system without write-back)")
+            r = sandbox.run(code, timeout=10)
+            after = _dirty_pages(fd)
+            if after > before // 2:
+                break
+    finally:
+        os.close(fd)
+    assert (r.status, r.stdout.strip() in ("None", "0")) == ("ok", True), r.stdout + r.stderr
+    assert after > before // 2, f"{before} dirty pages before the run, {after} after"
+
+
+def test_no_pty_from_the_host_pool(caplog):
+    """/dev/ptmx gives ptys from one pool for the whole host (kernel.pty.max; one box held 708 of them), with
+    tty buffers outside the box's memory cgroup. A box has no pty device."""
+    if "bwrap" not in LAYERS:
+        skip_reported("bwrap", caplog)
+    code = ("import os\nfor path in ('/dev/ptmx', '/dev/pts/ptmx', '/dev/tty'):\n    try:\n"
+            "        os.open(path, os.O_RDWR | os.O_NOCTTY)\n        print('opened', path)\n    except OSError:\n"
+            "        pass\ntry:\n    os.openpty()\n    print('opened openpty')\nexcept OSError:\n    pass\nprint('done')")
+    r = sandbox.run(code)
+    assert (r.status, r.stdout) == ("ok", "done\n"), r.stderr
+
+
+def test_proc_is_not_in_the_box(caplog):
+    """/proc/self/pagemap tells whether another process maps the same page of a shared file (its "exclusively
+    mapped" bit, side by side) and which pages fault-around mapped (page-cache residency, after); /proc's
+    host-wide counters (meminfo, loadavg, stat) are shared by all. The box has no /proc and no /sys."""
+    if "bwrap" not in LAYERS:
+        skip_reported("bwrap", caplog)
+    r = sandbox.run("import os\nprint([p for p in ('/proc/self/pagemap', '/proc/meminfo', '/proc/loadavg', '/proc/1', "
+                    "'/sys/kernel') if os.path.exists(p)])")
+    assert (r.status, r.stdout) == ("ok", "[]\n"), r.stderr
+
+
+FUTEX = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+MAP_FIRST_PAGE = (LIBC + "libc.syscall.restype = ctypes.c_long\nlibc.mmap.restype = ctypes.c_void_p\n"
+                  "fd = os.open(sys.executable, os.O_RDONLY)\nbase = libc.mmap(None, 4096, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED\n"
+                  "def word(i):\n    return ctypes.c_void_p(base + 4 * i), ctypes.c_uint32.from_address(base + 4 * i).value\n")
+FUTEX_SEND = ("class Timespec(ctypes.Structure):\n    _fields_ = [('s', ctypes.c_long), ('ns', ctypes.c_long)]\n"
+              "for i, bit in enumerate(BITS):\n    address, value = word(2 * i + bit)\n"
+              "    libc.syscall(FUTEX, address, 0, value, ctypes.byref(Timespec(3, 0)), 0, 0)  # WAIT while it holds value\n")
+FUTEX_RECEIVE = ("got, start = '', time.monotonic()\nfor i in range(len(BITS)):\n"
+                 "    while time.monotonic() < start + 20 and len(got) == i:\n        for bit in (0, 1):\n"
+                 "            if libc.syscall(FUTEX, word(2 * i + bit)[0], 1, 1, 0, 0) == 1:  # WAKE one: was one waiting?\n"
+                 "                got += str(bit)\nprint(got, round(len(BITS) / (time.monotonic() - start)))")
+
+
+def test_futex_on_a_shared_file_passes_bits_beside_as_documented(caplog):
+    """Documented open (docs/sandbox.md): every box maps the same interpreter file, and a futex on a page of
+    a file is keyed by the page, not the process: one box waits on word 2i + bit of the interpreter's first
+    page, the other wakes each word of the pair and learns the bit from the count woken. Threads and
+    process-shared semaphores need futexes, so the filter cannot refuse them."""
+    if "bwrap" not in LAYERS or FUTEX is None:
+        skip_reported("bwrap", caplog) if "bwrap" not in LAYERS else pytest.skip("futex number known for x86-64, aarch64")
+    bits = "".join(random.choice("01") for _ in range(64))
+    head = MAP_FIRST_PAGE + f"FUTEX, BITS = {FUTEX}, [int(b) for b in {bits!r}]\n"
+    sender, receiver = sandbox.run_many([(head + FUTEX_SEND, ""), (head + FUTEX_RECEIVE, "")], timeout=30, workers=2)
+    assert sender.status == receiver.status == "ok", sender.stderr + receiver.stderr
+    assert receiver.stdout.split()[0] == bits
+
+
+def test_page_cache_residency_reaches_a_later_run_through_page_faults_as_documented(decoy, caplog):
+    """Documented open: a run that reads page i of a file every box sees leaves it in the page cache; a later
+    run touches page i through a mapping and counts its major page faults (getrusage: no /proc, no timing,
+    no call the filter refuses): none if an earlier run read it. Closing it needs a copy of every visible
+    file per box (docs/sandbox.md)."""
+    if "bwrap" not in LAYERS:
+        skip_reported("bwrap", caplog)
+    bits = "".join(random.choice("01") for _ in range(16))
+    decoy(16)  # page i at i MB: read-ahead around one page never reaches the next
+    writer = f"import os\nfd = os.open('/decoy/file', os.O_RDONLY)\nfor i, bit in enumerate({bits!r}):\n" \
+             "    if bit == '1':\n        os.pread(fd, 1, i * 2**20)"
+    reader = ("import mmap, os, resource\nm = mmap.mmap(os.open('/decoy/file', os.O_RDONLY), 0, prot=mmap.PROT_READ)\n"
+              "m.madvise(mmap.MADV_RANDOM)  # a fault reads its own page only\ngot = ''\nfor i in range(16):\n    before = resource.getrusage(resource.RUSAGE_SELF).ru_majflt\n"
+              "    m[i * 2**20]\n    got += '1' if resource.getrusage(resource.RUSAGE_SELF).ru_majflt == before else '0'\n"
+              "print(got)")
+    assert sandbox.run(writer).status == "ok"
+    r = sandbox.run(reader)
+    assert (r.status, r.stdout.strip()) == ("ok", bits), r.stderr
+
+
+def test_pipe_inode_numbers_tell_a_later_run_how_many_pipes_were_made_as_documented(caplog):
+    """Documented open: pipe inodes are numbered by one counter for the whole host (taken in batches of 1024
+    per CPU), so the number a run's pipe gets says how many pipes (and sockets) were made since, by earlier
+    runs among others. A run that makes 100,000 pipes moves the number a later run sees by about that much."""
+    if "bwrap" not in LAYERS:
+        skip_reported("bwrap", caplog)
+    reader = "import os\nnumbers = []\nfor _ in range(1100):  # past this CPU's batch\n    r, w = os.pipe()\n" \
+             "    numbers.append(os.fstat(r).st_ino)\n    os.close(r)\n    os.close(w)\nprint(max(numbers))"
+    writer = "import os\nfor _ in range(100_000):\n    r, w = os.pipe()\n    os.close(r)\n    os.close(w)\nprint('done')"
+    first = sandbox.run(reader)
+    assert sandbox.run(writer, timeout=20).status == "ok"
+    later = sandbox.run(reader)
+    assert first.status == later.status == "ok", first.stderr + later.stderr
+    assert int(later.stdout) - int(first.stdout) >= 95_000
 
 
 def test_every_reference_solution_passes_with_every_layer(caplog):
@@ -879,6 +1022,8 @@ DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "add
           "mincore", "fadvise64")  # out of sandbox.DENIED goes red
 FILTER_CASES = {  # name: (system call, arguments, the filter's errno; None: let through)
     **{name: (name, NO, errno.EPERM) for name in DENIED},
+    **{name: (name, NO, 0) for name in ("syncfs", "fsync", "fdatasync", "sync_file_range")},  # a no-op; sync() is
+    # not called unfiltered here (it would write the host back): test_a_box_cannot_force_host_write_back covers it
     "clone-newuser": ("clone", (0x10000000 | 0x200, 0, 0, 0, 0), errno.EPERM),  # with CLONE_FS: EINVAL unfiltered
     "clone-newns": ("clone", (0x20000 | 0x200, 0, 0, 0, 0), errno.EPERM),
     "clone3": ("clone3", (0, 0), errno.ENOSYS),
