@@ -545,7 +545,8 @@ def bench_gpu(a):
                     parts[name](a, device, row, limit)
                 row["ok"] = row.get("ok", True)
             except PartTimeout:
-                row.update(ok=False, error=f"cut by the time limit after {limit:.0f} s (what it had measured is above)")
+                row.update(ok=False, error=f"cut by the time limit after {limit:.0f} s (the fields before this one are "
+                                           f"what it had measured)")
             except Exception as e:  # the next part still runs
                 row.update(ok=False, error=f"{type(e).__name__}: {cli.first_line(e, 300)}")
             row["seconds"] = round(time.monotonic() - started, 1)
@@ -553,7 +554,7 @@ def bench_gpu(a):
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         held = held and row["ok"]
-        line = json.dumps(row)
+        line = json.dumps(row, default=str)
         print(line, flush=True)
         with open(os.path.join(a.out, "results.jsonl"), "a") as f:
             f.write(line + "\n")
@@ -627,9 +628,14 @@ def gpu_cuda_tests(a, device, row, limit):
     so every test is skipped with its reason, whatever the machine has."""
     xml, log = (os.path.join(a.out, f"cuda_tests.{ext}") for ext in ("xml", "log"))
     env = dict(os.environ, **({} if device.type == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}))
-    done = subprocess.run([sys.executable, "-m", "pytest", os.path.join("tests", "test_cuda.py"), "-m", "cuda", "-rA",
-                           f"--junitxml={xml}"], cwd=HERE, env=env, capture_output=True, text=True,
-                          timeout=max(limit - 5, 1))
+    command = [sys.executable, "-m", "pytest", os.path.join("tests", "test_cuda.py"), "-m", "cuda", "-rA",
+               f"--junitxml={xml}"]
+    try:
+        done = subprocess.run(command, cwd=HERE, env=env, capture_output=True, text=True, timeout=max(limit - 5, 1))
+    except subprocess.TimeoutExpired as e:  # keep what pytest had printed: the tests that ran, in order
+        with open(log, "wb") as f:
+            f.write(b"".join(s.encode() if isinstance(s, str) else s or b"" for s in (e.stdout, e.stderr)))
+        raise RuntimeError(f"pytest still running after {e.timeout:.0f} s; its output so far is in {log}") from None
     with open(log, "w") as f:
         f.write(done.stdout + done.stderr)
     tests = junit_outcomes(xml) if os.path.exists(xml) else {}

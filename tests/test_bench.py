@@ -4,6 +4,7 @@ On CPU in fp32, also where a GPU is present: there the bench runs bf16 and agree
 """
 import json
 import os
+import sys
 import time
 
 import pytest
@@ -223,3 +224,16 @@ def test_junit_outcomes_reads_pass_fail_skip_and_error(tmp_path):
     assert bench.junit_outcomes(tmp_path / "r.xml") == {
         "test_ok": "passed", "test_bad": "failed: assert 0.0042 == 0.0",
         "test_setup": 'failed: failed on setup with "OSError"', "test_off": "skipped: needs a CUDA device"}
+
+
+def test_cuda_tests_still_running_at_their_limit_leave_their_output_and_one_line(tmp_path, monkeypatch):
+    """The CUDA tests' pytest is stopped at the part's limit; its output so far is kept in the log and the
+    part's error is one line. Guards: a hung CUDA test leaving no trace of which test hung."""
+    real_run = bench.subprocess.run
+    monkeypatch.setattr(bench.subprocess, "run", lambda command, **kw: real_run(
+        [sys.executable, "-c", "print('tests/test_cuda.py::test_one PASSED', flush=True); import time; time.sleep(30)"],
+        **{**kw, "timeout": 1}))
+    a = type("Args", (), {"out": str(tmp_path)})
+    with pytest.raises(RuntimeError, match="pytest still running after 1 s"):
+        bench.gpu_cuda_tests(a, torch.device("cpu"), {}, 60)
+    assert "test_one PASSED" in (tmp_path / "cuda_tests.log").read_text()
