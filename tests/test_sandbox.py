@@ -597,6 +597,23 @@ def test_a_failed_probe_is_refused_and_tried_again(monkeypatch, fresh_probe):
     assert sandbox.isolation().layers == LAYERS
 
 
+def test_a_box_that_does_not_start_drops_only_accepted_layers(monkeypatch, caplog, fresh_probe):
+    """Where bwrap is installed but cannot make a box (a container without namespaces), the default refuses
+    with bwrap's own reason; a user who accepts running without bwrap gets plain processes and a warning."""
+    real = sandbox._probe_once
+    monkeypatch.setattr(sandbox, "_probe_once", lambda iso, uid: "bwrap: No permissions to create a new namespace"
+                        if "bwrap" in iso.layers else real(iso, uid))
+    with pytest.raises(sandbox.Unavailable, match="does not start here: bwrap: No permissions"):
+        sandbox.isolation()
+    monkeypatch.setenv(sandbox.ALLOW_MISSING, "bwrap")  # the others need bwrap: still refused
+    with pytest.raises(sandbox.Unavailable, match="does not start here"):
+        sandbox.isolation()
+    monkeypatch.setenv(sandbox.ALLOW_MISSING, ",".join(sandbox.ALL_LAYERS))
+    with caplog.at_level(logging.WARNING, logger="sandbox"):
+        assert sandbox.isolation().layers == ()
+    assert "No permissions" in caplog.text and "no bwrap layer" in caplog.text
+
+
 def test_unknown_layer_names_are_refused(monkeypatch, fresh_probe):
     """A misspelt layer in the variable is an error, not a silent no-op."""
     monkeypatch.setenv(sandbox.ALLOW_MISSING, "cgroups")
