@@ -6,7 +6,7 @@
     python bench.py memory  [--model qwen2.5-0.5b,qwen2.5-1.5b,qwen2.5-3b,qwen2.5-7b --cards 24,40,80,141 --gpus 1,2,4,8]
     python bench.py sandbox [--programs 40 --tests 5 --repeat 3]
     python bench.py parallel [--model tiny|DIR --processes 2 --steps 4 --repeat 3]
-    python bench.py gpu     [--out DIR --budget-s 360 --parts env,cuda_tests,decode,step,torchrun]
+    python bench.py gpu     [--out runs/gpu-check --budget-s 360 --parts env,cuda_tests,step,decode,torchrun]
 
 `gpu` is the one-call check of the CUDA path (docs/gpu.md): a JSON line per part, appended to
 OUT/results.jsonl as each finishes; `gpu --device cpu --model tiny` is its dry run (a test).
@@ -757,7 +757,10 @@ def gpu_step(a, device, row, limit):
         model = tiny.make(os.path.join(scratch, "tiny"), seed=0) if a.model == "tiny" else a.model
 
         def load(name, device=None, dtype=None):  # a shape's random weights instead of a checkpoint on disk
-            return tiny.random_real(a.model, device=device, dtype=dtype or torch.float32)
+            model, tokenizer = tiny.random_real(a.model, device=device, dtype=dtype or torch.float32)
+            byte_decode, known = tokenizer.decode, len(tokenizer)  # the shape's ids above the byte tokenizer's
+            tokenizer.decode = lambda ids, **kw: byte_decode([i % known for i in ids], **kw)  # have no text
+            return model, tokenizer
 
         def fit_to_memory(cfg, model_config, device, world=1):
             kl_dtype = real_fit(cfg, model_config, device, world)
@@ -783,6 +786,8 @@ def gpu_step(a, device, row, limit):
                    (sqlm, "refresh_sampler", meter.wrap(sqlm.refresh_sampler, "refresh"))]
         if a.model in tiny.QWEN25_SHAPES:
             changes.append((rollout, "load", load))
+            row["text"] = ("a sampled id's text is that of id mod the byte tokenizer's size: the shape's other ids "
+                           "have none, and empty proposals would be invalid, leaving nothing to solve or train")
         row["steps"] = meter.steps  # filled as the steps run: a cut keeps the steps done
         try:
             with patched(*changes), contextlib.redirect_stdout(sys.stderr):  # the run's own lines stay off stdout
@@ -801,6 +806,8 @@ def gpu_step(a, device, row, limit):
                                       "kl_reference": "bf16" if seen["kl_bytes"] == 2 else "fp32",
                                       "card_gb": gb(torch.cuda.get_device_properties(device).total_memory)}
                                      if cuda and cfg.fit_memory else "not applied: --fit-memory acts on a GPU only")
+    if "solver_update" not in meter.steps[-1]:
+        raise BenchError(f"the step trained nothing (valid_rate {meter.steps[-1].get('valid_rate')}): no update to measure")
     row["ran"] = True
     plan = dict(rollout_rows=cfg.rollout_rows, microbatch=cfg.microbatch, n=cfg.n, kl=bool(cfg.kl_coef),
                 grad_checkpointing=cfg.grad_checkpointing, gpu=cuda, kl_bytes=seen["kl_bytes"])
@@ -829,7 +836,7 @@ def measured_against_plan(steps, plan):
     early = {"rollout", "logprobs"} if len(steps) == 1 else set()
     compared = {p: round(plan[p] - plan["adamw"], 2) if p in early else plan[p] for p in measured}
     return {"measured_gb": measured, "compared_with_gb": compared,
-            "measured_over_plan": {p: round(m / compared[p], 2) for p, m in measured.items() if m is not None},
+            "measured_over_plan": {p: round(m / compared[p], 2) for p, m in measured.items() if m and compared[p]},
             "adamw_moments_in": "the update and optimizer phases only" if early else "every phase"}
 
 
@@ -901,7 +908,7 @@ def main(argv=None):
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
     g = sub.add_parser("gpu", help="the one-call GPU check: CUDA tests, decode vs Hugging Face, one sqlm.py step in "
                        "Qwen2.5-3B's shape, the environment (docs/gpu.md); --device cpu --model tiny: the dry run")
-    g.add_argument("--out", default="gpu-check", help="results folder: results.jsonl (a JSON line per part, appended as "
+    g.add_argument("--out", default=os.path.join("runs", "gpu-check"), help="results folder: results.jsonl (a JSON line per part, appended as "
                    "each finishes), cuda_tests.xml and cuda_tests.log")
     g.add_argument("--device", default=None)
     g.add_argument("--model", default="qwen2.5-3b", help="a Qwen2.5 shape with random weights, tiny (the dry run: tiny "

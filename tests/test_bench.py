@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import bench
+import sqlm
 from conftest import jsonl
 
 
@@ -237,3 +238,14 @@ def test_cuda_tests_still_running_at_their_limit_leave_their_output_and_one_line
     with pytest.raises(RuntimeError, match="pytest still running after 1 s"):
         bench.gpu_cuda_tests(a, torch.device("cpu"), {}, 60)
     assert "test_one PASSED" in (tmp_path / "cuda_tests.log").read_text()
+
+
+def test_a_step_that_trains_nothing_is_a_failed_part(tmp_path, capsys, monkeypatch):
+    """A step whose proposals are all invalid samples and stops: it measured no update, so its line says so
+    and fails. Guards: random weights whose ids have no text (every proposal empty, so invalid) passing as
+    a measured step."""
+    monkeypatch.setattr(sqlm, "parse", lambda cfg, samples, first=0: [
+        sqlm.Proposal(first + i, s, None, "empty") for i, s in enumerate(samples)])
+    assert bench.main(["gpu", "--device", "cpu", "--model", "tiny", "--out", str(tmp_path), "--parts", "step"]) == 1
+    step = gpu_lines(tmp_path, capsys)["step"]
+    assert step["ok"] is False and "the step trained nothing (valid_rate 0.0)" in step["error"]
