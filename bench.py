@@ -530,12 +530,18 @@ def bench_gpu(a):
              "torchrun": gpu_torchrun}
     deadline = time.monotonic() + a.budget_s
     run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # tells a rerun's lines from the first's
+    # On a machine whose torch sees no GPU, a real-shape check would grind on the CPU until the budget
+    # is spent: only the environment is reported then (--device cpu asks for the CPU on purpose).
+    no_gpu = a.device is None and device.type != "cuda"
     held = True
     for name in a.parts:
         left = deadline - time.monotonic()
         row = {"part": name, "run": run}
         print(f"bench.py gpu: {name} ({left:.0f} s of --budget-s left)", file=sys.stderr, flush=True)
-        if left <= PART_MIN_S.get(name, 0):
+        if no_gpu and name not in ("env", "torchrun"):
+            row.update(ok=False, skipped="torch sees no CUDA device (the env line says why): nothing to check; "
+                                         "the dry run is --device cpu --model tiny")
+        elif left <= PART_MIN_S.get(name, 0):
             row.update(ok=False, skipped=f"--budget-s: {max(left, 0):.0f} s left, the part needs {PART_MIN_S.get(name, 0)} s")
         else:
             limit = min(left, PART_CAP_S.get(name, left))
@@ -587,6 +593,11 @@ def gpu_env(a, device, row, limit):
     cuda = device.type == "cuda"
     props = torch.cuda.get_device_properties(device) if cuda else None
     try:
+        torch.cuda.init()  # where torch sees no GPU, its reason (no driver, a driver too old for this CUDA, ...)
+        cuda_error = None
+    except Exception as e:
+        cuda_error = cli.first_line(e, 300)
+    try:
         driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                                 capture_output=True, text=True, timeout=20).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
@@ -600,7 +611,7 @@ def gpu_env(a, device, row, limit):
                capability=".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
                multiprocessors=props.multi_processor_count if cuda else None,
                gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0, driver=driver,
-               python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+               cuda_error=cuda_error, python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
                cudnn=torch.backends.cudnn.version() if cuda else None,
                transformers_from=os.path.dirname(transformers.__file__), commit=commit, pins=pins,
                differ_from_pins=[n for n, p in pins.items() if (p["ran"] or "").split("+")[0] != p["pinned"]])

@@ -249,3 +249,15 @@ def test_a_step_that_trains_nothing_is_a_failed_part(tmp_path, capsys, monkeypat
     assert bench.main(["gpu", "--device", "cpu", "--model", "tiny", "--out", str(tmp_path), "--parts", "step"]) == 1
     step = gpu_lines(tmp_path, capsys)["step"]
     assert step["ok"] is False and "the step trained nothing (valid_rate 0.0)" in step["error"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine whose torch sees no GPU")
+def test_without_a_gpu_only_the_environment_is_checked(tmp_path, capsys):
+    """Where torch sees no CUDA device and --device is not given, the env line says why and the other parts
+    are skipped at once. Guards: a GPU machine whose CUDA does not load grinding the 3B check on its CPU
+    until the call's time is spent."""
+    started = time.monotonic()
+    assert bench.main(["gpu", "--out", str(tmp_path), "--parts", "env,step,decode"]) == 1
+    rows = gpu_lines(tmp_path, capsys)
+    assert time.monotonic() - started < 5 and rows["env"]["ok"] and rows["env"]["cuda_error"]
+    assert all(rows[p]["skipped"].startswith("torch sees no CUDA device") for p in ("step", "decode"))
