@@ -812,27 +812,34 @@ def gpu_step(a, device, row, limit):
                     for m, phases in zip(map(json.loads, f), meter.steps):
                         phases.update({k: round(m[k], 2) for k in ("t_propose", "t_solve", "t_rewards", "t_update")},
                                       **{k: m.get(k) for k in ("valid_rate", "response_len", "solver_kl")})
-            if "config" in seen:
+            if "config" in seen:  # also where the step failed: what was chosen and predicted
                 row["fit_memory"] = ({"rollout_rows": cfg.rollout_rows, "microbatch": cfg.microbatch,
                                       "kl_reference": "bf16" if seen["kl_bytes"] == 2 else "fp32",
                                       "card_gb": gb(torch.cuda.get_device_properties(device).total_memory)}
                                      if cuda and cfg.fit_memory else "not applied: --fit-memory acts on a GPU only")
+                row.update(predictions(cfg, seen, meter.lengths, cuda))
     if "solver_update" not in meter.steps[-1]:
         raise BenchError(f"the step trained nothing (valid_rate {meter.steps[-1].get('valid_rate')}): no update to measure")
     row["ran"] = True
-    plan = dict(rollout_rows=cfg.rollout_rows, microbatch=cfg.microbatch, n=cfg.n, kl=bool(cfg.kl_coef),
-                grad_checkpointing=cfg.grad_checkpointing, gpu=cuda, kl_bytes=seen["kl_bytes"])
-    phases = ("rollout", "logprobs", "update", "optimizer")
-    for key, lengths in (("plan_gb", dict(max_prompt=cfg.max_prompt, max_response=cfg.max_response)),
-                         ("plan_at_step_lengths_gb", dict(max_prompt=meter.lengths["prompt"],
-                                                          max_response=meter.lengths["response"]))):
-        predicted = memory.memory_plan(seen["config"], **lengths, **plan)
-        row[key] = {p: gb(predicted[f"{p}_peak"]) for p in phases} | {
-            k: gb(predicted[k]) for k in ("resident", "adamw", "sampler_copy", "kv_cache", "activations")} | lengths
     if not cuda:
         row["measured_gb"] = "not measured: no CUDA allocator on CPU"
         return
     row.update(measured_against_plan(meter.steps, row["plan_at_step_lengths_gb"]), reserved_gb=gb(meter.reserved))
+
+
+def predictions(cfg, seen, lengths, gpu):
+    """memory_plan's phases (GB) at the run's settings (what --fit-memory sized against) and, once the step
+    has met its sequences, at the longest prompt and response it met."""
+    plan = dict(rollout_rows=cfg.rollout_rows, microbatch=cfg.microbatch, n=cfg.n, kl=bool(cfg.kl_coef),
+                grad_checkpointing=cfg.grad_checkpointing, gpu=gpu, kl_bytes=seen["kl_bytes"])
+    out = {}
+    for key, sizes in (("plan_gb", dict(max_prompt=cfg.max_prompt, max_response=cfg.max_response)),
+                       ("plan_at_step_lengths_gb", dict(max_prompt=lengths["prompt"], max_response=lengths["response"]))):
+        if sizes["max_response"]:
+            predicted = memory.memory_plan(seen["config"], **sizes, **plan)
+            out[key] = {p: gb(predicted[f"{p}_peak"]) for p in ("rollout", "logprobs", "update", "optimizer")} | {
+                k: gb(predicted[k]) for k in ("resident", "adamw", "sampler_copy", "kv_cache", "activations")} | sizes
+    return out
 
 
 def measured_against_plan(steps, plan):
