@@ -1,9 +1,11 @@
 """Sandbox specification: each test attacks or checks one property.
 
-Hostile programs run with short timeouts. A test whose property needs an isolation layer this
-machine lacks checks that the fallback was reported, then skips; the attacks that could hurt an
-unguarded machine (fork bomb, killing the parent) are then not run at all. The layers this run
-had are printed in pytest's header.
+Hostile programs run with short timeouts. On a machine that lacks a layer the sandbox refuses to
+run (and this module with it) unless SQLM_SANDBOX_ALLOW_MISSING accepts the layer; a test whose
+property needs it then checks that the missing layer was reported, and skips; the attacks that
+could hurt an unguarded machine (fork bomb, killing the parent) are then not run at all. The
+layers this run had are printed in pytest's warnings summary. Attacks on what the host shares use
+decoy files of their own, never a real target.
 """
 import errno
 import functools
