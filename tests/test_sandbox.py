@@ -634,15 +634,17 @@ TRAINER = "import sys\nsys.path.insert(0, {repo!r})\nimport sandbox\n"  # a fres
 INSIDE = f"import os\nprint(os.path.exists({REPO!r}), os.path.exists('/proc/1/environ'))"  # what a box hides
 
 
-def test_a_trainer_with_1100_open_files_gets_every_layer():
-    """A trainer holding more than 1023 descriptors at its first run: select() cannot watch one numbered
-    above 1023, so the probe failed and programs ran as host root outside any box, seeing the project and
-    the trainer's environment. The box must start with every layer, and the program see neither."""
+@pytest.mark.parametrize("probed_first", [False, True], ids=["at-the-first-run", "after-the-probe"])
+def test_a_trainer_with_1100_open_files_gets_every_layer(probed_first):
+    """A trainer holding more than 1023 descriptors: select() cannot watch one numbered above 1023. At the
+    first run the probe failed and programs ran as host root outside any box, seeing the project and the
+    trainer's environment; after a good probe every run was an "error" (every code reward silently 0).
+    Either way the program must run, in a box with every layer, and see neither."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 1200:
         pytest.skip(f"RLIMIT_NOFILE's hard limit {hard} allows no 1100 open files")
-    trainer = TRAINER.format(repo=REPO) + (
+    trainer = TRAINER.format(repo=REPO) + ("sandbox.isolation()\n" if probed_first else "") + (
         "import os, resource\nresource.setrlimit(resource.RLIMIT_NOFILE, (2048, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
         f"held = [os.open('/dev/null', os.O_RDONLY) for _ in range(1100)]\nr = sandbox.run({INSIDE!r})\n"
         "print(sandbox.isolation().layers, r.status, r.stdout.strip(), r.stderr[-300:])")
