@@ -413,21 +413,26 @@ def micro_logprobs(model, seqs, cfg, device):
 @torch.no_grad()
 def prepare(model, ref_model, seqs, cfg, device, world=parallel.ONE):
     """Step 6: old log-probs from the training model and reference log-probs from the frozen one,
-    of the sequences dealt to this process.
+    of the sequences dealt to this process, for one role's update.
 
-    A sequence marked `on_policy` (the first mini-batch of the solver update) skips the old
-    forward: nothing has moved yet, so its old log-probs are its current ones, detached, in
-    the update itself (the ratio is exactly 1 there).
+    Each micro-batch is the one the update will run (`minibatches`, then `micro_batches`): the same
+    rows, padding and shapes give the same rounding, so until the policy moves its log-probs equal
+    these bit for bit: the KL term is exactly 0 with exactly 0 gradient, and the ratio exactly 1
+    (another layout would differ by rounding, ~1e-7, which AdamW would scale to a full step in a
+    direction rounding chose). A sequence marked `on_policy` (the first mini-batch of the solver
+    update) skips the old forward: its old log-probs are its current ones, detached, in the update.
     """
-    for name, net in (("old_logp", model), ("ref_logp", ref_model)):
-        todo = [s for s in seqs if not (name == "old_logp" and s.on_policy)] if net is not None else []
-        for micro in micro_batches(todo, cfg, world):
-            if not micro:
-                idle_pass(net, todo[0], cfg, device, backward=False)
-                continue
-            logp, comp = micro_logprobs(net, micro, cfg, device)
-            for s, row, m in zip(micro, logp, comp.bool()):
-                setattr(s, name, row[m])
+    for minibatch in minibatches(seqs, cfg):
+        for micro in micro_batches(minibatch, cfg, world):
+            for name, net in (("ref_logp", ref_model), ("old_logp", model)):
+                if net is None or (name == "old_logp" and minibatch[0].on_policy):
+                    continue
+                if not micro:
+                    idle_pass(net, minibatch[0], cfg, device, backward=False)
+                    continue
+                logp, comp = micro_logprobs(net, micro, cfg, device)
+                for s, row, m in zip(micro, logp, comp.bool()):
+                    setattr(s, name, row[m])
 
 
 def accumulate_gradients(model, ref_model, minibatch, cfg, device, world=parallel.ONE):
@@ -528,7 +533,8 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
     deal(proposer_seqs, cfg, world)
     release_sampler(sampler, model)
     # the proposer's old log-probs are taken before the solver update changes the weights
-    prepare(model, ref_model, solver_seqs + proposer_seqs, cfg, device, world)
+    prepare(model, ref_model, solver_seqs, cfg, device, world)
+    prepare(model, ref_model, proposer_seqs, cfg, device, world)
     solver_stats = policy_update(model, ref_model, optimizer, solver_seqs, cfg, device, world) if solver_seqs else {}
     proposer_stats = (policy_update(model, ref_model, optimizer, proposer_seqs, cfg, device, world)
                       if proposer_seqs else {})

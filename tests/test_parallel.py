@@ -107,6 +107,46 @@ def test_two_processes_sample_and_update_as_one(runs):
     assert max((base[k] - w1[k]).abs().max().item() for k in w1) > 1e-3
 
 
+def test_with_signal_the_microbatch_changes_only_rounding(runs, tmp_path):
+    """The same one-process run at --microbatch 8 (each mini-batch of 8 sequences in one forward)
+    instead of 2: identical samples, and weights within 1e-5 after 2 steps that moved them ~1e-3.
+    The gradient is the same sum in another order (float rounding, ~1e-7 relative); AdamW divides
+    each coordinate by its own size, so where a coordinate's gradient is near 0 that rounding grows,
+    hence a bound at 1% of the movement rather than at rounding.
+    Guards: a per-micro-batch normaliser (micro-batches of unequal length weighted unequally)."""
+    run = str(tmp_path / "mb8")
+    assert sqlm.main(ARGS + ["--model", runs["base"], "--out", run, "--microbatch", "8"]) == 0
+    with open(os.path.join(runs[1], "samples.jsonl")) as a, open(os.path.join(run, "samples.jsonl")) as b:
+        assert a.read() == b.read()
+    base = load_file(os.path.join(runs["base"], "model.safetensors"))
+    w2, w8 = weights(runs[1], 2), weights(run, 2)
+    moved, apart = max((base[k] - w2[k]).abs().max().item() for k in w2), max((w8[k] - w2[k]).abs().max().item() for k in w2)
+    print(f"moved {moved:.3g} apart {apart:.3g}")
+    assert moved > 1e-3 and apart <= 1e-5
+
+
+def test_two_processes_without_signal_never_move_the_weights(tiny_dir, tmp_path):
+    """The random tiny model's answers never vote, so every advantage is 0; without weight decay
+    nothing may move the weights. On 2 processes as on one: the KL term is exactly 0 at every
+    mini-batch (its reference log-probs taken in the micro-batches each process's update runs), the
+    samples are identical and both runs end on the base's weights bit for bit.
+    Guards: reference or old log-probs in another layout than the update's, per process (a KL of
+    rounding size that AdamW turns into a full lr step in a direction rounding chose)."""
+    args = ["--task", "arith", "--device", "cpu", "--threads", "1", "--model", tiny_dir, "--steps", "2",
+            "--batch", "4", "--n", "2", "--minibatch", "2", "--microbatch", "3", "--max-response", "8",
+            "--eval-every", "0", "--proposer-every", "1", "--weight-decay", "0", "--lr", "1e-3", "--save-every", "2"]
+    out = {p: str(tmp_path / f"run{p}") for p in (1, 2)}
+    for processes, run in out.items():
+        done = launch(args + ["--out", run], processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+    with open(os.path.join(out[1], "samples.jsonl")) as a, open(os.path.join(out[2], "samples.jsonl")) as b:
+        assert a.read() == b.read()
+    assert all(m["zero_signal"] == 1.0 for m in jsonl(os.path.join(out[2], "metrics.jsonl")))
+    base = load_file(os.path.join(tiny_dir, "model.safetensors"))
+    for run in out.values():
+        assert all(torch.equal(weights(run, 2)[k], base[k]) for k in base)
+
+
 def test_the_checkpoint_of_two_processes_is_a_hugging_face_model(runs):
     """Rank 0 writes the whole weights in Hugging Face format: from_pretrained loads them exactly
     (not the sharded halves), and the optimizer state is in one file per process."""

@@ -272,7 +272,7 @@ def test_train_step_marks_only_the_solvers_first_minibatch_on_policy(tiny_dir, m
     model, tok = rollout.load(tiny_dir, device="cpu")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sqlm.train_step(0, model, model, None, optimizer, tok, cfg, CPU)
-    assert marks == [[True] * 4 + [False] * 12 + [False] * 8]  # 8 solver groups of 2, 2 a mini-batch; proposer 8
+    assert marks == [[True] * 4 + [False] * 12, [False] * 8]  # 8 solver groups of 2, 2 a mini-batch; proposer 8
 
 
 # --- config surface -------------------------------------------------------------------------
