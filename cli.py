@@ -12,6 +12,12 @@ import sys
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)", re.IGNORECASE)
 
 
+# The entry points' --help epilog: the one setting that is not a flag (sandbox.ALLOW_MISSING).
+SANDBOX_HELP = ("environment: SQLM_SANDBOX_ALLOW_MISSING=LAYERS (comma-separated: bwrap, uid, cgroup, seccomp) lets "
+                "code programs run without those sandbox layers where the machine lacks them; by default a missing "
+                "layer stops a code run with one line saying how to get it.")
+
+
 def negative_values_joined(argv):
     """`--lr -1e-6` becomes `--lr=-1e-6`: argparse takes a token that starts with '-' for a flag
     unless it looks like -1 or -.5, so `-1e-6` or `-inf` read as "expected one argument"."""

