@@ -175,8 +175,12 @@ PROBE_TRIES = 3
 
 class Unavailable(RuntimeError):
     """The sandbox refuses to run programs: a layer is missing that ALLOW_MISSING does not accept, or no box
-    starts here. Its message is one line saying what is missing and how to get it; nothing is cached, so the
-    next call probes again."""
+    starts here. Its message is one line saying what is missing and how to get it; `missing` names the layers
+    this machine lacks (empty when a box fails to start); nothing is cached, so the next call probes again."""
+
+    def __init__(self, message, missing=()):
+        super().__init__(message)
+        self.missing = tuple(missing)
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,8 @@ def _isolation():
     if refused:
         raise Unavailable("sandbox: refusing to run programs without " +
                           ", ".join(f"the {layer} layer ({why[layer]})" for layer in refused) +
-                          f"; to accept weaker isolation: {ALLOW_MISSING}={','.join(layer for layer in ALL_LAYERS if layer in why)}")
+                          f"; to accept weaker isolation: {ALLOW_MISSING}={','.join(layer for layer in ALL_LAYERS if layer in why)}",
+                          missing=[layer for layer in ALL_LAYERS if layer in why])
     iso = _with(tuple(layer for layer in ALL_LAYERS if layer not in why), bwrap, cgroup)
     error = _probe(iso) if iso.layers else None
     fewer = tuple(layer for layer in iso.layers if layer not in allowed)
