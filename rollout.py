@@ -19,6 +19,7 @@ torch.compile of the decode step. `generate_many` splits a large job into calls 
 number of rows (the KV cache's memory), with a progress line.
 """
 import contextlib
+import errno
 import os
 import socket
 import sys
@@ -72,6 +73,11 @@ def load(name_or_path, device=None, dtype=None):
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32, local_files_only=offline)
     except Exception as e:  # hub unreachable, unknown id, broken files: one line, no traceback
+        short_of = shortage(e)
+        if short_of:
+            raise LoadError(f"cannot load model '{name_or_path}': the machine ran out of {short_of} while loading it "
+                            f"({cli.first_line(e, 200)}); the model is not at fault: run again with more {short_of} "
+                            f"free (fewer processes at once)") from None
         if offline:
             raise LoadError(f"cannot load model '{name_or_path}': it is not a local directory, not in the Hugging "
                             f"Face cache, and the hub is unreachable (offline); pass the directory of a "
@@ -88,6 +94,23 @@ def load(name_or_path, device=None, dtype=None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+def shortage(e):
+    """What the machine ran out of, if `e` or an exception it wraps says so: "threads", "memory",
+    "file descriptors", or None (then the model or the hub is at fault)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code, text = getattr(e, "errno", None), str(e).lower()
+        if isinstance(e, MemoryError) or code == errno.ENOMEM or "out of memory" in text:
+            return "memory"
+        if code in (errno.EMFILE, errno.ENFILE) or "too many open files" in text:
+            return "file descriptors"
+        if "can't start new thread" in text or code == errno.EAGAIN and "thread" in text:
+            return "threads"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # one of them: fast, sentencepiece, BPE

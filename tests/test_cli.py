@@ -326,6 +326,48 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tiny
     assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0, 1]
 
 
+@pytest.mark.parametrize("error, resource", [
+    (RuntimeError("can't start new thread"), "threads"),
+    (MemoryError(), "memory"),
+    (OSError(24, "Too many open files"), "file descriptors"),
+])
+def test_a_machine_short_of_a_resource_is_not_reported_as_a_broken_model(error, resource, tiny_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    """Loading a sound checkpoint on a machine out of threads, memory or file descriptors names what ran
+    out, in one line with exit 2, and never says the directory holds no loadable model (which sends a
+    user to delete a good checkpoint); the same error wrapped in another says the same."""
+    import transformers
+
+    def from_pretrained(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", from_pretrained)
+    with pytest.raises(rollout.LoadError) as caught:
+        rollout.load(tiny_dir, device="cpu")
+    line = str(caught.value)
+    assert f"ran out of {resource}" in line and "no loadable model" not in line and "\n" not in line
+
+    def wrapped(*args, **kwargs):
+        try:
+            raise error
+        except Exception as e:
+            raise OSError(f"Unable to load weights from {tiny_dir}") from e
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", wrapped)
+    assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"ran out of {resource}" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_directory_without_weights_is_still_reported_as_such(tmp_path, tiny_dir):
+    """The resource check does not swallow the ordinary case: a directory without weights is named as one."""
+    shutil.copytree(tiny_dir, tmp_path / "model")
+    for name in os.listdir(tmp_path / "model"):
+        if name.endswith((".safetensors", ".bin")):
+            os.remove(tmp_path / "model" / name)
+    with pytest.raises(rollout.LoadError, match="directory holds no loadable model"):
+        rollout.load(str(tmp_path / "model"), device="cpu")
+
+
 def test_in_training_eval_shows_progress(tiny_dir, tmp_path, capsys):
     """In-training eval over 4,096 problems was silent for minutes: it prints rows, tokens/s and ETA."""
     argv = ["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run"), "--eval-limit", "3"] + FAST
