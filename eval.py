@@ -29,6 +29,7 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line, no 
     cli.exit_on_signals("eval.py: interrupted while starting; nothing was written")
 
 import cli
+import parallel
 import prompts
 import rewards
 import rollout
@@ -312,12 +313,15 @@ def summarize(records, samples=1):
 # --- evaluation ----------------------------------------------------------------------
 
 def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, temperature=None,
-             max_new_tokens=None, batch_size=64, progress=None):
+             max_new_tokens=None, batch_size=64, progress=None, world=parallel.ONE):
     """Answer `problems` (default: the built-in set) `samples` times each and score them.
 
     temperature: 0 (greedy) for one sample, 1.0 for several, unless given; each problem's samples
-    draw from a stream seeded by its index, so a run repeats whatever the batch size. batch_size: sequences per
-    `rollout.generate` call. progress(done, total, figures) is called after each call.
+    draw from a stream seeded by its index in the set, so a run repeats whatever the batch size.
+    batch_size: sequences per `rollout.generate` call. progress(done, total, figures) is called
+    after each call (done and total: problems of this process's share). world (parallel.World):
+    each process answers and scores a contiguous share of the problems, and every process returns
+    the records and figures of all of them, those of one process.
     Returns the figures, the settings and "records" (see `score_responses`, plus "length").
     """
     problems = (load_problems(task) if problems is None else problems)[:limit]
@@ -325,19 +329,21 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
         raise ValueError("no problems to evaluate")
     temperature = (0.0 if samples == 1 else 1.0) if temperature is None else temperature
     max_new_tokens = max_new_tokens or prompts.MAX_RESPONSE[task]
-    records, start_time = [], time.time()
+    mine = world.share(range(len(problems)))  # indices in the whole set: they seed the samples
+    share, records, start_time = [problems[i] for i in mine], [], time.time()
 
     def scored(outs):  # each generate call's samples scored as they come, for the running figures
-        new, owners = outs[len(records):], problems[len(records) // samples:len(outs) // samples]
+        new, owners = outs[len(records):], share[len(records) // samples:len(outs) // samples]
         for record, sample in zip(score_responses(task, owners, [s.text for s in new]), new):
             records.append({**record, "length": len(sample.completion_ids)})
         if progress:
-            progress(len(outs) // samples, len(problems), summarize(records, samples))
+            progress(len(outs) // samples, len(share), summarize(records, samples))
 
-    prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])) for p in problems]
-    rollout.generate_many(model, tokenizer, prompt_ids, samples, list(range(len(problems))) if temperature > 0 else None,
+    prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])) for p in share]
+    rollout.generate_many(model, tokenizer, prompt_ids, samples, list(mine) if temperature > 0 else None,
                           batch_size, progress=scored, max_new_tokens=max_new_tokens, temperature=temperature)
-    return {"task": task, "n_problems": len(problems), "samples": samples, "temperature": temperature,
+    records = world.gather(records)  # every process's records, in the set's order
+    return {"task": task, "n_problems": len(records) // samples, "samples": samples, "temperature": temperature,
             "max_new_tokens": max_new_tokens, "seconds": round(time.time() - start_time, 2),
             **summarize(records, samples), "records": records}
 

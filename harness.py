@@ -16,10 +16,11 @@ Failures of the machine (no space, a read-only directory, permissions) and inter
 SIGTERM) at any point are one line that says where the run stands and how to continue it; every
 file is written so that such a failure leaves the last complete checkpoint and the logs usable.
 
-Under torchrun (parallel.py) every process runs `train`; rank 0 alone prints, evaluates and writes
-the logs, the config and the model; each process's share of the AdamW state is saved in the
-checkpoint's optimizer/ (torch.distributed.checkpoint), so a run resumes on as many processes as
-wrote it. A write that fails on rank 0 ends it with its one line, and torchrun stops the others.
+Under torchrun (parallel.py) every process runs `train` and evaluates its share of the held-out
+set; rank 0 alone prints and writes the logs, the config and the model; each process's share of
+the AdamW state is saved in the checkpoint's optimizer/ (torch.distributed.checkpoint), so a run
+resumes on as many processes as wrote it. A write that fails on rank 0 ends it with its one line,
+and torchrun stops the others.
 """
 import argparse
 import copy
@@ -379,25 +380,27 @@ def format_line(m):
     return " | ".join(fields)
 
 
-def run_eval(sampler, tokenizer, cfg):
+def run_eval(sampler, tokenizer, cfg, world=parallel.ONE):
     """Held-out figures: greedy (eval_*), and with --eval-samples k also k samples per problem at
-    the training temperature (eval_sampled_*: accuracy of one sample, pass@k, maj@k)."""
+    the training temperature (eval_sampled_*: accuracy of one sample, pass@k, maj@k). Each process
+    of `world` answers its share of the problems; rank 0 shows the progress of its own."""
     problems = heldout.read_jsonl(cfg.eval_data, cfg.task) if cfg.eval_data else None
     runs = [("eval_", 1, 0.0)] + ([("eval_sampled_", cfg.eval_samples, cfg.temperature)] if cfg.eval_samples else [])
     figures = {}
     for prefix, samples, temperature in runs:
+        show = rollout.progress_printer(f"{prefix.rstrip('_')} step", samples) if world.main else None
         result = heldout.evaluate(sampler, tokenizer, cfg.task, problems, limit=cfg.eval_limit or None,
                                   samples=samples, temperature=temperature, max_new_tokens=cfg.max_response,
-                                  batch_size=cfg.rollout_rows,
-                                  progress=rollout.progress_printer(f"{prefix.rstrip('_')} step", samples))
+                                  batch_size=cfg.rollout_rows, progress=show, world=world)
         figures.update({prefix + k: v for k, v in result.items() if isinstance(v, (int, float))})
     return figures
 
 
 class Run:
     """A run directory as the loop (sqlm.train) sees it: evaluate, log and save; `step` is the step
-    in progress (for the Ctrl-C line). On N processes rank 0 evaluates and logs, and every process
-    takes part in a save (`policy`: the sharded root around `model`)."""
+    in progress (for the Ctrl-C line). On N processes every process evaluates its share of the
+    held-out set, rank 0 logs, and every process takes part in a save (`policy`: the sharded root
+    around `model`)."""
 
     def __init__(self, path, cfg, sampler, model, tokenizer, optimizer, step, world=parallel.ONE, policy=None):
         self.path, self.cfg, self.sampler, self.model, self.tokenizer, self.optimizer = \
@@ -405,7 +408,7 @@ class Run:
         self.step, self.world, self.policy = step, world, policy
 
     def evaluate(self, step):
-        return run_eval(self.sampler, self.tokenizer, self.cfg) if self.world.main else {}
+        return run_eval(self.sampler, self.tokenizer, self.cfg, self.world)
 
     def log(self, step, metrics, batch=()):
         if self.world.main:

@@ -13,8 +13,10 @@ of its --nnodes). One GPU per process with NCCL, or CPU processes with gloo. Eac
     forward and backward calls everywhere), with weights, gradients and AdamW state sharded by
     FSDP2 (`fully_shard` per decoder layer, and a root around the log-prob forward); the loss
     divides by the mini-batch's global token count, and statistics are summed over processes;
-  - rank 0 evaluates (alone, on its copy) and writes the logs and the Hugging Face checkpoint;
-    the AdamW state is saved sharded (torch.distributed.checkpoint), one file per process.
+  - evaluates a contiguous share of the held-out set on its copy (a problem's samples are keyed by
+    its index in the set), and every record is gathered, so the figures are one process's;
+  - rank 0 writes the logs and the Hugging Face checkpoint; the AdamW state is saved sharded
+    (torch.distributed.checkpoint), one file per process.
 
 A single process uses `ONE`, a World whose methods return their input: it pays nothing for this.
 Multi-node is torchrun's own flags (--nnodes, --rdzv-endpoint) and a shared run directory; nothing
@@ -39,7 +41,7 @@ class World:
 
     @property
     def main(self):
-        """The process that prints, evaluates and writes."""
+        """The process that prints and writes."""
         return self.rank == 0
 
     def share(self, items):
@@ -97,8 +99,9 @@ def rank_from_env():
 
 def setup(device_flag):
     """(World, device): torchrun's processes joined in a process group (NCCL on GPUs, gloo on CPU),
-    each GPU process on cuda:LOCAL_RANK; one process: (ONE, the --device). The timeout covers
-    rank 0's eval while the others wait."""
+    each GPU process on cuda:LOCAL_RANK; one process: (ONE, the --device). The timeout bounds a wait
+    at a collective: for another process's longer share of a sampling phase or of the eval, or for rank
+    0's checkpoint write. None of these has been timed on GPUs, hence 2 hours (a hang takes as long)."""
     device = cli.device(device_flag)
     if not launched():
         return ONE, device

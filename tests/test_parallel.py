@@ -5,11 +5,13 @@ seconds to a minute of start-up on a busy 2-core machine, so the whole module ma
 The config has a signal to learn (a base that knows 7 * 8 and slips 30% of the time, as in
 test_learning), a KL term (its sharded reference model), a proposer update each step, two groups per
 mini-batch and two sequences per micro-batch, so every mini-batch is dealt across both processes,
-and an eval of 4 held-out problems at steps 0 and 2 (rank 0 alone).
+and an eval of 5 held-out problems at steps 0 and 2, greedy and 2 samples each (2 problems on rank 0,
+3 on rank 1).
 lr is 1e-4, not the paper's 1e-6: the weights move by ~1e-3, a hundred times the tolerance.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import eval as heldout
 import parallel
 import sqlm
 import tiny
@@ -29,7 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQLM = os.path.join(REPO, "sqlm.py")
 ARGS = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4", "--n", "4",
         "--minibatch", "2", "--microbatch", "2", "--max-response", "32", "--lr", "1e-4", "--proposer-every", "1",
-        "--eval-every", "2", "--eval-limit", "4", "--save-every", "1", "--keep-last", "0", "--arith-check"]
+        "--eval-every", "2", "--eval-limit", "5", "--eval-samples", "2", "--save-every", "1", "--keep-last", "0",
+        "--arith-check"]
 
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -60,7 +64,7 @@ def weights(run, step):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same 2-step run on one process and on two: {"base", 1: run dir, 2: run dir}."""
+    """The same 2-step run on one process and on two: {"base", 1: run dir, 2: run dir, "stderr": {1: .., 2: ..}}."""
     root = tmp_path_factory.mktemp("parallel")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -69,11 +73,12 @@ def runs(tmp_path_factory):
         tiny.pretrain(base, steps=60, batch=16, lr=1e-2, log_every=0, transcripts=one_fact)
     finally:
         torch.set_num_threads(threads)
-    out = {"base": base}
+    out = {"base": base, "stderr": {}}
     for processes in (1, 2):
         out[processes] = str(root / f"run{processes}")
         done = launch(ARGS + ["--model", base, "--out", out[processes]], processes)
         assert done.returncode == 0, done.stderr[-3000:]
+        out["stderr"][processes] = done.stderr
     return out
 
 
@@ -88,7 +93,6 @@ def test_two_processes_sample_and_update_as_one(runs):
         assert a.read() == b.read()
     m1, m2 = jsonl(os.path.join(one, "metrics.jsonl")), jsonl(os.path.join(two, "metrics.jsonl"))
     assert [m["step"] for m in m1] == [m["step"] for m in m2] == [0, 1, 2]  # 2: the final weights' eval
-    assert "eval_accuracy" in m2[0] and "eval_accuracy" in m2[2]  # rank 0 evaluated, the other waited
     assert m1[0]["solver_grad_norm"] > 0 and m1[1]["proposer_kl"] > 0  # a real update, the KL term in it
     for a, b in zip(m1, m2):
         assert a.keys() == b.keys()
@@ -105,6 +109,25 @@ def test_two_processes_sample_and_update_as_one(runs):
         assert w1.keys() == w2.keys()  # the tied lm-head saved once, as save_pretrained does
         assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
     assert max((base[k] - w1[k]).abs().max().item() for k in w1) > 1e-3
+
+
+def test_two_processes_evaluate_a_share_each_and_report_one_process_figures(runs):
+    """The 5 held-out problems (greedy, then 2 samples each) at steps 0 and 2 are split 2 + 3: rank 0's
+    progress lines count its own 2 where one process counts 5, and every eval figure, the number of
+    problems scored among them, equals one process's exactly. Guards: rank 0 evaluating the whole set
+    (the other idle), a share's records not gathered or dropped, overlapping shares, a problem's
+    samples keyed by its position in a share rather than in the set."""
+    m1, m2 = (jsonl(os.path.join(runs[p], "metrics.jsonl")) for p in (1, 2))
+    evals = [(a, b) for a, b in zip(m1, m2) if "eval_accuracy" in a]
+    assert [a["step"] for a, _ in evals] == [0, 2]
+    for a, b in evals:
+        figures = {k: v for k, v in a.items() if k.startswith("eval_") and not timing(k)}
+        assert "eval_sampled_pass_at_k" in figures and a["eval_n_problems"] == a["eval_sampled_n_problems"] == 5
+        assert {k: b.get(k) for k in figures} == figures
+    for label in ("eval step", "eval_sampled step"):
+        for processes, share in ((1, "5/5"), (2, "2/2")):
+            shown = re.findall(rf"^{label}\s+(\d+/\d+) rows", runs["stderr"][processes], re.M)
+            assert shown == [share, share], (processes, label, shown)  # steps 0 and 2
 
 
 def test_with_signal_the_microbatch_changes_only_rounding(runs, tmp_path):
@@ -273,6 +296,43 @@ def test_shares_cover_the_items_in_order():
             shares = [parallel.World(r, size).share(list(range(count))) for r in range(size)]
             assert [x for share in shares for x in share] == list(range(count))
             assert max(map(len, shares)) - min(map(len, shares)) <= 1
+
+
+class Rank(parallel.World):
+    """Rank `rank` of 2, both in this process: `gather` keeps what this rank gives and returns the
+    records `before` it (the lower rank's, given by the test) followed by them."""
+
+    def __init__(self, rank, before=()):
+        super().__init__(rank, 2)
+        self.before, self.given = list(before), None
+
+    def gather(self, items):
+        self.given = list(items)
+        return self.before + self.given
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_each_process_evaluates_its_share_and_the_gathered_records_are_one_process_records(tiny_model, samples):
+    """5 problems on 2 processes: rank 0 answers problems 0-1 and rank 1 problems 2-4 (the records each
+    gives the gather), and the gathered records and figures equal one process's exactly, greedy and
+    with 2 samples a problem at temperature 1 (the random model's samples differ from problem to
+    problem). Guards: rank 0 evaluating the whole set, shares that overlap or drop a problem, a
+    share not gathered, a problem's samples seeded by its position in a share."""
+    model, tokenizer = tiny_model
+    problems = heldout.arith_set()[:5]
+
+    def run(world):
+        return heldout.evaluate(model, tokenizer, "arith", problems, samples=samples, max_new_tokens=8, world=world)
+    one = run(parallel.ONE)
+    first = Rank(0)
+    run(first)
+    second = Rank(1, before=first.given or [])
+    both = run(second)
+    asked = [p["problem"] for p in problems for _ in range(samples)]
+    assert [r["problem"] for r in first.given] == asked[:2 * samples]
+    assert [r["problem"] for r in second.given] == asked[2 * samples:]
+    assert both == {**one, "seconds": both["seconds"]}
+    assert len({(r["response"], r["length"]) for r in one["records"]}) > 1
 
 
 def test_a_minibatch_is_dealt_by_tokens_with_equal_calls_on_every_process():
