@@ -348,7 +348,7 @@ def mix_lines(results, bases):
     base_mix = mean_mix([b["proposer_mix"] for b in bases if "proposer_mix" in b])
     for name, rs in grouped(results):
         per_window = [mean_mix([r["mix_by_window"][i] for r in rs]) for i in range(windows)]
-        shapes = sorted({s for w in per_window for s in w} | set(base_mix), key=lambda s: -per_window[0].get(s, 0))
+        shapes = sorted({s for w in per_window for s in w} | set(base_mix), key=lambda s: (-per_window[0].get(s, 0), s))
         for shape in shapes:
             if max([base_mix.get(shape, 0)] + [w.get(shape, 0) for w in per_window]) >= 0.005:
                 lines.append(f"| {name} ({len(rs)}) | {shape} | {base_mix.get(shape, 0):.2f} | "
