@@ -104,6 +104,32 @@ def test_kl_zero_when_policy_is_reference_and_positive_otherwise():
     assert sqlm.kl_penalty(logp, logp - 0.3 * torch.rand(3, 5), mask).item() > 0
 
 
+def test_kl_is_k3_of_the_reference_over_the_policy_by_hand():
+    """k3 = exp(d) - d - 1 with d = log pi_ref - log pi, per unmasked token: d = -0.5, 1, 0 give
+    e^-0.5 - 0.5 = 0.10653..., e - 2 = 0.71828... and 0; the masked token (d = 3) counts for nothing.
+    Other estimators are also 0 at equality and positive elsewhere: k1 (-d) gives 0.5, -1, 0, the
+    arguments swapped (d = log pi - log pi_ref) give e^0.5 - 1.5 = 0.14872..., e^-1 = 0.36787..., 0."""
+    logp = torch.tensor([[-1.0, -2.0, -0.5, -4.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    per_token = [0.10653065971263342, 0.7182818284590451, 0.0]
+    assert sqlm.kl_penalty(logp, ref, mask).item() == pytest.approx(sum(per_token) / 3, rel=1e-6)
+    assert sqlm.kl_penalty(logp, ref, mask, normalizer=2).item() == pytest.approx(sum(per_token) / 2, rel=1e-6)
+
+
+def test_loss_statistics_by_hand():
+    """The logged clip_frac, approx_kl and ratio on three tokens with log-ratios 0, 0.5 and 0.1 and A = 1:
+    only e^0.5 = 1.6487 leaves [0.8, 1.2] (a ratio of exactly 1 is not clipped), approx_kl is the mean
+    of old - new = -0.2, ratio the mean of 1, e^0.5 and e^0.1. A masked token changes none of them."""
+    logp = torch.tensor([[-1.0, -1.0, -1.0, -3.0]])
+    old = torch.tensor([[-1.0, -1.5, -1.1, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    _, stats = sqlm.clipped_pg_loss(logp, old, torch.tensor([1.0]), mask)
+    assert stats["clip_frac"] == pytest.approx(1 / 3)
+    assert stats["approx_kl"] == pytest.approx(-0.2, rel=1e-6)
+    assert stats["ratio"] == pytest.approx((1 + 1.6487212707001282 + 1.1051709180756477) / 3, rel=1e-6)
+
+
 # --- the update machinery on the tiny model --------------------------------------------
 
 def tiny_seqs(model, tok, count=8, seed=0):
