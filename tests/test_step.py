@@ -1,8 +1,7 @@
 """The glue of one step, on hand-built records: score, to_sequences, the on-policy pass,
 the released behaviours behind --as-released, and the CLI's config surface.
 
-Each test names the wiring mutation it guards; all of these passed the whole suite before the
-step was rebuilt around one record per proposal."""
+Each test names the wiring mutation it guards; tools/mutate.py applies them one at a time."""
 import dataclasses
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 import harness
 import memory
+import parallel
 import rewards
 import rollout
 import sqlm
@@ -69,6 +69,21 @@ def test_score_code_runs_the_proposers_tests():
     assert [p.proposer_reward for p in batch] == [1.0, 0.0]
 
 
+def test_score_pays_a_code_proposer_by_the_mean_not_by_perfect_programs():
+    """Four programs passing half the tests each: mean 1/2, so the tests rule pays 1, where the
+    majority rule (two to three perfect scores) would pay 0; one perfect program of four: the tests
+    rule pays 1, the majority rule 0. Guards: the code task scored with the majority kind."""
+    cfg = cfg_for(task="code")
+    half = "x = int(input())\nprint(4 if x == 2 else 0)"
+    batch = [proposal(0, "Double it.", [f"```python\n{half}\n```"] * 4),
+             proposal(1, "Double it.", ["```python\nprint(int(input()) * 2)\n```"] + ["no program"] * 3)]
+    for p in batch:
+        p.problem.tests = [("2", "4"), ("5", "10")]
+    sqlm.score(cfg, batch)
+    assert [p.task_rewards for p in batch] == [[0.5] * 4, [1.0, 0.0, 0.0, 0.0]]
+    assert [p.proposer_reward for p in batch] == [1.0, 1.0]
+
+
 def test_format_baseline_trains_on_format_and_pays_the_proposer_by_the_vote():
     """--solver-reward format: the solver's reward is 1 per parseable answer, while the proposer
     reward still reads the majority vote (a 2-2 split pays, though every format reward is 1)."""
@@ -77,6 +92,33 @@ def test_format_baseline_trains_on_format_and_pays_the_proposer_by_the_vote():
     assert [p.solver_rewards for p in batch] == [[1.0] * 4, [1.0, 0.0, 1.0, 1.0]]
     assert [p.task_rewards for p in batch] == [[1, 1, 0, 0], [1, 0, 1, 1]]
     assert [p.proposer_reward for p in batch] == [1.0, 1.0]
+
+
+def test_format_baseline_as_released_pays_only_what_int_reads():
+    """--solver-reward format with --as-released: `56,088` and `3/4` are answers in ours, not in the
+    released parser, so they earn the format reward only without --as-released. Guards: score or
+    format_solver_rewards dropping the released flag."""
+    texts = ["<answer>56,088</answer>", "<answer>3/4</answer>", "<answer>12</answer>", "no answer"]
+    for released, want in ((False, [1.0, 1.0, 1.0, 0.0]), (True, [0.0, 0.0, 1.0, 0.0])):
+        batch = [proposal(0, answers=texts)]
+        sqlm.score(cfg_for(solver_reward="format", as_released=released), batch)
+        assert batch[0].solver_rewards == want
+        assert rewards.format_solver_rewards(texts, "arith", released) == want
+
+
+def test_format_baseline_leaves_its_mark_on_the_logs():
+    """With --solver-reward format the solver's and the task's rewards differ, and each log field reads
+    its own: samples.jsonl keeps both, zero_signal counts the groups whose *solver* rewards are all
+    equal (here 1 of 2: every answer parses in the first group, the vote splits it 2-2). Guards: a
+    field reading the other list, which the default configuration (the same list) cannot see."""
+    cfg = cfg_for(solver_reward="format")
+    batch = [proposal(0, answers=answered(6, 6, 7, 7)), proposal(1, answers=answered(6, None, 6, 6))]
+    sqlm.score(cfg, batch)
+    rec = harness.record(3, batch[0])
+    assert rec["solver_rewards"] == [1.0] * 4 and rec["task_rewards"] == [1, 1, 0, 0]
+    metrics = sqlm.step_metrics(batch, cfg)
+    assert metrics["zero_signal"] == 0.5
+    assert metrics["solver_reward"] == 7 / 8
 
 
 # --- groups and advantages -----------------------------------------------------------------
@@ -136,6 +178,11 @@ def test_step_records_and_metrics_read_the_same_proposals():
     assert metrics["valid_rate"] == 6 / 8
     assert metrics["majority_checked"] == 5
     assert metrics["majority_correct"] == pytest.approx(1 / 5)  # truth 6: majorities 6, 1, 4, 5, 1
+    assert metrics["proposer_reward"] == 0.5  # over the 6 solved: 1, 0, 1, 0, 1, 0 (not 3/8 over all 8)
+    assert metrics["solver_reward"] == pytest.approx(16 / 24)  # majorities of 2, 4, 3, 4, 2 and 1 answers
+    assert metrics["majority_share"] == pytest.approx(16 / 24)
+    assert metrics["zero_signal"] == pytest.approx(2 / 6)  # 2 and 4 unanimous; 7 scores 1, 0, 0, 0
+    assert metrics["zero_signal_proposer"] == 0.0  # prompt groups 1, 0, 0, 1 and 0, 1, 0, 0
     rec = harness.record(7, batch[0])
     assert rec["step"] == 7 and rec["answers"] == ["6", "6", "7", "7"] and rec["proposer_reward"] == 1.0
     assert harness.record(7, batch[1]) == {"step": 7, "index": 1, "proposal": batch[1].sample.text, "valid": False,
@@ -168,6 +215,27 @@ def test_released_code_proposals_take_every_test_line_and_none_is_valid():
     problem, reason = rewards.parse_proposal("code", "Echo.\nTest Cases:\nab ||| ab\n", released=True)
     assert reason == "ok" and problem.tests == [("ab", "ab")]
     assert rewards.parse_proposal("code", "Echo.\nTest Cases:\nnone\n", released=True)[0].tests == []
+
+
+def test_parse_reads_code_proposals_as_released_under_the_flag():
+    """--as-released reaches parse: a test line the released parser takes (any text around `|||`) makes
+    a valid code problem there and leaves ours without tests. Guards: parse not passing the flag on."""
+    samples = [sample("Echo.\nTest Cases:\nab ||| ab\n")]
+    ours = sqlm.parse(cfg_for(task="code"), samples)[0]
+    released = sqlm.parse(cfg_for(task="code", as_released=True), samples)[0]
+    assert (ours.valid, ours.reason) == (False, "no tests")
+    assert released.valid and released.problem.tests == [("ab", "ab")]
+
+
+def test_propose_asks_for_solutions_only_under_cat(monkeypatch):
+    """--cat changes the proposer's prompt: it must ask for the reference and wrong solutions the filter
+    runs, or every proposal fails the filter. Guards: propose building the prompt without the flag."""
+    seen = []
+    monkeypatch.setattr(rollout, "chat_prompt", lambda tok, text: seen.append(text) or [0])
+    monkeypatch.setattr(sqlm, "sample", lambda *a: [sample("no tests here")] * 2)
+    for cat in (False, True):
+        sqlm.propose(None, None, sqlm.Config(task="code", cat=cat, batch=1, n=2).resolve(), seed=(0,))
+    assert ["Reference Solution:" in text and "Wrong Solution:" in text for text in seen] == [False, True]
 
 
 def test_arith_check_rejects_malformed_problems():
@@ -232,6 +300,44 @@ def test_released_loss_is_a_mean_of_micro_batch_token_means(tiny_dir):
         model.zero_grad()
 
 
+def test_deal_gives_the_longest_sequence_first_to_the_process_with_fewest_tokens():
+    """Sequences of 5, 1, 1, 1, 1 tokens on two processes, by hand: the 5 to process 0, then each 1 to
+    the process with fewer tokens, all four to process 1: 5 and 4 tokens. Shortest first would deal
+    the 1s to 0, 1, 0, 1 and the 5 to 0 (a tie, the lower rank): 7 and 2. Guards: the order of the
+    deal changed (the bound "within the longest sequence" holds for both)."""
+    seqs = [sqlm.Seq([1], [2] * (n - 1), 0.0, group=0) for n in (5, 1, 1, 1, 1)]
+    sqlm.deal(seqs, cfg_for(minibatch=8), parallel.World(0, 2))
+    assert [s.rank for s in seqs] == [0, 1, 1, 1, 1]
+
+
+class RankZeroOfTwo(parallel.World):
+    """Rank 0 of two processes, standing alone: its sums are its own values (no process group)."""
+
+    def __init__(self):
+        super().__init__(rank=0, size=2, device=CPU)
+
+    def sum(self, values):
+        return values
+
+
+@pytest.mark.parametrize("as_released", [False, True])
+def test_normaliser_counts_every_processs_micro_batches(tiny_dir, as_released):
+    """Two processes, micro-batches of 2: rank 0 is dealt one sequence (one micro-batch, then an idle
+    one), rank 1 three (two micro-batches). At ratio 1 the per-token loss is -A, so rank 0's share of
+    the loss is -A * its tokens / all four sequences' tokens (ours), or its micro-batch's token mean
+    -A divided by the 3 micro-batches of both processes (released; its own 2 calls would give -A/2).
+    Guards: a normaliser counted on one process, a count rounded down."""
+    model, tok = rollout.load(tiny_dir, device="cpu")
+    outs = rollout.generate(model, tok, [rollout.chat_prompt(tok, "go")], n=4, max_new_tokens=6, seed=1)
+    seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids[:3 + i], 0.5, group=0, rank=min(i, 1), on_policy=True)
+            for i, s in enumerate(outs)]
+    cfg = sqlm.Config(kl=0, microbatch=2, as_released=as_released)
+    stats = sqlm.accumulate_gradients(model, None, seqs, cfg, CPU, RankZeroOfTwo())
+    tokens = [len(s.completion_ids) for s in seqs]
+    want = -0.5 / 3 if as_released else -0.5 * tokens[0] / sum(tokens)
+    assert stats["pg_loss"] == pytest.approx(want, rel=1e-6)
+
+
 def test_released_code_config_has_no_kl():
     assert sqlm.Config(task="code", as_released=True).resolve().kl_coef == 0.0
     assert sqlm.Config(task="code").resolve().kl_coef == 0.001
@@ -260,6 +366,19 @@ def test_first_solver_minibatch_skips_the_old_log_prob_pass(tiny_dir, monkeypatc
     assert all(s.old_logp is None for s in seqs[:4]) and all(s.old_logp is not None for s in seqs[4:])
     stats = sqlm.accumulate_gradients(model, None, seqs[:4], cfg, CPU)
     assert stats["ratio"] == 1.0 and stats["clip_frac"] == 0.0
+
+
+@pytest.mark.parametrize("groups, on_policy", [
+    (range(8), {0, 1}),        # mini-batch 0 holds groups 0 and 1 (grouping by n = 4 would mark 0-3)
+    ((3, 4, 5, 6, 7), {3}),    # groups 0-2 dropped: the first mini-batch left is 1, groups 2 and 3
+])
+def test_on_policy_marks_the_first_minibatch_of_groups_not_of_n(groups, on_policy):
+    """minibatch 2 != n 4, so grouping by either tells them apart: the first mini-batch present is the
+    one whose old log-probs are skipped. Guards: marking by n, or always mini-batch 0."""
+    cfg = cfg_for(n=4, minibatch=2)
+    seqs = [sqlm.Seq([1], [2], 0.0, group=g) for g in groups for _ in range(4)]
+    sqlm.mark_on_policy(seqs, cfg)
+    assert [s.on_policy for s in seqs] == [s.group in on_policy for s in seqs]
 
 
 def test_train_step_marks_only_the_solvers_first_minibatch_on_policy(tiny_dir, monkeypatch):
