@@ -316,6 +316,42 @@ def test_resume_works_from_another_directory(tiny_dir, tmp_path, monkeypatch):
     assert os.listdir(elsewhere) == []
 
 
+# What --resume may change, written out: how long the run goes on and on what, how it is watched and
+# saved, and the knobs that change memory or speed only. Everything else is what the run is.
+MAY_CHANGE_ON_RESUME = {"steps", "device", "threads", "eval_every", "eval_limit", "eval_data", "eval_samples",
+                        "save_every", "keep_last", "rollout_rows", "microbatch", "grad_checkpointing", "fit_memory"}
+
+
+def another(field, value):
+    """A valid value of a Config field other than `value`."""
+    choices = field.metadata["choices"]
+    if choices:
+        return next(c for c in choices if c and c != value)
+    if isinstance(value, bool):
+        return not value
+    return value + 1 if isinstance(value, (int, float)) else value + "-other"
+
+
+def test_resume_may_change_exactly_the_fields_of_the_table(tmp_path):
+    """Each Config field changed alone on --resume: accepted for the fields of the table above, refused
+    and named for every other (kl, temperature and the other method settings among them). Guards: a
+    field of the method made resumable, a knob of the table refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = sqlm.Config(task="arith", out=str(run)).resolve()
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(saved)))
+    accepted = set()
+    for f in dataclasses.fields(sqlm.Config):
+        if f.name in ("out", "resume"):
+            continue
+        try:
+            harness.check_same_run(dataclasses.replace(saved, **{f.name: another(f, getattr(saved, f.name))}), str(run))
+            accepted.add(f.name)
+        except harness.RunError as e:
+            assert f"--{f.name.replace('_', '-')} " in str(e)
+    assert accepted == MAY_CHANGE_ON_RESUME
+
+
 def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tiny_dir, tmp_path):
     """A kill before the first checkpoint left a run that --out refuses: --resume runs it from step 0,
     its earlier records replaced, not duplicated."""
