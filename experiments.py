@@ -19,8 +19,8 @@ at different times.
 
 Arms: sqlm (proposer updated every 5 steps, the paper's setting), format (the format-only
 solver reward, the paper's baseline), never (proposer never updated), every (every step),
-azr and rzero (the proposer paid 1 - p, Absolute Zero, or 1 - 2|p - 1/2|, R-Zero, where p is
-the share of the solver's samples that agree with the vote; updated every 5 steps as sqlm).
+azr and rzero (the proposer paid 1 - p, Absolute Zero, 0 when p is 1, or 1 - 2|p - 1/2|, R-Zero,
+where p is the share of the solver's samples that agree with the vote; updated every 5 steps as sqlm).
 
 Worlds and bases: one base model per (world, base seed), each in its own directory with its
 runs, so results of two bases never mix: `--out` itself for the tiny world's seed-0 base,
