@@ -59,6 +59,18 @@ FAST = ["--batch", "2", "--n", "2", "--minibatch", "1", "--microbatch", "4", "--
         "--eval-every", "0", "--proposer-every", "1", "--device", "cpu", "--task", "arith"]
 
 
+def grads(model):
+    """Every parameter's gradient, flattened into one vector (zeros where a parameter has none)."""
+    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                      for p in model.parameters()])
+
+
+def weights(run, step):
+    """A run's checkpoint at `step`, as saved: {name: tensor}."""
+    from safetensors.torch import load_file
+    return load_file(os.path.join(run, f"step-{step:06d}", "model.safetensors"))
+
+
 def jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f]

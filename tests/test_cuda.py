@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 import harness
 import rollout
 import sqlm
-from conftest import jsonl
+from conftest import grads, jsonl
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device("cuda")
@@ -35,10 +35,6 @@ def sampled_seqs(sampler, tok, advantages):
     prompts = [rollout.chat_prompt(tok, p) for p in PROMPTS[:len(advantages) // 2]]
     samples = rollout.generate(sampler, tok, prompts, n=2, max_new_tokens=12, seed=0)
     return [sqlm.Seq(s.prompt_ids, s.completion_ids, a, group=i // 2) for i, (s, a) in enumerate(zip(samples, advantages))]
-
-
-def grads(model):
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def test_greedy_equals_hf_generate_in_bf16(tiny_dir):

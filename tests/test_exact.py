@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import rollout
 import sqlm
-from conftest import FAST, jsonl
+from conftest import FAST, grads, jsonl, weights
 
 CPU = torch.device("cpu")
 
@@ -27,10 +27,6 @@ def seqs_of_two_minibatches(model, tok, n=2, minibatch=2):
     outs = rollout.generate(model, tok, [rollout.chat_prompt(tok, "go"), rollout.chat_prompt(tok, "a longer prompt")],
                             n=2 * minibatch * n // 2, max_new_tokens=9, seed=3)
     return [sqlm.Seq(s.prompt_ids, s.completion_ids[:2 + i % 7], 0.0, group=i // n) for i, s in enumerate(outs)]
-
-
-def grads(model):
-    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
 
 
 @pytest.mark.parametrize("microbatch", [1, 2, 3, 8])
@@ -68,10 +64,6 @@ def test_second_minibatch_ratio_is_exactly_one_with_signal(tiny_model):
         stats = sqlm.accumulate_gradients(model, None, minibatch, cfg, CPU)
         assert stats["approx_kl"] == 0.0 and stats["clip_frac"] == 0.0
     model.zero_grad()
-
-
-def weights(run, step):
-    return load_file(os.path.join(run, f"step-{step:06d}", "model.safetensors"))
 
 
 def max_diff(a, b):

@@ -15,6 +15,7 @@ import harness
 import rewards
 import rollout
 import sqlm
+from conftest import grads
 from test_step import answered, proposal, sample  # the records a step leaves
 from test_step import cfg_for as config
 
@@ -28,10 +29,6 @@ def perturbed(model):
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())))
     return ref
-
-
-def grads(model):
-    return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
 
 
 # --- which reward trains which role ----------------------------------------------------------

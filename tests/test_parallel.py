@@ -26,6 +26,7 @@ import eval as heldout
 import parallel
 import sqlm
 import tiny
+from conftest import weights
 from test_learning import one_fact
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,10 +57,6 @@ def timing(key):
 def jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
-
-
-def weights(run, step):
-    return load_file(os.path.join(run, f"step-{step:06d}", "model.safetensors"))
 
 
 @pytest.fixture(scope="module")
