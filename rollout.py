@@ -40,14 +40,17 @@ class LoadError(RuntimeError):
 
 # --- loading -------------------------------------------------------------------------
 
-def hub_reachable(host="huggingface.co", timeout=2.0):
-    """Whether the model hub answers a TCP connection within `timeout` s (never with HF_HUB_OFFLINE=1).
+HUB = ("huggingface.co", 443)
+
+
+def hub_reachable():
+    """Whether the model hub answers a TCP connection within 2 s (never with HF_HUB_OFFLINE=1).
     Checked once before loading, so an offline machine gets one line at once instead of a minute
     of retries."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection(HUB, timeout=2.0).close()
         return True
     except OSError:
         return False
@@ -137,10 +140,9 @@ def tokenizer_problem(tokenizer, model):
     return None
 
 
-def chat_prompt(tokenizer, user_text, system=None):
+def chat_prompt(tokenizer, user_text):
     """Token ids of a one-turn chat with the model's template and the assistant header."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": user_text}]
+    messages = [{"role": "user", "content": user_text}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return tokenizer.encode(text, add_special_tokens=False)
 
@@ -322,28 +324,44 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
     when every row has stopped and drops finished rows from the batch and the cache once a quarter
     of the batch has finished.
     """
-    from transformers import DynamicCache
     if temperature < 0 or not 0 < top_p <= 1 or not all(prompts) or max_new_tokens < 1 or check_every < 1:
-        raise ValueError(f"generate needs temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, check_every >= 1 "
-                         f"and non-empty prompts (got temperature={temperature}, top_p={top_p}, "
-                         f"max_new_tokens={max_new_tokens}, check_every={check_every})")
+        raise ValueError(f"generate needs temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, "
+                         f"check_every >= 1 and non-empty prompts (got temperature={temperature}, "
+                         f"top_p={top_p}, max_new_tokens={max_new_tokens}, check_every={check_every})")
     device = next(model.parameters()).device
     keys = sample_keys(prompt_seeds(seed, len(prompts), device), n)  # (B*n,)
     stops = torch.tensor(stop_token_ids(model, tokenizer), device=device)
-    ids, mask, positions = left_pad(prompts, tokenizer.pad_token_id, device)
+    padded = left_pad(prompts, tokenizer.pad_token_id, device)
+    drawn = decode(model, padded, n, keys, stops, max_new_tokens, temperature, top_p, check_every)
+    return to_samples(tokenizer, prompts, n, stops, *drawn)
 
-    # Prefill each distinct prompt once; only the last position's logits are needed.
-    prefill = DynamicCache(config=model.config)
+
+def prefill(model, ids, mask, positions, n, max_new_tokens):
+    """The decode loop's starting state from the left-padded prompts (B, width): the logits of each
+    prompt's last position repeated for its n samples (B*n, V) fp32, the preallocated cache of
+    width + max_new_tokens positions holding each prompt's keys/values n times, the attention mask
+    at its final width (B*n, width + max_new_tokens), and each row's next position (B*n, 1).
+    Each distinct prompt runs through the model once; only its last position's logits are kept."""
+    from transformers import DynamicCache
+    prompt_cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                past_key_values=prefill, use_cache=True, logits_to_keep=1)
+                past_key_values=prompt_cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # (B*n, V)
     width = mask.shape[1]
-    cache = preallocated_cache(prefill, n, width + max_new_tokens)
-    del prefill, out
-    mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones((len(prompts) * n, max_new_tokens))], dim=1)
+    cache = preallocated_cache(prompt_cache, n, width + max_new_tokens)
+    del prompt_cache, out  # before the mask grows: the prompts' own cache is no longer needed
+    mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones((len(ids) * n, max_new_tokens))], dim=1)
     next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1  # (B*n, 1)
+    return logits, cache, mask, next_pos
 
-    total = len(prompts) * n
+
+def decode(model, padded, n, keys, stops, max_new_tokens, temperature, top_p, check_every):
+    """Draw up to max_new_tokens tokens for each of the B*n samples of the left-padded prompts
+    `padded` (ids, mask, positions): (tokens, their log-probs) (B*n, max_new_tokens), and each
+    sample's mean entropy and length (B*n,), its length counting its stop token. Past a row's
+    length its tokens are whatever it drew before leaving the batch: `to_samples` cuts them off."""
+    logits, cache, mask, next_pos = prefill(model, *padded, n, max_new_tokens)
+    width, total, device = mask.shape[1] - max_new_tokens, len(keys), keys.device
     tokens = torch.zeros((total, max_new_tokens), dtype=torch.long, device=device)
     token_logp = torch.zeros((total, max_new_tokens), device=device)
     entropy = torch.zeros(total, device=device)  # summed over each row's tokens up to its stop
@@ -366,21 +384,28 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
                 break
             if live <= 3 * len(rows) // 4:  # drop finished rows from the batch and the cache
                 keep = running.nonzero().squeeze(-1)
-                rows, token, mask, next_pos, running = rows[keep], token[keep], mask[keep], next_pos[keep], running[keep]
+                rows, token, mask, next_pos, running = (rows[keep], token[keep], mask[keep], next_pos[keep],
+                                                        running[keep])
                 for layer in cache.layers:
                     layer.keep(keep)
         # the mask is preallocated to its final width; each step uses one more column
-        out = model(input_ids=token[:, None], attention_mask=mask[:, :width + step + 1], position_ids=next_pos,
-                    past_key_values=cache, use_cache=True)
+        out = model(input_ids=token[:, None], attention_mask=mask[:, :width + step + 1],
+                    position_ids=next_pos, past_key_values=cache, use_cache=True)
         logits = out.logits[:, -1].float()
         next_pos = next_pos + 1
+    return tokens, token_logp, entropy / lengths, lengths
 
-    entropy = entropy / lengths
+
+def to_samples(tokenizer, prompts, n, stops, tokens, token_logp, entropy, lengths):
+    """One Sample per row of `decode`'s output, sample j of prompt i at i*n + j: the completion cut
+    at its length, finished when it ended on a stop token (also one drawn at the last step)."""
+    max_new_tokens = tokens.shape[1]
     finished = lengths < max_new_tokens
     finished |= (lengths == max_new_tokens) & torch.isin(tokens[:, -1], stops)
-    tokens, token_logp, lengths, finished, entropy = (t.tolist() for t in (tokens, token_logp, lengths, finished, entropy))
+    tokens, token_logp, lengths, finished, entropy = (t.tolist() for t in (tokens, token_logp, lengths,
+                                                                           finished, entropy))
     samples = []
-    for i in range(total):
+    for i in range(len(tokens)):
         completion = tokens[i][:lengths[i]]
         body = completion[:-1] if finished[i] else completion
         samples.append(Sample(prompt_ids=list(prompts[i // n]), completion_ids=completion,
@@ -389,7 +414,7 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
     return samples
 
 
-def generate_many(model, tokenizer, prompts, n, seeds, rows, progress=None, **sampling):
+def generate_many(model, tokenizer, prompts, n, seeds, rows, progress, **sampling):
     """`generate` over all `prompts` in calls of at most `rows` sequences (the KV cache's memory).
 
     seeds: one per prompt (the samples are then the same however the prompts are split into
@@ -401,8 +426,7 @@ def generate_many(model, tokenizer, prompts, n, seeds, rows, progress=None, **sa
     for start in range(0, len(prompts), per_call):
         out += generate(model, tokenizer, prompts[start:start + per_call], n=n,
                         seed=None if seeds is None else seeds[start:start + per_call], **sampling)
-        if progress:
-            progress(out)
+        progress(out)
     return out
 
 
@@ -509,7 +533,7 @@ class TokenLogprobs(torch.nn.Module):
         check_plain_head(model)
         self.model = model
 
-    def forward(self, input_ids, attention_mask, completion_mask, temperature=1.0, chunk_tokens=4096):
+    def forward(self, input_ids, attention_mask, completion_mask, temperature, chunk_tokens):
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                           position_ids=positions, use_cache=False).last_hidden_state  # (B, T, H)

@@ -129,8 +129,8 @@ def with_stops(model, stops, fn):
 
 
 def test_rows_left_after_others_finish_are_unchanged(tiny_model):
-    """Dropping finished rows must re-index the mask, positions and cache of the rows that remain: indexing
-    them wrongly once corrupted every surviving row while each test looked at a dropped row only."""
+    """Dropping finished rows re-indexes the mask, positions and cache of the rows that remain: every
+    surviving row decodes as it would alone, and its log-probs are those training recomputes."""
     model, tok = tiny_model
     prompts = chat_ids(tok)
     frequent = range(0, model.config.vocab_size, 7)  # rows finish at many different steps
@@ -165,7 +165,8 @@ def test_logprobs_never_build_full_vocabulary_logits(tiny_model, monkeypatch):
 
 
 def test_bad_sampling_settings_raise():
-    """top_p=0 used to fail deep in torch.multinomial, and temperature 0 made token_logprobs all NaN."""
+    """top_p=0 is refused by generate and temperature 0 by token_logprobs, each as a ValueError that
+    names the setting (not a failure deep in torch, or log-probs that are all NaN)."""
     with pytest.raises(ValueError, match="top_p"):
         rollout.generate(None, None, [[1]], top_p=0)
     with pytest.raises(ValueError, match="temperature > 0"):
@@ -290,8 +291,8 @@ def test_check_interval_does_not_change_samples(tiny_model):
 
 
 def test_samples_do_not_depend_on_how_prompts_are_split(tiny_model):
-    """Issue 9: a memory knob (--rollout-rows) used to change the samples, because the random stream was one
-    per generate call. With per-prompt seeds a prompt's samples are the same alone or in any batch."""
+    """With per-prompt seeds a prompt's samples are the same alone or in any batch, so a memory knob
+    (--rollout-rows) never changes them; an int seed equals the per-prompt seeds derived from it."""
     model, tok = tiny_model
     prompts = chat_ids(tok)
     seeds = [101, -7, 2**63 + 5]
@@ -382,8 +383,8 @@ def test_logprobs_refuse_a_head_they_cannot_read(tiny_model):
 
 
 def test_offline_hub_id_fails_at_once_in_one_line(monkeypatch):
-    """An unknown slash-less name on an offline machine used to print 22 retry lines and wait about a
-    minute: the hub is probed once and the error says what was tried and how to fix it."""
+    """An unknown slash-less name on an offline machine: the hub is probed once, the error comes at once
+    (not after a minute of retries) and is one line saying what was tried and how to fix it."""
     tried = []
     monkeypatch.setattr(rollout, "hub_reachable", lambda: tried.append(1) or False)
     start = time.monotonic()
