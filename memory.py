@@ -5,93 +5,73 @@ memory` prints it for the Qwen2.5 shapes; tests/test_memory.py checks its coeffi
 allocations measured on CPU. docs/memory.md has the table and what it leaves out.
 """
 
+USABLE = 0.9  # of a card that fit_memory plans for: the rest for the CUDA context, kernels, fragmentation
+
+
+def attention_widths(config):
+    """(q_width, kv_width): the output widths of the query and the key (or value) projections."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+
 
 def parameter_count(config):
-    """Weights of a Qwen2/Llama-style decoder (q/k/v biases where the family has them, tied or untied head)."""
+    """Weights of a Qwen2/Llama-style decoder (q/k/v biases where the family has them, tied or
+    untied head)."""
     hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    q_width, kv_width = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    q_width, kv_width = attention_widths(config)
     bias = config.model_type == "qwen2" or getattr(config, "attention_bias", False)
     attention = hidden * (q_width + 2 * kv_width) + q_width * hidden + bias * (q_width + 2 * kv_width)
     per_layer = attention + 3 * hidden * inter + 2 * hidden  # + MLP (gate, up, down) + two RMSNorm weights
-    embeddings = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2)
-    return embeddings + layers * per_layer + hidden  # + the final norm
+    return root_weights(config) + layers * per_layer
+
+
+def root_weights(config):
+    """Weights outside the decoder layers: the embedding, the lm-head unless tied, the final norm."""
+    return config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2) + config.hidden_size
 
 
 def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n=4, kl=True,
-                grad_checkpointing=False, gpu=True, fused_adamw=False, chunk_tokens=4096, world=1, kl_bytes=4):
-    """Predicted peak memory (bytes) of each phase of an SQLM step, per process, from the model config and
-    the run's settings.
+                grad_checkpointing=False, gpu=True, fused_adamw=False, chunk_tokens=4096, world=1,
+                kl_bytes=4):
+    """Predicted peak memory (bytes) of each phase of an SQLM step, per process, from the model
+    config and the run's settings.
 
     gpu=True is sqlm.py's CUDA path: fp32 weights under bf16 autocast, a bf16 sampling copy, bf16
     KV cache; gpu=False is its CPU path (everything fp32, sampling on the trained model). N weights:
 
       resident    4N fp32 weights + 8N AdamW moments + 4N fp32 KL reference (kl > 0; kl_bytes=2: bf16)
       rollout     + 2N bf16 sampling copy (freed during the update: sqlm.release_sampler)
-                  + the largest of, in time order: the prefill (its own cache of rollout_rows / n prompts
-                  x max_prompt, and one layer's transients); the prefill's cache copied into the preallocated
-                  one, rollout_rows x (max_prompt + max_response) x layers x 2 (K, V) x kv_width x 2 B; that
-                  cache and a decode step's (rows, vocab) sampling buffers (logits bf16 + fp32, log-probs,
-                  probs, float64 CDF: 26 B per row per vocabulary entry)
-      logprobs    (old and reference log-probs, no grad) + 2N autocast's bf16 weight casts + the final
-                  hidden states + the larger of the lm-head chunk (chunk x vocab fp32 logits and their exp)
-                  and an MLP's three I-wide transients
+                  + the decoding peak (`rollout_bytes`)
+      logprobs    (old and reference log-probs, no grad) + 2N autocast's bf16 weight casts + the
+                  final hidden states + the larger of the lm-head chunk (chunk x vocab fp32 logits
+                  and their exp) and an MLP's three I-wide transients
       update      + 4N gradients + 2N autocast casts + the activations autograd keeps for backward
-                  (below) + the lm-head chunk recomputed in backward (logits, exp, gradient, softmax);
-                  with checkpointing, the larger of that chunk and one recomputed layer with its gradients
-      optimizer   + 4N gradients + 4N (AdamW's default foreach step holds sqrt(v) for every weight at
-                  once; fused_adamw=True, AdamW(fused=True) on CUDA, has no such copy)
+                  and what backward adds (`activation_bytes`)
+      optimizer   + 4N gradients + 4N (AdamW's default foreach step holds sqrt(v) for every weight
+                  at once; fused_adamw=True, AdamW(fused=True) on CUDA, has no such copy)
 
-    Activations kept for backward, per token of a micro-batch (tokens = microbatch x (max_prompt + max_response)),
-    per layer: 4 fp32 H-wide tensors (the two RMSNorms' inputs and normalised values) and, at e bytes per
-    element (2 under bf16 autocast, 4 in fp32), 3 H-wide (norm outputs, attention output), 4 kv-wide (k, v,
-    rotated k, RoPE input) and 4 I-wide (gate, silu, up, their product) tensors; plus 3 fp32 H-wide outside the
-    layers (embedding, final norm). With gradient checkpointing only each layer's fp32 input is kept and one
-    layer at a time is recomputed. Counted from Qwen2's decoder layer and checked against allocations measured
-    on CPU (tests/test_memory.py); on a GPU the attention kernel's own workspace, the CUDA context (~0.5 GB)
-    and allocator fragmentation are not counted: `fit_memory` leaves headroom for them.
+    Counted from Qwen2's decoder layer and checked against allocations measured on CPU
+    (tests/test_memory.py); on a GPU the attention kernel's own workspace, the CUDA context
+    (~0.5 GB) and allocator fragmentation are not counted: `fit_memory` leaves headroom for them.
     Assumes the gradients are freed after each update (optimizer.zero_grad(set_to_none=True)).
-
-    world > 1 (torchrun, FSDP2; predicted, not measured): the weights, AdamW moments, gradients and KL
-    reference are sharded (/ world); each process keeps a whole sampling copy (fp32 on CPU) and autocast's
-    2N casts (parallel.shard), and adds FSDP2's gathered fp32 weights of the root (embedding, final norm,
-    lm-head) and two decoder layers (the one computing, the one prefetched), and in the update their
-    unsharded fp32 gradients before the reduce-scatter. Rollout rows and micro-batches are per process.
+    world > 1 (torchrun, FSDP2; predicted, not measured): see `update_weight_bytes`; each process
+    keeps a whole sampling copy (fp32 on CPU). Rollout rows and micro-batches are per process.
     """
     weights = parameter_count(config)
-    hidden, inter, layers, vocab = config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.vocab_size
-    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
-    kv_width = config.num_key_value_heads * head_dim
     e = 2 if gpu else 4  # bytes per element of what autocast computes (and of the sampler's KV cache)
-    length = max_prompt + max_response
-    tokens, scored = microbatch * length, microbatch * max_response
+    tokens, scored = microbatch * (max_prompt + max_response), microbatch * max_response
 
     shard = weights / world
     resident = {"weights": 4 * shard, "adamw": 8 * shard, "kl_reference": kl_bytes * shard if kl else 0}
-    sampler_copy = 2 * weights if gpu else 4 * weights if world > 1 else 0  # one CPU process samples on the model
-    kv_cache = rollout_rows * length * layers * 2 * kv_width * e
-    prompts = -(-rollout_rows // n)
-    prefill_cache = prompts * max_prompt * layers * 2 * kv_width * e
-    prefill_layer = prompts * max_prompt * (16 * hidden + e * 3 * inter)  # no grad: one layer's transients
-    sampling = rollout_rows * (vocab * 26 + e * 3 * inter + 12 * hidden)  # + one decode layer's transients
-    per_layer = 16 * hidden + e * (3 * hidden + 4 * kv_width + 4 * inter)  # bytes kept per token per layer
-    outside = 12 * hidden  # per token: embedding output, final norm
-    chunk = min(chunk_tokens, scored) * vocab * 4
-    casts = 2 * weights if gpu else 0
-    grads = 4 * weights
-    if world > 1:  # FSDP2: sharded gradients, and the root and two layers gathered (weights, then gradients)
-        root = config.vocab_size * hidden * (1 if config.tie_word_embeddings else 2) + hidden
-        gathered = root + 2 * (weights - root) / layers
-        casts, grads = casts + 4 * gathered, 4 * shard + 4 * gathered
-    if grad_checkpointing:  # the lm-head chunk's backward and one recomputed layer's come one after the other
-        saved = tokens * (layers * 4 * hidden + outside)
-        backward = max(7 * chunk // 2, tokens * (per_layer + e * inter))
-    else:  # the chunk's backward runs while every layer's activations are still kept
-        saved = tokens * (layers * per_layer + outside)
-        backward = 4 * chunk
+    sampler_copy = 2 * weights if gpu else 4 * weights if world > 1 else 0  # 1 CPU process: the model
+    kv_cache, decoding = rollout_bytes(config, rollout_rows, n, max_prompt, max_response, e)
+    chunk = min(chunk_tokens, scored) * config.vocab_size * 4  # the lm-head's fp32 logits of one chunk
+    grads, casts = update_weight_bytes(config, weights, gpu, world)
+    saved, backward = activation_bytes(config, tokens, chunk, e, grad_checkpointing)
+    final_hidden = tokens * 12 * config.hidden_size  # 3 fp32 H-wide per token, as in activation_bytes
     phases = {
-        "rollout": sampler_copy + max(prefill_cache + prefill_layer, prefill_cache + kv_cache, kv_cache + sampling),
-        "logprobs": casts + tokens * outside + max(2 * chunk, tokens * e * 3 * inter),
+        "rollout": sampler_copy + decoding,
+        "logprobs": casts + final_hidden + max(2 * chunk, tokens * e * 3 * config.intermediate_size),
         "update": grads + casts + saved + backward,
         "optimizer": 4 * shard * (1 if fused_adamw else 2),
     }
@@ -103,13 +83,65 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
     return plan
 
 
-def fit_memory(config, device_bytes, *, max_rows=1024, max_microbatch=128, usable=0.9, **settings):
-    """(rollout_rows, microbatch): the largest powers of two up to the step's sizes whose planned peaks fit
-    `usable` x device_bytes (the rest for the CUDA context, kernel workspaces and fragmentation), or None
-    when even one row and one sequence do not fit. settings: memory_plan's (max_prompt, max_response, n,
-    kl, grad_checkpointing, gpu, fused_adamw, chunk_tokens). Rows only touch the rollout phase, the micro-batch only
-    the log-prob and update phases, so each is the largest that fits on its own."""
-    budget = usable * device_bytes
+def rollout_bytes(config, rows, n, max_prompt, max_response, e):
+    """(KV cache, decoding peak) in bytes, for `rows` sequences of n samples per prompt at e bytes
+    per element. The peak is the largest of, in time order: the prefill (its own cache of rows / n
+    prompts x max_prompt, and one layer's transients); the prefill's cache copied into the
+    preallocated one, rows x (max_prompt + max_response) x layers x 2 (K, V) x kv_width x e; that
+    cache and a decode step's (rows, vocab) sampling buffers (logits bf16 + fp32, log-probs, probs,
+    float64 CDF: 26 B per row per vocabulary entry) and one decode layer's transients."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv_width = attention_widths(config)[1]
+    kv_cache = rows * (max_prompt + max_response) * layers * 2 * kv_width * e
+    prompts = -(-rows // n)
+    prefill_cache = prompts * max_prompt * layers * 2 * kv_width * e
+    prefill_layer = prompts * max_prompt * (16 * hidden + e * 3 * inter)  # no grad: one layer's transients
+    sampling = rows * (config.vocab_size * 26 + e * 3 * inter + 12 * hidden)
+    return kv_cache, max(prefill_cache + prefill_layer, prefill_cache + kv_cache, kv_cache + sampling)
+
+
+def update_weight_bytes(config, weights, gpu, world):
+    """(gradients, autocast's bf16 weight casts) in bytes per process during the update: 4N and 2N
+    (none on CPU). world > 1 (FSDP2): the gradients are sharded (/ world) like the weights, AdamW
+    moments and KL reference; each process keeps autocast's 2N casts (parallel.shard) and adds
+    FSDP2's gathered fp32 weights of the root (embedding, final norm, lm-head) and two decoder
+    layers (the one computing, the one prefetched), and their unsharded fp32 gradients before the
+    reduce-scatter."""
+    casts = 2 * weights if gpu else 0
+    if world == 1:
+        return 4 * weights, casts
+    root = root_weights(config)
+    gathered = root + 2 * (weights - root) / config.num_hidden_layers
+    return 4 * (weights / world) + 4 * gathered, casts + 4 * gathered
+
+
+def activation_bytes(config, tokens, chunk, e, grad_checkpointing):
+    """(activations kept for backward, what backward adds at its peak) in bytes, for a micro-batch of
+    `tokens` tokens and an lm-head chunk of `chunk` bytes of fp32 logits.
+
+    Kept per token, per layer: 4 fp32 H-wide tensors (the two RMSNorms' inputs and normalised
+    values) and, at e bytes per element (2 under bf16 autocast, 4 in fp32), 3 H-wide (norm
+    outputs, attention output), 4 kv-wide (k, v, rotated k, RoPE input) and 4 I-wide (gate, silu,
+    up, their product) tensors; plus 3 fp32 H-wide outside the layers (embedding, final norm).
+    Backward adds the lm-head chunk recomputed (logits, exp, gradient, softmax). With gradient
+    checkpointing only each layer's fp32 input is kept, and backward adds the larger of that chunk
+    and one recomputed layer with its gradients (they come one after the other)."""
+    hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = 16 * hidden + e * (3 * hidden + 4 * attention_widths(config)[1] + 4 * inter)
+    outside = 12 * hidden  # per token: embedding output, final norm
+    if grad_checkpointing:
+        saved = tokens * (layers * 4 * hidden + outside)
+        return saved, max(7 * chunk // 2, tokens * (per_layer + e * inter))
+    return tokens * (layers * per_layer + outside), 4 * chunk  # every layer's activations still kept
+
+
+def fit_memory(config, device_bytes, *, max_rows=1024, max_microbatch=128, **settings):
+    """(rollout_rows, microbatch): the largest powers of two up to the step's sizes whose planned
+    peaks fit USABLE x device_bytes, or None when even one row and one sequence do not fit.
+    settings: memory_plan's (max_prompt, max_response, n, kl, grad_checkpointing, gpu, fused_adamw,
+    chunk_tokens, world, kl_bytes). Rows only touch the rollout phase, the micro-batch only the
+    log-prob and update phases, so each is the largest that fits on its own."""
+    budget = USABLE * device_bytes
 
     def largest(top, fits):
         size = 1 << (top.bit_length() - 1)
@@ -117,7 +149,8 @@ def fit_memory(config, device_bytes, *, max_rows=1024, max_microbatch=128, usabl
             size //= 2
         return size if size >= 1 else None
 
-    rows = largest(max_rows, lambda r: memory_plan(config, rollout_rows=r, microbatch=1, **settings)["rollout_peak"] <= budget)
+    rows = largest(max_rows, lambda r: memory_plan(config, rollout_rows=r, microbatch=1,
+                                                   **settings)["rollout_peak"] <= budget)
     micro = largest(max_microbatch, lambda m: max(
         memory_plan(config, rollout_rows=1, microbatch=m, **settings)[f"{phase}_peak"]
         for phase in ("logprobs", "update", "optimizer")) <= budget)

@@ -118,8 +118,9 @@ def test_checkpointed_update_peak_is_not_underestimated(shape):
 @pytest.mark.parametrize("prompt_len,new,prompts,n", [(300, 16, 2, 8), (200, 24, 4, 4), (16, 8, 16, 4)],
                          ids=["kv-cache", "prefill", "sampling-buffers"])  # what dominates each peak
 def test_generate_peak_is_predicted(tiny_model, prompt_len, new, prompts, n):
-    """generate's peak (prefill, the preallocated KV cache, the sampling buffers) is predicted within BOUNDS.
-    (The KV-cache case was 14.5% under while the prompt cache was copied through a repeated temporary.)"""
+    """generate's peak (prefill, the preallocated KV cache, the sampling buffers) is predicted within
+    BOUNDS, in each of the three cases where a different one dominates. Guards: the prompt cache copied
+    into the preallocated one through a repeated temporary (the KV-cache case then reads ~15% under)."""
     model, tok = tiny_model
     prompt_ids = [[5 + i] * prompt_len for i in range(prompts)]
     job = lambda: rollout.generate(model, tok, prompt_ids, n=n, max_new_tokens=new, seed=0, check_every=10**6)
