@@ -91,7 +91,7 @@ def parse_proposal(task, text, cat=False, released=False, arith_check=False):
     return _parse_code(body, cat, released)
 
 
-def _parse_code(body, cat, released=False):
+def _parse_code(body, cat, released):
     header = _TEST_HEADER.search(body)
     if header is None:
         return None, "no 'Test Cases:'"
@@ -230,7 +230,7 @@ def majority_solver_rewards(answers, vote=None):
 
 
 def proposer_reward(scores, rule="sqlm", kind="majority"):
-    """Proposer reward from the solver rewards of one problem's n answers.
+    """Proposer reward from the solver rewards of one problem's n >= 2 answers.
 
     sqlm (the paper, Sec. 3): majority: 1 if 1 < m < n, m = #scores equal to 1 (so 0 when
     the majority is None); tests: 1 if 0 < mean < 1. azr (arXiv 2505.03335): 1 - mean,
@@ -240,8 +240,6 @@ def proposer_reward(scores, rule="sqlm", kind="majority"):
     if kind not in ("majority", "tests"):
         raise ValueError(f"unknown reward kind {kind!r}")
     n = len(scores)
-    if n == 0:
-        return 0.0
     m = sum(1 for s in scores if s == 1)
     share = m / n if kind == "majority" else sum(scores) / n
     if rule == "sqlm":
@@ -257,9 +255,7 @@ def format_solver_rewards(texts, task, released=False):
     """The paper's format-only baseline: 1 for a parseable answer (code: a python block), else 0."""
     if task == "code":
         return [float(extract_program(t) is not None) for t in texts]
-    if task in ("arith", "algebra"):
-        return [float(extract_answer(t, released) is not None) for t in texts]
-    raise ValueError(f"unknown task {task!r}")
+    return [float(extract_answer(t, released) is not None) for t in texts]  # arith, algebra
 
 
 # --- test rewards (code) ---------------------------------------------------------------
@@ -344,23 +340,18 @@ def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMO
 
 def test_pass_rates(programs, test_sets, cap=MAX_TESTS, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB,
                     lenient=False):
-    """Share of its own tests (the first `cap`; None: all) that each program passes; no tests: 0."""
+    """Share of its own tests (the first `cap`; None: all) that each program passes; no program or no
+    tests: 0. The code solver's reward (Sec. 3: a step's programs x their problem's at most 10 tests
+    in one sandbox call), and eval's pass rate (cap=None)."""
     test_sets = [tests[:cap] for tests in test_sets]
     passes = run_test_sets(programs, test_sets, timeout, memory_mb, lenient)
     return [sum(p) / len(p) if p else 0.0 for p in passes]
 
 
-def test_solver_rewards(programs, tests, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB, lenient=False):
-    """Solver reward (Sec. 3): the share of the (at most 10) tests a program passes; no program: 0."""
-    return test_pass_rates(programs, [tests] * len(programs), timeout=timeout, memory_mb=memory_mb, lenient=lenient)
-
-
 def cat_filter(problems, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB, lenient=False):
     """Code-as-Task (arXiv 2506.01716): a problem is valid only if its reference passes every
     test and each wrong solution fails at least one. One (valid, reason) per problem; every
-    program of every problem runs in one sandbox call. A single Problem gives a single pair."""
-    if isinstance(problems, Problem):
-        return cat_filter([problems], timeout, memory_mb, lenient)[0]
+    program of every problem runs in one sandbox call."""
     ready = [p.reference is not None and bool(p.wrong) and bool(p.tests) for p in problems]
     programs = [code for p, ok in zip(problems, ready) if ok for code in (p.reference, *p.wrong)]
     test_sets = [p.tests[:MAX_TESTS] for p, ok in zip(problems, ready) if ok for _ in range(1 + len(p.wrong))]

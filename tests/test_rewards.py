@@ -164,7 +164,8 @@ def test_cat_solution_is_the_block_under_its_header():
 
 
 def test_comment_inside_a_program_is_not_a_section_header():
-    """`# Wrong solution: ...` as a comment inside the reference block used to cut the reference off."""
+    """`# Wrong solution: ...` as a comment inside the reference block neither cuts the reference off nor
+    starts a wrong solution."""
     reply = CAT_REPLY.replace("print(sum(map(int, input().split())))",
                               "# Wrong solution: would take the max\nprint(sum(map(int, input().split())))", 1)
     problem, why = rewards.parse_proposal("code", reply, cat=True)
@@ -178,8 +179,8 @@ def test_comment_inside_a_program_is_not_a_section_header():
     lambda r: r.replace("\n```\nWrong", "```\nWrong"),  # a fence closed at the end of a code line
 ])
 def test_cat_fences_on_header_or_code_lines_still_parse(layout):
-    """Skipping headers inside code must use the block rules of the extractor: a fence opened on the header
-    line, or closed at the end of a code line, once hid every later header."""
+    """Skipping headers inside code uses the block rules of the extractor: a fence opened on the header
+    line, or closed at the end of a code line, hides no later header."""
     problem, why = rewards.parse_proposal("code", layout(CAT_REPLY), cat=True)
     assert why == "ok" and problem.reference == "print(sum(map(int, input().split())))" and len(problem.wrong) == 2
 
@@ -371,8 +372,8 @@ def test_output_matches_lenient(stdout, expected, same):
     ("3\r\n", "3", False), ("", "0", False),
 ])
 def test_output_judge_is_exact_by_default(stdout, expected, same):
-    """The default judge is the released one: exact text after stripping trailing newlines. It used to
-    ignore spacing, brackets and commas, and sandbox.same_output was a second rule again."""
+    """The default judge is the released one: exact text after stripping trailing newlines; spacing,
+    brackets and commas count. rewards.output_matches and sandbox.same_output are one rule."""
     assert rewards.output_matches(stdout, expected) is same
     assert sandbox.same_output(stdout, expected) is same
     assert sandbox.run_tests("print(input().strip())", [("3", "3")]) == [True]
@@ -387,15 +388,23 @@ READ = "a = list(map(int, input().split()))\n"
 def test_test_rewards_score_the_share_of_passed_tests():
     """Correct 1, partly right 1/3, crashing 0, missing program 0."""
     programs = [READ + "print(*sorted(a))", READ + "print(*a)", "raise SystemExit(1)", None]
-    scores = rewards.test_solver_rewards(programs, SORT_TESTS)
+    scores = rewards.test_pass_rates(programs, [SORT_TESTS] * 4)  # n answers to one problem
     assert scores == pytest.approx([1.0, 1 / 3, 0.0, 0.0])
+
+
+def test_test_rewards_score_each_program_on_its_own_tests():
+    """A step's programs answer different problems: each is scored on its own problem's tests."""
+    programs = [READ + "print(*sorted(a))", READ + "print(*sorted(a))", READ + "print(*a)"]
+    reversed_tests = [(stdin, " ".join(reversed(out.split()))) for stdin, out in SORT_TESTS]
+    scores = rewards.test_pass_rates(programs, [SORT_TESTS, reversed_tests, SORT_TESTS[1:2]])
+    assert scores == pytest.approx([1.0, 1 / 3, 1.0])
 
 
 def test_right_output_from_a_failed_run_scores_zero():
     """Only status "ok" passes: printing the answer and then crashing or hanging earns nothing."""
     crash = READ + "print(*sorted(a))\nraise ValueError"
     hang = READ + "print(*sorted(a), flush=True)\nwhile True: pass"
-    assert rewards.test_solver_rewards([crash, hang], SORT_TESTS[:1], timeout=0.5) == [0.0, 0.0]
+    assert rewards.test_pass_rates([crash, hang], [SORT_TESTS[:1]] * 2, timeout=0.5) == [0.0, 0.0]
 
 
 def test_test_rewards_use_one_sandbox_call(monkeypatch):
@@ -403,26 +412,27 @@ def test_test_rewards_use_one_sandbox_call(monkeypatch):
     calls = []
     real = sandbox.run_many
     monkeypatch.setattr(sandbox, "run_many", lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
-    rewards.test_solver_rewards([READ + "print(*a)"] * 3 + [None], SORT_TESTS)
+    rewards.test_pass_rates([READ + "print(*a)"] * 3 + [None], [SORT_TESTS] * 4)
     assert calls == [9]
 
 
 def test_test_rewards_grade_at_most_ten_tests():
-    """Tests beyond the tenth are never run, so they can neither help nor hurt."""
+    """Tests beyond the tenth are never run, so they can neither help nor hurt (eval's cap=None: all run)."""
     tests = [(str(i), str(i)) for i in range(10)] + [("1", "999")] * 3
-    assert rewards.test_solver_rewards([READ + "print(*a)"], tests) == [1.0]
+    assert rewards.test_pass_rates([READ + "print(*a)"], [tests]) == [1.0]
+    assert rewards.test_pass_rates([READ + "print(*a)"], [tests], cap=None) == [10 / 13]
 
 
 def test_test_rewards_without_tests_are_zero():
     """No tests means nothing was verified: no reward, and no sandbox call."""
-    assert rewards.test_solver_rewards(["print(1)", None], []) == [0.0, 0.0]
+    assert rewards.test_pass_rates(["print(1)", None], [[], []]) == [0.0, 0.0]
 
 
 def test_lenient_judge_is_an_option_through_the_rewards():
     """--judge lenient reaches the sandbox verdicts: a list printed with brackets passes only there."""
     programs = [READ + "print(sorted(a))"]
-    assert rewards.test_solver_rewards(programs, SORT_TESTS) == [0.0]
-    assert rewards.test_solver_rewards(programs, SORT_TESTS, lenient=True) == [1.0]
+    assert rewards.test_pass_rates(programs, [SORT_TESTS]) == [0.0]
+    assert rewards.test_pass_rates(programs, [SORT_TESTS], lenient=True) == [1.0]
 
 
 def cat_problem(reference, wrong):
@@ -432,19 +442,19 @@ def cat_problem(reference, wrong):
 def test_cat_filter_accepts_a_verified_task():
     """Reference passes every test and each wrong program fails one: keep the task."""
     problem = cat_problem(READ + "print(*sorted(a))", [READ + "print(*a)", READ + "print(*sorted(a)[::-1])"])
-    assert rewards.cat_filter(problem) == (True, "ok")
+    assert rewards.cat_filter([problem]) == [(True, "ok")]
 
 
 def test_cat_filter_rejects_a_failing_reference():
     """Tests the proposer's own solution fails are probably wrong tests."""
     problem = cat_problem(READ + "print(*a)", [READ + "print(0)"])
-    assert rewards.cat_filter(problem) == (False, "reference fails a test")
+    assert rewards.cat_filter([problem]) == [(False, "reference fails a test")]
 
 
 def test_cat_filter_rejects_a_wrong_solution_that_passes():
     """Tests that a known-wrong program passes are too weak to verify anything."""
     problem = cat_problem(READ + "print(*sorted(a))", [READ + "print(0)", READ + "print(' '.join(map(str, sorted(a))))"])
-    assert rewards.cat_filter(problem) == (False, "a wrong solution passes every test")
+    assert rewards.cat_filter([problem]) == [(False, "a wrong solution passes every test")]
 
 
 def test_cat_filter_judges_a_batch_in_one_sandbox_call(monkeypatch):
@@ -464,7 +474,7 @@ def test_cat_filter_judges_a_batch_in_one_sandbox_call(monkeypatch):
 def test_parsed_cat_proposal_passes_the_filter():
     """The CaT layout the prompt asks for parses into a task the filter accepts."""
     problem, _ = rewards.parse_proposal("code", CAT_REPLY, cat=True)
-    assert rewards.cat_filter(problem) == (True, "ok")
+    assert rewards.cat_filter([problem]) == [(True, "ok")]
 
 
 # --- evaluation helpers ----------------------------------------------------------------
@@ -479,8 +489,8 @@ def test_parsed_cat_proposal_passes_the_filter():
     ("56088", "56088", 0.0), ("<answer>" + "9" * 5000 + "</answer>", "9", 0.0),
 ])
 def test_official_score(text, truth, score):
-    """The released scorer exactly: int() of the last one-line answer; 1 equal, 0.1 parsed but wrong, else 0.
-    It used to normalise like extract_answer, so `56,088` or `$288$` scored 1 where the paper's code gives 0."""
+    """The released scorer exactly: int() of the last one-line answer; 1 equal, 0.1 parsed but wrong, else
+    0. No normalisation as in extract_answer: `56,088` or `$288$` score 0, as in the paper's code."""
     assert rewards.official_score(text, truth) == score
 
 
@@ -498,6 +508,6 @@ def test_official_score(text, truth, score):
 def test_arith_truth(text, value):
     """The one well-formed expression of + - * / and parentheses, read exactly with the usual
     precedence. None when there is no operator, the expression does not parse, another number
-    stands elsewhere in the text, or it is too deep or too long to read cheaply. (It used to
-    read plain products only, so any other operation had no diagnostic at all.)"""
+    stands elsewhere in the text, or it is too deep or too long to read cheaply. Any operation is
+    read, not plain products only."""
     assert rewards.arith_truth(text) == value
