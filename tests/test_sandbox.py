@@ -502,8 +502,8 @@ SUPERVISOR_ATTACKS = {  # each changes the box's PID 1 if it can (harming only l
 
 @pytest.mark.parametrize("attack", SUPERVISOR_ATTACKS, ids=list(SUPERVISOR_ATTACKS))
 def test_a_test_cannot_renice_repin_or_relimit_its_supervisor(attack, caplog):
-    """Issue 19: a test ran as its supervisor's uid, so it could lower PID 1's limits, renice or re-pin it.
-    Tests now run as a uid of their own without capabilities: each such call is refused."""
+    """A test runs as a uid of its own without capabilities: lowering its supervisor's (PID 1's) limits,
+    renicing it or re-pinning it is refused. Guards: tests run as the supervisor's uid."""
     if "uid" not in LAYERS:
         skip_reported("uid", caplog)
     r = sandbox.run(f"import os, resource\ntry:\n    {SUPERVISOR_ATTACKS[attack]}\n    print('reached')\n"
@@ -530,8 +530,8 @@ def test_never_raises_when_the_machine_refuses(monkeypatch):
     "import os\ntry:\n    os.rename('../' + os.path.basename(os.getcwd()), '../moved')\nexcept OSError:\n    pass",
 ], ids=["locked", "3000-deep", "moved"])
 def test_a_run_leaves_nothing_on_the_host(code):
-    """Whatever a program does to its working directory (lock it, nest 3,000 directories, which made
-    shutil.rmtree raise, move it), nothing of it is left on the host after the run."""
+    """Whatever a program does to its working directory (lock it, nest 3,000 directories, deeper than
+    shutil.rmtree can remove, move it), nothing of it is left on the host after the run."""
     tag = marker()
     r = sandbox.run(f"import os\nprint(os.getcwd())\nopen('note-{tag}', 'w').write('x')\n" + code, timeout=20)
     assert r.status == "ok"
@@ -636,10 +636,10 @@ INSIDE = f"import os\nprint(os.path.exists({REPO!r}), os.path.exists('/proc/1/en
 
 @pytest.mark.parametrize("probed_first", [False, True], ids=["at-the-first-run", "after-the-probe"])
 def test_a_trainer_with_1100_open_files_gets_every_layer(probed_first):
-    """A trainer holding more than 1023 descriptors: select() cannot watch one numbered above 1023. At the
-    first run the probe failed and programs ran as host root outside any box, seeing the project and the
-    trainer's environment; after a good probe every run was an "error" (every code reward silently 0).
-    Either way the program must run, in a box with every layer, and see neither."""
+    """A trainer holding more than 1023 descriptors (select() cannot watch one numbered above 1023): the
+    program runs, in a box with every layer, and sees neither the project nor the trainer's environment.
+    Guards: a failed first probe running programs as host root outside any box, and after a good probe
+    every run an "error" (every code reward silently 0)."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < 1200:
@@ -653,8 +653,8 @@ def test_a_trainer_with_1100_open_files_gets_every_layer(probed_first):
 
 
 def test_threads_starting_together_probe_once():
-    """Eight threads making their first run at the same moment: each probed on its own, their probe cgroups
-    collided and the cgroup layer was dropped. One probe now, every run in a box with every layer."""
+    """Eight threads making their first run at the same moment probe once, and every run gets a box with
+    every layer. Guards: a probe per thread, whose probe cgroups collide and drop the cgroup layer."""
     trainer = TRAINER.format(repo=REPO) + (
         "import threading\nprobes, real = [], sandbox._probe\n"
         "sandbox._probe = lambda iso: probes.append(iso) or real(iso)\nstart = threading.Barrier(8)\nresults = []\n"
@@ -695,8 +695,8 @@ def _cgroup_of_run(code, tag):
 
 
 def test_each_run_gets_a_cgroup_no_run_has_used(caplog):
-    """Issue 19: box cgroups were pooled and reused with their counters (peak memory, failcnt, pids events),
-    which a later run could read. Each box now gets a new cgroup, removed after it."""
+    """Each box gets a new cgroup, removed after it: no run reads the counters (peak memory, failcnt, pids
+    events) an earlier run left. Guards: box cgroups pooled and reused with their counters."""
     if "cgroup" not in LAYERS:
         skip_reported("cgroup", caplog)
     first, second = marker(), marker()
@@ -725,8 +725,8 @@ SURFACE = {  # kernel routes a stdin/stdout program never needs; each prints "re
 
 @pytest.mark.parametrize("attack", SURFACE, ids=list(SURFACE))
 def test_kernel_surface_is_closed(attack, caplog):
-    """Issue 19: inside the box a program could make user namespaces (with CAP_SYS_ADMIN there), mount,
-    use io_uring, netlink and vsock sockets: the usual routes to a kernel bug. Each is refused now."""
+    """Inside the box a program cannot make user namespaces (with CAP_SYS_ADMIN there), mount, or use
+    io_uring, netlink and vsock sockets: the usual routes to a kernel bug. Each is refused."""
     if "seccomp" not in LAYERS:
         skip_reported("seccomp", caplog)
     nrs = f"CLONE, CLONE3, IO_URING_SETUP = {_nr('clone')}, {_nr('clone3')}, {_nr('io_uring_setup')}\n"
@@ -804,8 +804,8 @@ BESIDE = {  # (first, second): the first starts at once and lives ~1.5 s, the se
 
 @pytest.mark.parametrize("channel", BESIDE, ids=list(BESIDE))
 def test_shared_files_pass_nothing_between_boxes(channel, shared_file, caplog):
-    """Issue 19: the read-only binds share inodes with every other box, so file locks and inotify/dnotify
-    watches on a shared file passed bits between boxes running side by side. Both ends are refused now."""
+    """The read-only binds share inodes with every other box, so file locks and inotify/dnotify watches
+    on a shared file would pass bits between boxes running side by side: both ends are refused."""
     if "seccomp" not in LAYERS:
         skip_reported("seccomp", caplog)
     head = LIBC + "import fcntl, select, struct\nfd = os.open('/decoy/file', os.O_RDONLY)\n"
@@ -826,8 +826,8 @@ PROBES = {  # reads whether page `p` of /decoy/file is in the page cache, withou
 
 @pytest.mark.parametrize("probe", PROBES, ids=list(PROBES))
 def test_page_cache_tells_a_later_run_nothing(probe, shared_file, caplog):
-    """Issue 19: which pages of a shared file are cached passed bits to a later run, probed without timing
-    (preadv2 with RWF_NOWAIT, cachestat). A run now cannot tell a page an earlier run read from one it did not."""
+    """Which pages of a shared file are cached, probed without timing (preadv2 with RWF_NOWAIT, cachestat),
+    would pass bits to a later run: a run cannot tell a page an earlier run read from one it did not."""
     if "seccomp" not in LAYERS:
         skip_reported("seccomp", caplog)
     with open(shared_file, "rb") as f:
@@ -887,7 +887,7 @@ def test_a_box_cannot_force_host_write_back(call, decoy, caplog):
 
 
 def test_no_pty_from_the_host_pool(caplog):
-    """/dev/ptmx gives ptys from one pool for the whole host (kernel.pty.max; one box held 708 of them), with
+    """/dev/ptmx gives ptys from one pool for the whole host (kernel.pty.max, which one box could exhaust), with
     tty buffers outside the box's memory cgroup. A box has no pty device."""
     if "bwrap" not in LAYERS:
         skip_reported("bwrap", caplog)
@@ -1014,8 +1014,8 @@ def test_a_venv_trainer_shows_programs_no_installed_package(tmp_path):
 
 
 def test_a_process_left_alive_is_reported_never_ok(monkeypatch, caplog):
-    """Issue 19: a process in uninterruptible sleep (e.g. in sync()) outlived run() by seconds while the run
-    said "ok". Here the box's cgroup keeps listing a process that will not die: the run must say so."""
+    """A process in uninterruptible sleep (e.g. in sync()) can outlive run() by seconds: where the box's
+    cgroup keeps listing a process that will not die, the run says so and is never "ok"."""
     if "cgroup" not in LAYERS:
         skip_reported("cgroup", caplog)
     monkeypatch.setattr(sandbox, "KILL_WAIT", 0.2, raising=False)
