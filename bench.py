@@ -180,8 +180,8 @@ def bench_update(a):
     model, tokenizer = get_model(a.model, device, torch.float32)
     gen = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
-    pairs = [(torch.randint(vocab, (a.prompt,), generator=gen).tolist(), torch.randint(vocab, (a.len,), generator=gen).tolist())
-             for _ in range(a.seqs)]
+    pairs = [(torch.randint(vocab, (a.prompt,), generator=gen).tolist(),
+              torch.randint(vocab, (a.len,), generator=gen).tolist()) for _ in range(a.seqs)]
     ids, attn, comp = rollout.pack(pairs, tokenizer.pad_token_id, device)
     tokens = int(comp.sum())
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,7 +193,17 @@ def bench_update(a):
         (-(logp.sum() / tokens)).backward()
         return logp.detach(), torch.cat([p.grad.flatten() for p in params])
 
-    # correctness first: values and gradients must agree before anything is timed
+    return {"bench": "update", "model": a.model, "device": machine(), "vocab": vocab,
+            "weights": "fp32" + (" + bf16 autocast" if device.type == "cuda" else ""),
+            "seqs": a.seqs, "prompt_tokens": a.prompt, "completion_tokens": a.len, "repeat": a.repeat,
+            **compare_logprobs(model, loss_and_grads, tokens, a.repeat, device),
+            **time_policy_update(model, params, pairs, tokens, a, device, gen)}
+
+
+def compare_logprobs(model, loss_and_grads, tokens, repeat, device):
+    """Ours (chunked `token_logprobs`) against the full-vocabulary reference on one batch: the largest
+    log-prob and relative gradient differences, checked before anything is timed; then tokens/s of
+    each one's forward + backward (`loss_and_grads(fn)`), interleaved, and its peak GPU memory."""
     ours_logp, ours_grad = loss_and_grads(rollout.token_logprobs)
     full_logp, full_grad = loss_and_grads(full_vocab_logprobs)
     logp_err = (ours_logp - full_logp).abs().max().item()
@@ -212,12 +222,19 @@ def bench_update(a):
 
     fns = {"ours": rollout.token_logprobs, "full": full_vocab_logprobs}
     rates, _ = interleaved({name: lambda fn=fn: loss_and_grads(fn) and tokens for name, fn in fns.items()},
-                           a.repeat, device)
+                           repeat, device)
     peaks = {name: peak_gib(fn) for name, fn in fns.items()}
     model.zero_grad(set_to_none=True)
+    return {"max_abs_logp_diff": logp_err, "max_rel_grad_diff": grad_err,
+            "ours_tokens_per_s": rates["ours"], "full_vocab_tokens_per_s": rates["full"],
+            "speedup": round(rates["ours"] / rates["full"], 2), "ours_peak_gib": peaks["ours"],
+            "full_vocab_peak_gib": peaks["full"]}
 
-    # one whole policy update as sqlm.py runs it: old and reference log-probs, then one
-    # mini-batch of all rows in micro-batches, clipped loss + k3 KL, grad clip, AdamW
+
+def time_policy_update(model, params, pairs, tokens, a, device, gen):
+    """One whole policy update as sqlm.py runs it, timed: old and reference log-probs (prepare), then
+    one mini-batch of all rows in micro-batches of --microbatch, clipped loss + k3 KL, grad clip, AdamW;
+    random advantages drawn from `gen`."""
     cfg = sqlm.Config(minibatch=a.seqs, microbatch=a.microbatch, n=1)
     ref = copy.deepcopy(model).requires_grad_(False)  # fp32, as sqlm.py keeps the KL reference
     adv = torch.randn(a.seqs, generator=gen).tolist()
@@ -231,14 +248,7 @@ def bench_update(a):
     sqlm.policy_update(model, ref, optimizer, seqs, cfg, device)
     sync(device)
     t2 = time.perf_counter()
-    return {"bench": "update", "model": a.model, "device": machine(), "vocab": vocab,
-            "weights": "fp32" + (" + bf16 autocast" if device.type == "cuda" else ""),
-            "seqs": a.seqs, "prompt_tokens": a.prompt, "completion_tokens": a.len, "repeat": a.repeat,
-            "max_abs_logp_diff": logp_err, "max_rel_grad_diff": grad_err,
-            "ours_tokens_per_s": rates["ours"], "full_vocab_tokens_per_s": rates["full"],
-            "speedup": round(rates["ours"] / rates["full"], 2), "ours_peak_gib": peaks["ours"],
-            "full_vocab_peak_gib": peaks["full"],
-            "update_microbatch": a.microbatch, "prepare_s": round(t1 - t0, 2), "update_s": round(t2 - t1, 2),
+    return {"update_microbatch": a.microbatch, "prepare_s": round(t1 - t0, 2), "update_s": round(t2 - t1, 2),
             "update_tokens_per_s": round(tokens / (t2 - t0), 1)}
 
 
@@ -513,7 +523,7 @@ def time_limit(seconds):
 
 
 def gb(nbytes):
-    return None if nbytes is None else round(nbytes / 1e9, 2)
+    return round(nbytes / 1e9, 2)
 
 
 def bench_gpu(a):
@@ -526,8 +536,6 @@ def bench_gpu(a):
         os.makedirs(a.out, exist_ok=True)
     except OSError as e:
         raise BenchError(f"cannot make --out {a.out}: {cli.os_reason(e)}") from None
-    parts = {"env": gpu_env, "cuda_tests": gpu_cuda_tests, "decode": gpu_decode, "step": gpu_step,
-             "torchrun": gpu_torchrun}
     deadline = time.monotonic() + a.budget_s
     run = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # tells a rerun's lines from the first's
     # On a machine whose torch sees no GPU, a real-shape check would grind on the CPU until the budget
@@ -542,36 +550,71 @@ def bench_gpu(a):
             row.update(ok=False, skipped="torch sees no CUDA device (the env line says why): nothing to check; "
                                          "the dry run is --device cpu --model tiny")
         elif left <= PART_MIN_S.get(name, 0):
-            row.update(ok=False, skipped=f"--budget-s: {max(left, 0):.0f} s left, the part needs {PART_MIN_S.get(name, 0)} s")
+            row.update(ok=False, skipped=f"--budget-s: {max(left, 0):.0f} s left, the part needs "
+                                         f"{PART_MIN_S.get(name, 0)} s")
         else:
-            limit = min(left, PART_CAP_S.get(name, left))
-            started = time.monotonic()
-            try:
-                with time_limit(limit):
-                    parts[name](a, device, row, limit)
-                row["ok"] = row.get("ok", True)
-            except PartTimeout:
-                row.update(ok=False, error=f"cut by the time limit after {limit:.0f} s (the fields before this one are "
-                                           f"what it had measured)")
-            except Exception as e:  # the next part still runs
-                row.update(ok=False, error=f"{type(e).__name__}: {cli.first_line(e, 300)}")
-            row["seconds"] = round(time.monotonic() - started, 1)
-            gc.collect()  # a part's models, before the next part allocates
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            run_part(name, a, device, row, min(left, PART_CAP_S.get(name, left)))
         held = held and row["ok"]
-        line = json.dumps(row, default=str)
-        print(line, flush=True)
-        with open(os.path.join(a.out, "results.jsonl"), "a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(os.path.join(a.out, "results.jsonl"), json.dumps(row, default=str))
     return 0 if held else 1
 
 
+def run_part(name, a, device, row, limit):
+    """Part `name` of the GPU check, filling `row`, cut after `limit` seconds: ok, or its one-line
+    error (a cut part keeps the fields it had measured), and the seconds it took."""
+    parts = {"env": gpu_env, "cuda_tests": gpu_cuda_tests, "decode": gpu_decode, "step": gpu_step,
+             "torchrun": gpu_torchrun}
+    started = time.monotonic()
+    try:
+        with time_limit(limit):
+            parts[name](a, device, row, limit)
+        row["ok"] = row.get("ok", True)
+    except PartTimeout:
+        row.update(ok=False, error=f"cut by the time limit after {limit:.0f} s (the fields before this one "
+                                   f"are what it had measured)")
+    except Exception as e:  # the next part still runs
+        row.update(ok=False, error=f"{type(e).__name__}: {cli.first_line(e, 300)}")
+    row["seconds"] = round(time.monotonic() - started, 1)
+    gc.collect()  # a part's models, before the next part allocates
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def append_line(path, line):
+    """Print `line` and append it to `path`, synced: a later part that kills the process loses no line."""
+    print(line, flush=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def gpu_env(a, device, row, limit):
-    """What ran: Python, torch and its CUDA, the card, and each pin of requirements.txt against the version
-    imported (the device machine may carry others)."""
+    """What ran: Python, torch and its CUDA, the card, and each pin of requirements.txt against the
+    version imported (the device machine may carry others)."""
+    import transformers
+    cuda = device.type == "cuda"
+    props = torch.cuda.get_device_properties(device) if cuda else None
+    try:
+        torch.cuda.init()  # where torch sees no GPU, its reason (no driver, a driver too old for this CUDA, ...)
+        cuda_error = None
+    except Exception as e:
+        cuda_error = cli.first_line(e, 300)
+    pins = pinned_versions()
+    row.update(device=machine() if not cuda else props.name, memory_gb=gb(props.total_memory) if cuda else None,
+               capability=".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
+               multiprocessors=props.multi_processor_count if cuda else None,
+               gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0,
+               driver=command_output("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"),
+               cuda_error=cuda_error, python=platform.python_version(), torch=torch.__version__,
+               cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if cuda else None,
+               transformers_from=os.path.dirname(transformers.__file__),
+               commit=command_output("git", "rev-parse", "HEAD"), pins=pins,
+               differ_from_pins=[n for n, p in pins.items() if (p["ran"] or "").split("+")[0] != p["pinned"]])
+
+
+def pinned_versions():
+    """{package: {"pinned": requirements.txt's version, "ran": the version imported or installed}}."""
     import importlib.metadata
     import numpy
     import safetensors
@@ -590,31 +633,16 @@ def gpu_env(a, device, row, limit):
             except importlib.metadata.PackageNotFoundError:
                 ran = None
             pins[name] = {"pinned": version, "ran": ran}
-    cuda = device.type == "cuda"
-    props = torch.cuda.get_device_properties(device) if cuda else None
+    return pins
+
+
+def command_output(*command):
+    """A command's stripped stdout, run in the repository, or None (not installed, no output, hung)."""
     try:
-        torch.cuda.init()  # where torch sees no GPU, its reason (no driver, a driver too old for this CUDA, ...)
-        cuda_error = None
-    except Exception as e:
-        cuda_error = cli.first_line(e, 300)
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20).stdout.strip() or None
+        return subprocess.run(command, cwd=HERE, capture_output=True, text=True,
+                              timeout=20).stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
-        driver = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                                timeout=20).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        commit = None
-    row.update(device=machine() if not cuda else props.name, memory_gb=gb(props.total_memory) if cuda else None,
-               capability=".".join(map(str, torch.cuda.get_device_capability(device))) if cuda else None,
-               multiprocessors=props.multi_processor_count if cuda else None,
-               gpus=torch.cuda.device_count() if torch.cuda.is_available() else 0, driver=driver,
-               cuda_error=cuda_error, python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
-               cudnn=torch.backends.cudnn.version() if cuda else None,
-               transformers_from=os.path.dirname(transformers.__file__), commit=commit, pins=pins,
-               differ_from_pins=[n for n, p in pins.items() if (p["ran"] or "").split("+")[0] != p["pinned"]])
+        return None
 
 
 def junit_outcomes(path):
@@ -753,65 +781,42 @@ def patched(*changes):
 
 
 def gpu_step(a, device, row, limit):
-    """sqlm.py's training run (harness.train, in this process) for --step-steps steps at the paper's batch
-    shape (--step-batch prompts x --step-n proposals, --step-n answers each, mini-batch 32 groups, a proposer
-    update every step) with responses capped at --step-response tokens; random weights in the model's shape
-    (no checkpoint is written: 3B with AdamW state is ~37 GB; tests/test_cuda.py writes a tiny one). Per step
-    and phase: seconds and measured peak memory; what --fit-memory chose; memory_plan's prediction at the
-    run's settings and at the longest prompt and response the step met; the last step's peaks against the
-    latter (AdamW allocates its moments, 8 bytes per weight, at the run's first optimizer step, so the first
-    step's rollout and log-prob phases are compared with the plan less them)."""
+    """sqlm.py's training run (harness.train, in this process) for --step-steps steps at the paper's
+    batch shape (--step-batch prompts x --step-n proposals, --step-n answers each, mini-batch 32
+    groups, a proposer update every step) with responses capped at --step-response tokens; random
+    weights in the model's shape (no checkpoint is written: 3B with AdamW state is ~37 GB;
+    tests/test_cuda.py writes a tiny one). Per step and phase: seconds and measured peak memory; what
+    --fit-memory chose; memory_plan's prediction at the run's settings and at the longest prompt and
+    response the step met; the last step's peaks against the latter (AdamW allocates its moments, 8
+    bytes per weight, at the run's first optimizer step, so the first step's rollout and log-prob
+    phases are compared with the plan less them)."""
     import harness
     cuda = device.type == "cuda"
     meter, seen = PhaseMeter(device), {}
     with tempfile.TemporaryDirectory() as scratch:
         model = tiny.make(os.path.join(scratch, "tiny"), seed=0) if a.model == "tiny" else a.model
-
-        def load(name, device=None, dtype=None):  # a shape's random weights instead of a checkpoint on disk
-            model, tokenizer = tiny.random_real(a.model, device=device, dtype=dtype or torch.float32)
-            byte_decode, known = tokenizer.decode, len(tokenizer)  # the shape's ids above the byte tokenizer's
-            tokenizer.decode = lambda ids, **kw: byte_decode([i % known for i in ids], **kw)  # have no text
-            return model, tokenizer
-
-        def fit_to_memory(cfg, model_config, device, world=1):
-            kl_dtype = real_fit(cfg, model_config, device, world)
-            seen.update(config=model_config, kl_bytes=torch.finfo(kl_dtype).bits // 8)
-            return kl_dtype
-
-        real_fit = harness.fit_to_memory
         cfg = sqlm.Config(task="arith", model=model, device=str(device), steps=a.step_steps, batch=a.step_batch,
-                          n=a.step_n, minibatch=min(32, a.step_batch), max_response=a.step_response, proposer_every=1,
-                          eval_every=0, save_every=0, out=os.path.join(scratch, "run"))
+                          n=a.step_n, minibatch=min(32, a.step_batch), max_response=a.step_response,
+                          proposer_every=1, eval_every=0, save_every=0, out=os.path.join(scratch, "run"))
         row.update(model=a.model, batch=cfg.batch, n=cfg.n, proposals=cfg.batch * cfg.n,
-                   solver_samples=cfg.batch * cfg.n * cfg.n, minibatch=cfg.minibatch, proposer_every=1, kl=cfg.kl,
-                   max_response=cfg.max_response, response_cap=f"{cfg.max_response} tokens for both roles (the "
-                   f"paper's arith limit is {prompts.MAX_RESPONSE['arith']}): a step that fits the time", ran=False)
+                   solver_samples=cfg.batch * cfg.n * cfg.n, minibatch=cfg.minibatch, proposer_every=1,
+                   kl=cfg.kl, max_response=cfg.max_response,
+                   response_cap=f"{cfg.max_response} tokens for both roles (the paper's arith limit is "
+                                f"{prompts.MAX_RESPONSE['arith']}): a step that fits the time", ran=False)
         hooks = [register_optimizer_step_pre_hook(meter.before_optimizer),
                  register_optimizer_step_post_hook(meter.after_optimizer)]
-        changes = [(harness, "fit_to_memory", fit_to_memory), (harness, "save_checkpoint", lambda *args, **kw: None),
-                   (sqlm, "propose", meter.wrap(sqlm.propose, "propose")), (sqlm, "solve", meter.wrap(sqlm.solve, "solve")),
-                   (sqlm, "to_sequences", meter.to_sequences(sqlm.to_sequences)),
-                   (sqlm, "release_sampler", meter.released(sqlm.release_sampler)),
-                   (sqlm, "prepare", meter.wrap(sqlm.prepare, meter.prepared)),
-                   (sqlm, "policy_update", meter.wrap(sqlm.policy_update, meter.role)),
-                   (sqlm, "refresh_sampler", meter.wrap(sqlm.refresh_sampler, "refresh"))]
+        changes = step_patches(a.model, meter, seen)
         if a.model in tiny.QWEN25_SHAPES:
-            changes.append((rollout, "load", load))
-            row["text"] = ("a sampled id's text is that of id mod the byte tokenizer's size: the shape's other ids "
-                           "have none, and empty proposals would be invalid, leaving nothing to solve or train")
+            row["text"] = ("a sampled id's text is that of id mod the byte tokenizer's size: the shape's other "
+                           "ids have none, and empty proposals would be invalid, leaving nothing to solve or train")
         row["steps"] = meter.steps  # filled as the steps run: a cut keeps the steps done
         try:
-            with patched(*changes), contextlib.redirect_stdout(sys.stderr):  # the run's own lines stay off stdout
+            with patched(*changes), contextlib.redirect_stdout(sys.stderr):  # the run's lines stay off stdout
                 harness.train(cfg)
         finally:
             for hook in hooks:
                 hook.remove()
-            metrics = os.path.join(scratch, "run", "metrics.jsonl")
-            if os.path.exists(metrics):
-                with open(metrics) as f:
-                    for m, phases in zip(map(json.loads, f), meter.steps):
-                        phases.update({k: round(m[k], 2) for k in ("t_propose", "t_solve", "t_rewards", "t_update")},
-                                      **{k: m.get(k) for k in ("valid_rate", "response_len", "solver_kl")})
+            add_step_metrics(os.path.join(scratch, "run", "metrics.jsonl"), meter.steps)
             if "config" in seen:  # also where the step failed: what was chosen and predicted
                 row["fit_memory"] = ({"rollout_rows": cfg.rollout_rows, "microbatch": cfg.microbatch,
                                       "kl_reference": "bf16" if seen["kl_bytes"] == 2 else "fp32",
@@ -819,12 +824,52 @@ def gpu_step(a, device, row, limit):
                                      if cuda and cfg.fit_memory else "not applied: --fit-memory acts on a GPU only")
                 row.update(predictions(cfg, seen, meter.lengths, cuda))
     if "solver_update" not in meter.steps[-1]:
-        raise BenchError(f"the step trained nothing (valid_rate {meter.steps[-1].get('valid_rate')}): no update to measure")
+        raise BenchError(f"the step trained nothing (valid_rate {meter.steps[-1].get('valid_rate')}): "
+                         f"no update to measure")
     row["ran"] = True
     if not cuda:
         row["measured_gb"] = "not measured: no CUDA allocator on CPU"
         return
     row.update(measured_against_plan(meter.steps, row["plan_at_step_lengths_gb"]), reserved_gb=gb(meter.reserved))
+
+
+def step_patches(model_name, meter, seen):
+    """The (object, attribute, value) changes `patched` makes for the step: sqlm.py's phases wrapped by
+    `meter`, no checkpoint written, harness.fit_to_memory recording into `seen` the model config and the
+    KL reference's bytes it chose, and for a Qwen2.5 shape random weights instead of a checkpoint."""
+    import harness
+    real_fit = harness.fit_to_memory
+
+    def fit_to_memory(cfg, model_config, device, world=1):
+        kl_dtype = real_fit(cfg, model_config, device, world)
+        seen.update(config=model_config, kl_bytes=torch.finfo(kl_dtype).bits // 8)
+        return kl_dtype
+
+    def load(name, device=None, dtype=None):  # a shape's random weights instead of a checkpoint on disk
+        model, tokenizer = tiny.random_real(model_name, device=device, dtype=dtype or torch.float32)
+        byte_decode, known = tokenizer.decode, len(tokenizer)  # the shape's ids above the byte tokenizer's
+        tokenizer.decode = lambda ids, **kw: byte_decode([i % known for i in ids], **kw)  # have no text
+        return model, tokenizer
+
+    changes = [(harness, "fit_to_memory", fit_to_memory), (harness, "save_checkpoint", lambda *args, **kw: None),
+               (sqlm, "propose", meter.wrap(sqlm.propose, "propose")),
+               (sqlm, "solve", meter.wrap(sqlm.solve, "solve")),
+               (sqlm, "to_sequences", meter.to_sequences(sqlm.to_sequences)),
+               (sqlm, "release_sampler", meter.released(sqlm.release_sampler)),
+               (sqlm, "prepare", meter.wrap(sqlm.prepare, meter.prepared)),
+               (sqlm, "policy_update", meter.wrap(sqlm.policy_update, meter.role)),
+               (sqlm, "refresh_sampler", meter.wrap(sqlm.refresh_sampler, "refresh"))]
+    return changes + ([(rollout, "load", load)] if model_name in tiny.QWEN25_SHAPES else [])
+
+
+def add_step_metrics(path, steps):
+    """Each step's own timings and figures from the run's metrics.jsonl (if written) into its phases."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for m, phases in zip(map(json.loads, f), steps):
+            phases.update({k: round(m[k], 2) for k in ("t_propose", "t_solve", "t_rewards", "t_update")},
+                          **{k: m.get(k) for k in ("valid_rate", "response_len", "solver_kl")})
 
 
 def predictions(cfg, seen, lengths, gpu):
@@ -870,8 +915,33 @@ def gpu_torchrun(a, device, row, limit):
 # --- CLI -----------------------------------------------------------------------------
 
 def main(argv=None):
+    p = parser()
+    a = p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
+    check_flags(p, a)
+    try:
+        if a.which == "gpu":  # prints its own lines, one per part
+            return bench_gpu(a)
+        result = {"rollout": bench_rollout, "update": bench_update, "decode": bench_decode, "memory": bench_memory,
+                  "parallel": bench_parallel, "sandbox": bench_sandbox}[a.which](a)
+    except (rollout.LoadError, BenchError) as e:
+        print(f"bench.py: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+def parser():
+    """bench.py's flags: one sub-command per benchmark; a usage error is one line and exit code 2."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="which", required=True)
+    commands = [add(sub) for add in (rollout_flags, update_flags, decode_flags, memory_flags, parallel_flags,
+                                     sandbox_flags, gpu_flags)]
+    for command in [p, *commands]:  # usage errors too: one line, exit code 2
+        command.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
+    return p
+
+
+def rollout_flags(sub):
     r = sub.add_parser("rollout", help="our generate vs Hugging Face generate on the same job")
     r.add_argument("--model", default="tiny", help="tiny, a Qwen2.5 shape with random weights "
                    f"({', '.join(tiny.QWEN25_SHAPES)}), or a model directory")
@@ -881,7 +951,12 @@ def main(argv=None):
     r.add_argument("--new", type=int, default=128, help="max new tokens")
     r.add_argument("--temperature", type=float, default=1.0)
     r.add_argument("--top-p", type=float, default=1.0)
-    r.add_argument("--repeat", type=int, default=3, help="timed runs of each side, interleaved, after a warm-up; medians reported")
+    r.add_argument("--repeat", type=int, default=3,
+                   help="timed runs of each side, interleaved, after a warm-up; medians reported")
+    return r
+
+
+def update_flags(sub):
     u = sub.add_parser("update", help="chunked log-probs vs full-vocabulary logits (fwd+bwd), and one policy update")
     u.add_argument("--model", default="tiny", help="as for rollout")
     u.add_argument("--device", default=None)
@@ -890,6 +965,10 @@ def main(argv=None):
     u.add_argument("--len", type=int, default=256, help="completion tokens per sequence")
     u.add_argument("--microbatch", type=int, default=8)
     u.add_argument("--repeat", type=int, default=3, help="as for rollout")
+    return u
+
+
+def decode_flags(sub):
     d = sub.add_parser("decode", help="decode throughput (ours vs Hugging Face generate) and achieved bandwidth")
     d.add_argument("--model", default="tiny", help="as for rollout")
     d.add_argument("--device", default=None)
@@ -897,8 +976,13 @@ def main(argv=None):
     d.add_argument("--prompt", type=int, default=128, help="prompt tokens per row")
     d.add_argument("--new", type=int, default=256, help="new tokens per row")
     d.add_argument("--repeat", type=int, default=3, help="as for rollout")
+    return d
+
+
+def memory_flags(sub):
     m = sub.add_parser("memory", help="predicted peak memory per phase and the sizes that fit each card")
-    m.add_argument("--model", default=",".join(tiny.QWEN25_SHAPES), help="comma-separated shapes, tiny, or directories")
+    m.add_argument("--model", default=",".join(tiny.QWEN25_SHAPES),
+                   help="comma-separated shapes, tiny, or directories")
     m.add_argument("--cards", type=lambda s: [float(x) for x in s.split(",")], default=[24, 40, 80, 141], help="GB")
     m.add_argument("--gpus", type=lambda s: [int(x) for x in s.split(",")], default=[1],
                    help="GPUs per run (torchrun, FSDP2): plans per GPU, e.g. 1,2,4,8")
@@ -908,6 +992,10 @@ def main(argv=None):
     m.add_argument("--kl", type=float, default=0.001, help="0: no reference model")
     m.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=False)
     m.add_argument("--chunk-tokens", type=int, default=4096)
+    return m
+
+
+def parallel_flags(sub):
     q = sub.add_parser("parallel", help="one training run on one process vs N under torchrun (same samples checked)")
     q.add_argument("--model", default="tiny", help="tiny (format-pre-trained here) or a directory")
     q.add_argument("--pretrain", type=int, default=100, help="format pre-training steps of the tiny model")
@@ -920,19 +1008,27 @@ def main(argv=None):
     q.add_argument("--microbatch", type=int, default=8)
     q.add_argument("--max-response", type=int, default=64)
     q.add_argument("--repeat", type=int, default=3)
+    return q
+
+
+def sandbox_flags(sub):
     s = sub.add_parser("sandbox", help="sandboxed tests per second vs plain subprocess.run of the same interpreter")
     s.add_argument("--programs", type=int, default=40)
     s.add_argument("--tests", type=int, default=5)
     s.add_argument("--repeat", type=int, default=3, help="timed runs of each way, interleaved, after a warm-up")
-    g = sub.add_parser("gpu", help="the one-call GPU check: CUDA tests, decode vs Hugging Face, one sqlm.py step in "
-                       "Qwen2.5-3B's shape, the environment (docs/gpu.md); --device cpu --model tiny: the dry run")
-    g.add_argument("--out", default=os.path.join("runs", "gpu-check"), help="results folder: results.jsonl (a JSON line per part, appended as "
-                   "each finishes), cuda_tests.xml and cuda_tests.log")
+    return s
+
+
+def gpu_flags(sub):
+    g = sub.add_parser("gpu", help="the one-call GPU check: CUDA tests, decode vs Hugging Face, one sqlm.py step "
+                       "in Qwen2.5-3B's shape, the environment (docs/gpu.md); --device cpu --model tiny: the dry run")
+    g.add_argument("--out", default=os.path.join("runs", "gpu-check"), help="results folder: results.jsonl (a JSON "
+                   "line per part, appended as each finishes), cuda_tests.xml and cuda_tests.log")
     g.add_argument("--device", default=None)
-    g.add_argument("--model", default="qwen2.5-3b", help="a Qwen2.5 shape with random weights, tiny (the dry run: tiny "
-                   "sizes throughout), or a model directory")
-    g.add_argument("--budget-s", type=float, default=360, help="seconds for all parts; each takes at most its cap of "
-                   "what is left and is skipped when too little is left")
+    g.add_argument("--model", default="qwen2.5-3b", help="a Qwen2.5 shape with random weights, tiny (the dry "
+                   "run: tiny sizes throughout), or a model directory")
+    g.add_argument("--budget-s", type=float, default=360, help="seconds for all parts; each takes at most its cap "
+                   "of what is left and is skipped when too little is left")
     g.add_argument("--parts", type=lambda s: s.split(","), default=list(GPU_PARTS), help=",".join(GPU_PARTS))
     g.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=None,
                    help="decode batches (GPU: 64,256; tiny: 2,3)")
@@ -942,17 +1038,27 @@ def main(argv=None):
     g.add_argument("--step-batch", type=int, default=None, help="proposer prompts of the step (GPU: 64)")
     g.add_argument("--step-n", type=int, default=None, help="proposals per prompt and answers per problem (GPU: 4)")
     g.add_argument("--step-response", type=int, default=None, help="response cap of the step, both roles (GPU: 128)")
-    g.add_argument("--step-steps", type=int, default=None, help="steps run; the last one is compared with the plan (GPU: 1)")
-    for parser in (p, r, u, d, m, q, s, g):  # usage errors too: one line, exit code 2
-        parser.error = lambda message: (print(f"bench.py: error: {message}", file=sys.stderr), sys.exit(2))
-    a = p.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
+    g.add_argument("--step-steps", type=int, default=None,
+                   help="steps run; the last one is compared with the plan (GPU: 1)")
+    return g
+
+
+COUNTS = ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch", "programs", "tests",
+          "max_prompt", "max_response", "chunk_tokens", "processes", "steps", "batch", "minibatch",
+          "step_batch", "step_response", "step_steps")  # flags that must be at least 1, where a command has them
+
+
+def check_flags(p, a):
+    """The values argparse cannot check, each a one-line usage error (p.error); `gpu`'s sizes given
+    no flag take the GPU's (or with --model tiny the dry run's) from GPU_SIZES."""
     if a.which == "gpu":
         for key, value in GPU_SIZES["tiny" if a.model == "tiny" else "gpu"].items():
             setattr(a, key, value if getattr(a, key) is None else getattr(a, key))
         if not a.budget_s > 0:
             p.error(f"--budget-s must be positive (got {a.budget_s})")
         if set(a.parts) - set(GPU_PARTS):
-            p.error(f"--parts: unknown {', '.join(sorted(set(a.parts) - set(GPU_PARTS)))} (parts: {', '.join(GPU_PARTS)})")
+            p.error(f"--parts: unknown {', '.join(sorted(set(a.parts) - set(GPU_PARTS)))} "
+                    f"(parts: {', '.join(GPU_PARTS)})")
         if a.step_n < 2:
             p.error(f"--step-n must be at least 2, not {a.step_n} (groups of one carry no signal)")
     temperature, top_p, kl = getattr(a, "temperature", 1.0), getattr(a, "top_p", 1.0), getattr(a, "kl", 0.0)
@@ -966,22 +1072,9 @@ def main(argv=None):
         cli.device(getattr(a, "device", None))
     except ValueError as e:
         p.error(str(e))
-    if min(getattr(a, name, 1) for name in ("repeat", "prompts", "n", "new", "seqs", "prompt", "len", "microbatch",
-                                             "programs", "tests", "max_prompt", "max_response", "chunk_tokens",
-                                             "processes", "steps", "batch", "minibatch", "step_batch",
-                                             "step_response", "step_steps")) < 1 \
+    if min(getattr(a, name, 1) for name in COUNTS) < 1 \
             or min(getattr(a, "batches", [1]) + getattr(a, "cards", [1]) + getattr(a, "gpus", [1])) <= 0:
         p.error("counts (--repeat, --prompts, --n, --new, --seqs, ...) must be at least 1")
-    try:
-        if a.which == "gpu":  # prints its own lines, one per part
-            return bench_gpu(a)
-        result = {"rollout": bench_rollout, "update": bench_update, "decode": bench_decode, "memory": bench_memory,
-                  "parallel": bench_parallel, "sandbox": bench_sandbox}[a.which](a)
-    except (rollout.LoadError, BenchError) as e:
-        print(f"bench.py: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def test_memory_bench_plans_per_gpu_and_falls_back_to_a_bf16_reference_as_a_run_
     (["nonsense"], "invalid choice"),
 ])
 def test_bad_bench_flags_are_one_line_and_exit_2(argv, message, capsys):
-    """NaN or negative temperatures and an unavailable device used to give a traceback or run anyway."""
+    """A NaN or negative temperature, a top-p outside (0, 1], an unavailable device or a zero count is one
+    line on stderr and exit code 2: no traceback, and no run."""
     with pytest.raises(SystemExit) as e:
         bench.main(argv)
     err = capsys.readouterr().err
@@ -85,7 +86,7 @@ def test_bad_bench_flags_are_one_line_and_exit_2(argv, message, capsys):
 
 
 def test_bench_leaves_no_temporary_model_behind(monkeypatch, tmp_path):
-    """The random tiny model used to be written with mkdtemp and never removed."""
+    """Loading the tiny model writes it to a temporary directory that is removed once it is loaded."""
     monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))
     bench.get_model("tiny", torch.device("cpu"), torch.float32)
     assert list(tmp_path.iterdir()) == []
