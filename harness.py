@@ -1,5 +1,5 @@
 """The run around the method: flag checks and the CLI, run directories, logs, checkpoints and
-resume, interrupts, precision (the bf16 sampling copy) and fitting the memory knobs to a GPU.
+resume, interrupts, and fitting the memory knobs to a GPU.
 
 `python sqlm.py ...` lands in `main` here; `train(cfg)` sets a run up and hands the loop to
 `sqlm.train` with a `Run` that evaluates, logs and saves. This module imports the method
@@ -7,7 +7,7 @@ resume, interrupts, precision (the bf16 sampling copy) and fitting the memory kn
 
 A run directory holds config.json, metrics.jsonl (one line per step), samples.jsonl (one line
 per proposal) and step-NNNNNN/ checkpoints (save_pretrained model and tokenizer plus
-trainer_state.pt: optimizer, step, RNG states). A checkpoint is written under a temporary name
+trainer_state.pt: step, config, AdamW state). A checkpoint is written under a temporary name
 and renamed, so a kill mid-save never leaves a broken one; `--resume` continues from the last
 complete one with the saved config, changing only the flags given, and only those that do not
 change what the run is (`RESUMABLE`: length, eval, checkpoints, device and memory knobs).
@@ -23,18 +23,15 @@ resumes on as many processes as wrote it. A write that fails on rank 0 ends it w
 and torchrun stops the others.
 """
 import argparse
-import copy
 import dataclasses
 import json
 import math
 import os
-import random
 import shlex
 import shutil
 import sys
 import time
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 
@@ -173,16 +170,6 @@ def check_prompts(cfg, tokenizer):
 
 # --- precision and memory --------------------------------------------------------------
 
-def bf16_copy(model):
-    """A bf16 copy of the weights for sampling. Parameters only: `.to(bfloat16)` would also round the
-    fp32 RoPE buffers (inv_freq), shifting positions by radians at long range, so the sampled policy
-    would not be the trained one (from_pretrained(dtype=bfloat16) keeps them fp32 too)."""
-    sampler = copy.deepcopy(model)
-    for p in sampler.parameters():
-        p.data = p.data.to(torch.bfloat16)
-    return sampler.requires_grad_(False)
-
-
 def fit_to_memory(cfg, model_config, device, world=1):
     """On a GPU with --fit-memory: --rollout-rows and --microbatch become the largest that the memory
     plan (memory.memory_plan, per process of `world`) fits on the card, up to the step's own sizes.
@@ -210,41 +197,37 @@ def fit_to_memory(cfg, model_config, device, world=1):
 
 # --- checkpoints ---------------------------------------------------------------------
 
-def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def save_checkpoint(run, step, model, tokenizer, optimizer, cfg, world=parallel.ONE, policy=None):
-    """run/step-NNNNNN: save_pretrained model + tokenizer, optimizer, step, RNG states, config.
+def save_checkpoint(run, step, models, tokenizer, cfg, world):
+    """run/step-NNNNNN: save_pretrained model + tokenizer, and trainer_state.pt: step, config and the
+    AdamW state. No random generator state: every sample draws from a stream derived from (seed, step,
+    role, prompt) (sqlm.derive_seed), so nothing carries over from one step to the next.
 
     Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint. A
     failing disk raises MachineError with the temporary directory removed (a full disk is not made
-    fuller, and a later save or prune finds nothing half-written). On N processes (`policy` the
-    sharded root around `model`): the whole weights gathered to rank 0, which writes them, and each
-    process's AdamW shard in optimizer/; trainer_state.pt, written last, holds every process's RNG.
+    fuller, and a later save or prune finds nothing half-written). On N processes: the whole weights
+    gathered to rank 0, which writes them, and each process's AdamW shard in optimizer/;
+    trainer_state.pt is written last.
     """
     final = os.path.join(run, f"step-{step:06d}")
     tmp = final + ".tmp"
     sharded = world.size > 1
     try:
-        weights = parallel.full_state_dict(policy) if sharded else None  # a collective, before rank 0 writes
-        rngs = world.gather([rng_state()])
+        weights = parallel.full_state_dict(models.policy) if sharded else None  # a collective, before rank 0 writes
         if world.main:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         world.barrier()
         if sharded:
-            parallel.save_optimizer(policy, optimizer, os.path.join(tmp, "optimizer"))
+            parallel.save_optimizer(models.policy, models.optimizer, os.path.join(tmp, "optimizer"))
         if world.main:
-            model.save_pretrained(tmp, state_dict=weights)
+            models.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
-            torch.save({"step": step, "world_size": world.size, "config": dataclasses.asdict(cfg),
-                        "optimizer": "optimizer/ (sharded)" if sharded else optimizer.state_dict(),
-                        "rng": rngs if sharded else rngs[0]}, os.path.join(tmp, "trainer_state.pt"))
+            write_trainer_state({"step": step, "world_size": world.size, "config": dataclasses.asdict(cfg),
+                                 "optimizer": "optimizer/ (sharded)" if sharded else models.optimizer.state_dict()},
+                                os.path.join(tmp, "trainer_state.pt"))
     except BaseException as e:  # no space, Ctrl-C: no half-written .tmp left to fill the disk
         e = parallel.cause(e)  # the sharded optimizer's save wraps what failed in every process
-        machine = isinstance(e, (OSError, RuntimeError, SafetensorError))  # torch.save, safetensors wrap OSError
+        machine = isinstance(e, (OSError, SafetensorError))  # safetensors reports a failed write as its own
         reason = cli.os_reason(e, run) if machine else None  # before the cleanup frees the space again
         shutil.rmtree(tmp, ignore_errors=True)
         if not machine:
@@ -255,6 +238,14 @@ def save_checkpoint(run, step, model, tokenizer, optimizer, cfg, world=parallel.
         os.replace(tmp, final)
     world.barrier()  # every process sees the checkpoint complete before the run goes on
     return final
+
+
+def write_trainer_state(state, path):
+    """torch.save, whose writer reports a failed write (a full disk) as a RuntimeError: an OSError here."""
+    try:
+        torch.save(state, path)
+    except RuntimeError as e:
+        raise OSError(f"torch.save could not write {path} ({cli.first_line(e)})") from None
 
 
 def complete_checkpoints(run):
@@ -285,25 +276,15 @@ def prune_checkpoints(run, keep_last):
 
 
 def read_trainer_state(checkpoint):
-    """A checkpoint's trainer_state.pt (optimizer, step, RNG states); RunError if it cannot be read."""
+    """A checkpoint's trainer_state.pt (step, optimizer); RunError if it cannot be read."""
     path = os.path.join(checkpoint, "trainer_state.pt")
     try:
-        state = torch.load(path, weights_only=False)  # our own file: numpy RNG state needs the unpickler
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # one per process on N
-        state["step"], state["optimizer"], [rng["python"] for rng in rngs]  # noqa: B018 (the fields a resume reads)
+        state = torch.load(path, weights_only=False)  # our own file (the config's dict)
+        state["step"], state["optimizer"]  # noqa: B018 (the fields a resume reads)
     except Exception as e:  # truncated, overwritten, not a torch file: one line, no traceback
         raise RunError(f"cannot read {path} ({cli.first_line(e)}): delete {checkpoint} to resume from the checkpoint "
                        f"before it") from None
     return state
-
-
-def restore_rng(state, rank=0):
-    rng = state["rng"][rank] if isinstance(state["rng"], list) else state["rng"]  # one per process on N
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def check_world_size(state, checkpoint, world, run):
@@ -380,7 +361,7 @@ def format_line(m):
     return " | ".join(fields)
 
 
-def run_eval(sampler, tokenizer, cfg, world=parallel.ONE):
+def run_eval(sampler, tokenizer, cfg, world):
     """Held-out figures: greedy (eval_*), and with --eval-samples k also k samples per problem at
     the training temperature (eval_sampled_*: accuracy of one sample, pass@k, maj@k). Each process
     of `world` answers its share of the problems; rank 0 shows the progress of its own."""
@@ -399,16 +380,14 @@ def run_eval(sampler, tokenizer, cfg, world=parallel.ONE):
 class Run:
     """A run directory as the loop (sqlm.train) sees it: evaluate, log and save; `step` is the step
     in progress (for the Ctrl-C line). On N processes every process evaluates its share of the
-    held-out set, rank 0 logs, and every process takes part in a save (`policy`: the sharded root
-    around `model`)."""
+    held-out set, rank 0 logs, and every process takes part in a save."""
 
-    def __init__(self, path, cfg, sampler, model, tokenizer, optimizer, step, world=parallel.ONE, policy=None):
-        self.path, self.cfg, self.sampler, self.model, self.tokenizer, self.optimizer = \
-            path, cfg, sampler, model, tokenizer, optimizer
-        self.step, self.world, self.policy = step, world, policy
+    def __init__(self, path, cfg, models, tokenizer, step, world):
+        self.path, self.cfg, self.models, self.tokenizer, self.step, self.world = \
+            path, cfg, models, tokenizer, step, world
 
     def evaluate(self, step):
-        return run_eval(self.sampler, self.tokenizer, self.cfg, self.world)
+        return run_eval(self.models.sampler, self.tokenizer, self.cfg, self.world)
 
     def log(self, step, metrics, batch=()):
         if self.world.main:
@@ -422,7 +401,7 @@ class Run:
         self.step = step + 1
 
     def save(self, step):
-        save_checkpoint(self.path, step, self.model, self.tokenizer, self.optimizer, self.cfg, self.world, self.policy)
+        save_checkpoint(self.path, step, self.models, self.tokenizer, self.cfg, self.world)
         if self.world.main:
             prune_checkpoints(self.path, self.cfg.keep_last)
 
@@ -430,12 +409,19 @@ class Run:
 # --- the run -------------------------------------------------------------------------
 
 def train(cfg):
-    """The whole run: load, (resume), then sqlm.train with eval, logs and checkpoints. Returns the run dir.
+    """The whole run: check the config, load, (resume), then sqlm.train with eval, logs and checkpoints.
+    Returns the run dir.
 
-    Raises RunError on bad input found as the run starts (nothing is written then) and
-    Interrupted on Ctrl-C. Under torchrun, every process runs it (parallel.setup joins them).
+    Raises RunError on bad input found as the run starts (nothing is written then), sandbox.Unavailable
+    for the code task on a machine whose sandbox cannot isolate, and Interrupted on Ctrl-C. Under
+    torchrun, every process runs it (parallel.setup joins them).
     """
-    cfg = check_config(cfg)  # idempotent: no Config reaches the loop with its task defaults unfilled
+    try:
+        cfg = check_config(cfg)  # no Config reaches the loop with its task defaults unfilled
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    if cfg.task == "code":  # a sandbox that cannot isolate refuses here, before a model loads
+        sandbox.isolation()
     world, device = parallel.setup(cfg.device)
     try:
         return train_on(cfg, world, device)
@@ -443,84 +429,83 @@ def train(cfg):
         parallel.teardown(world)
 
 
-def train_on(cfg, world, device):
-    """`train` in this process, a member of `world`, on `device`."""
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    path, resume_from, state = cfg.resume or cfg.out, None, None
+def start_point(cfg, world):
+    """(run directory, checkpoint to resume from or None, its trainer state or None), checked: a new
+    run's directory holds no run; a resumed run's checkpoint is before --steps and from as many
+    processes as this run has."""
+    path, checkpoint, state = cfg.resume or cfg.out, None, None
     if cfg.resume:  # from its last complete checkpoint, or from step 0 if it has none yet
         cfg.out = path
-        resume_from = last_checkpoint(path)
-        state = read_trainer_state(resume_from) if resume_from else None
+        checkpoint = last_checkpoint(path)
+        state = read_trainer_state(checkpoint) if checkpoint else None
         if state and cfg.steps <= state["step"]:
-            raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({resume_from}, step "
+            raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({checkpoint}, step "
                            f"{state['step']}): give --steps above {state['step']} to train on")
         if state:
-            check_world_size(state, resume_from, world, path)
+            check_world_size(state, checkpoint, world, path)
     else:
         check_new_run_dir(path)
+    return path, checkpoint, state
+
+
+def load_policy(cfg, checkpoint, device, world):
+    """(fp32 model, tokenizer) from the checkpoint or --model, checked: a plain lm-head, usable
+    prompts. On N GPUs the whole model is loaded on the CPU: fully_shard moves only each GPU's shard."""
+    model, tokenizer = rollout.load(checkpoint or cfg.model, device=torch.device("cpu") if world.size > 1 else device,
+                                    dtype=torch.float32)
+    try:
+        rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    check_prompts(cfg, tokenizer)
+    return model, tokenizer
+
+
+def restore_optimizer(models, checkpoint, state, world):
+    """A checkpoint's AdamW state into the run's optimizer (on N processes, each its own shard)."""
+    if world.size == 1:
+        models.optimizer.load_state_dict(state["optimizer"])
+        return
+    try:
+        parallel.load_optimizer(models.policy, models.optimizer, os.path.join(checkpoint, "optimizer"))
+    except BaseException as e:  # a missing or damaged shard, in any process: one line, not a traceback
+        e = parallel.cause(e)
+        if isinstance(e, KeyboardInterrupt):
+            raise e from None
+        raise RunError(f"cannot read {checkpoint}/optimizer ({cli.first_line(e)}): delete {checkpoint} "
+                       f"to resume from the checkpoint before it") from None
+
+
+def train_on(cfg, world, device):
+    """`train` in this process, a member of `world`, on `device`."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    path, checkpoint, state = start_point(cfg, world)
     world.barrier()  # every process has checked the directory before rank 0 writes in it
     if cfg.eval_data:  # read now, not at the first eval
         try:
             heldout.read_jsonl(cfg.eval_data, cfg.task)
         except ValueError as e:
             raise RunError(f"--eval-data: {e}") from None
-    # On N GPUs the whole fp32 model is loaded on the CPU: fully_shard moves only each GPU's shard to it.
-    load_on = torch.device("cpu") if world.size > 1 else device
-    model, tokenizer = rollout.load(resume_from or cfg.model, device=load_on, dtype=torch.float32)
-    try:
-        rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
-    except ValueError as e:
-        raise RunError(str(e)) from None
-    check_prompts(cfg, tokenizer)
+    model, tokenizer = load_policy(cfg, checkpoint, device, world)
     kl_dtype = fit_to_memory(cfg, model.config, device, world.size)
-    ref_model = None
-    if cfg.kl_coef:  # the frozen *initial* model, also after a resume. fp32, run under the policy's own autocast,
-        # so that KL = 0 exactly while the policy is unchanged (a bf16 copy differs by ~0.006 per token)
-        ref_model = copy.deepcopy(model) if resume_from is None else rollout.load(cfg.model, device=load_on)[0]
-        ref_model.requires_grad_(False)
-        for p in ref_model.parameters():  # bf16 only where the plan fits nothing else (parameters: RoPE stays fp32)
-            p.data = p.data.to(kl_dtype)
-    if cfg.grad_checkpointing:
-        model.activation_checkpointing_enable()
-    # At lr 1e-6 a bf16 weight does not move, so the trained weights stay fp32; sampling on GPU uses a bf16 copy,
-    # and on N CPU processes a whole fp32 copy (the trained weights are sharded).
-    sampler = bf16_copy(model).to(device) if device.type == "cuda" else copy.deepcopy(model) if world.size > 1 else model
-    policy = model
-    if world.size > 1:  # FSDP2: the policy is the sharded root around the model, the reference sharded alike
-        policy = parallel.shard(model, world)
-        ref_model = parallel.shard(ref_model, world) if ref_model is not None else None
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    models = sqlm.build_models(cfg, model, device, world, resumed=checkpoint is not None, kl_dtype=kl_dtype)
     start = 0
     if state:
-        if world.size > 1:
-            try:
-                parallel.load_optimizer(policy, optimizer, os.path.join(resume_from, "optimizer"))
-            except BaseException as e:  # a missing or damaged shard, in any process: one line, not a traceback
-                e = parallel.cause(e)
-                if isinstance(e, KeyboardInterrupt):
-                    raise e from None
-                raise RunError(f"cannot read {resume_from}/optimizer ({cli.first_line(e)}): delete {resume_from} "
-                               f"to resume from the checkpoint before it") from None
-        else:
-            optimizer.load_state_dict(state["optimizer"])
+        restore_optimizer(models, checkpoint, state, world)
         start = state["step"]
-        restore_rng(state, world.rank)
-    run = Run(path, cfg, sampler, model, tokenizer, optimizer, start, world, policy)
+    run = Run(path, cfg, models, tokenizer, start, world)
     if world.main:
         prepare_run_dir(path, cfg, start)
     world.barrier()
     if world.main:
         if cfg.resume:
-            print(f"resumed from {resume_from} at step {start}" if resume_from else
+            print(f"resumed from {checkpoint} at step {start}" if checkpoint else
                   f"no checkpoint in {path} yet: running it again from step 0", flush=True)
         print("config " + json.dumps(dataclasses.asdict(cfg)) + (f" on {world.size} processes" if world.size > 1 else ""),
               flush=True)
     try:
-        sqlm.train(cfg, policy, sampler, ref_model, optimizer, tokenizer, device, run, start, world)
+        sqlm.train(cfg, models, tokenizer, device, run, start, world)
     except KeyboardInterrupt as e:
         raise Interrupted(path, run.step, e) from None
     if world.main:
@@ -559,8 +544,12 @@ def run_summary(run):
 # --- CLI -----------------------------------------------------------------------------
 
 def saved_config(run):
-    """The config a run was started with (its config.json), checked field by field; ValueError if unusable."""
+    """The config a run was started with (its config.json); ValueError, one line, if there is none or
+    a field is unknown or of the wrong type (the values themselves are checked with the flags')."""
     path = os.path.join(run, "config.json")
+    if os.path.exists(os.path.join(run, "trainer_state.pt")):
+        raise ValueError(f"--resume {run} is a checkpoint; --resume takes the run directory that holds it "
+                         f"({os.path.dirname(os.path.abspath(run))}) and continues from its last checkpoint")
     if not os.path.isdir(run):
         raise ValueError(f"--resume {run}: no such run directory")
     try:
@@ -570,16 +559,11 @@ def saved_config(run):
         raise ValueError(f"--resume {run}: cannot read {path} ({e.strerror})") from None
     except (ValueError, RecursionError):
         raise ValueError(f"--resume {run}: {path} is damaged (not valid JSON)") from None
-    kinds = {f.name: {"int": int, "float": (int, float), "str": str, "bool": bool}[
-        f.type if isinstance(f.type, str) else f.type.__name__] for f in dataclasses.fields(Config)}
     if not isinstance(saved, dict):
         raise ValueError(f"--resume {run}: {path} is not a config (a JSON object)")
+    kinds = {f.name: (int, float) if f.type is float else f.type for f in dataclasses.fields(Config)}
     for key, value in saved.items():
-        if key not in kinds:
-            raise ValueError(f"--resume {run}: {path} has an unknown field {key!r}")
-        choices = next(f.metadata["choices"] for f in dataclasses.fields(Config) if f.name == key)
-        if not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool) \
-                or (choices and value not in choices):
+        if key not in kinds or not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool):
             raise ValueError(f"--resume {run}: {path} has {key} = {value!r}, not a valid value")
     return saved
 
@@ -651,15 +635,12 @@ def main(argv=None):
                 cfg = parse_args(argv)
                 if cfg.resume and cfg.task in prompts.TASKS:
                     check_same_run(cfg, cfg.resume)  # first: a changed --task fails check_config otherwise
-                cfg = check_config(cfg)
-                if cfg.task == "code":  # a sandbox that cannot isolate refuses here, before a model loads
-                    sandbox.isolation()
-            except (ValueError, RunError, sandbox.Unavailable) as e:
+            except (ValueError, RunError) as e:
                 say(f"sqlm.py: error: {e}")
                 return 2
             try:
                 train(cfg)
-            except (RunError, rollout.LoadError) as e:
+            except (RunError, rollout.LoadError, sandbox.Unavailable) as e:
                 say(f"sqlm.py: error: {e}")
                 return 2
             except Interrupted as e:

@@ -66,6 +66,15 @@ class World:
                 total[key] = total.get(key, 0.0) + value
         return total
 
+    def merge(self, batch, mine):
+        """`batch` (every record, on every process) with the records each process worked on (`mine`,
+        its share) in place of its own copies, matched by `index`: every process then holds every
+        record as worked on. One process worked on its records in place: `batch` as it is."""
+        if self.size == 1:
+            return batch
+        done = {p.index: p for p in self.gather(mine)}
+        return [done.get(p.index, p) for p in batch]
+
     def deal(self, lengths):
         """A rank for each of a mini-batch's sequences, balanced by tokens: longest first, each to the
         process with the fewest tokens so far (ties: the fewest sequences, then the lowest rank).
@@ -78,6 +87,25 @@ class World:
             tokens[ranks[i]] += lengths[i]
             counts[ranks[i]] += 1
         return ranks
+
+    def micro_batches(self, minibatch, size):
+        """This process's micro-batches of one mini-batch's sequences (at most `size` each), in order.
+
+        One process: consecutive slices. N processes: the mini-batch is dealt across them by tokens
+        (`deal`) and each slices its own; one with fewer slices than the busiest pads with empty
+        micro-batches, because with sharded weights every forward and backward is a collective that
+        every process must join (the update runs an empty one as a pass that changes nothing). The
+        same call gives the log-probs taken before the update and the update the same layout."""
+        ranks = self.deal([len(s.prompt_ids) + len(s.completion_ids) for s in minibatch])
+        mine = [s for s, rank in zip(minibatch, ranks) if rank == self.rank]
+        micros = [mine[start:start + size] for start in range(0, len(mine), size)]
+        busiest = max(-(-ranks.count(rank) // size) for rank in range(self.size))
+        return micros + [[]] * (busiest - len(micros))
+
+    def count_micro_batches(self, minibatch, size):
+        """How many non-empty micro-batches of `minibatch` all processes together run."""
+        ranks = self.deal([len(s.prompt_ids) + len(s.completion_ids) for s in minibatch])
+        return sum(-(-ranks.count(rank) // size) for rank in range(self.size))
 
     def barrier(self):
         if self.size > 1:

@@ -16,12 +16,14 @@ One step (`train_step`), in the order the functions below run:
   6. old log-probs (training model) and KL-reference log-probs        (prepare)
   7. solver update; proposer update every `proposer_every` steps     (policy_update)
   8. rebuild the bf16 sampling copy (GPU), freed during 6-7           (refresh_sampler)
-`train` is the loop around it. On N processes (torchrun, parallel.py) each samples a share of
-steps 1 and 3, every process gathers every record, and each trains on the sequences a mini-batch
-deals it (`deal`); `world` is then the process group, and for one process `parallel.ONE`, whose
-methods return their input. What a reader skips on first reading (flag checks, the CLI, run
-directories, checkpoints and resume, logging, interrupts, precision and memory fitting) is in
-harness.py, which imports this module and never the reverse.
+`train` is the loop around it, and `build_models` makes what a step trains and samples with (the
+policy, its sampling copy, the frozen KL reference, AdamW). `world` (parallel.py) is this process
+among the run's: for one process `parallel.ONE`, whose methods hand back their input (its share is
+everything, its micro-batches are consecutive slices); under torchrun each process works on a share
+of steps 1, 3 and 4, every process then holds every record, and each trains on the sequences a
+mini-batch deals it. What a reader skips on first reading (flag checks, the CLI, run directories,
+checkpoints and resume, logging, interrupts, memory fitting) is in harness.py, which imports this
+module and never the reverse.
 
 Simplifications, stated up front: no learned critic (the released code used PPO with a
 critic for code; we use this update for all three tasks), no sequence packing, one epoch per batch.
@@ -30,14 +32,16 @@ critic for code; we use this update for all three tasks), no sequence packing, o
     python sqlm.py --task arith --model /tmp/tiny --batch 4 ...   # offline, CPU
     torchrun --nproc-per-node 4 sqlm.py -- --task arith           # 4 GPUs (FSDP2)
 """
+if __name__ == "__main__":  # `python sqlm.py`: harness.main, which imports this file once, as `sqlm`
+    import cli
+    cli.exit_on_signals("sqlm.py: interrupted while starting; nothing was written")  # before torch loads
+    import harness
+    raise SystemExit(harness.main())
+
+import copy
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
-
-if __name__ == "__main__":  # Ctrl-C or SIGTERM while torch loads: one line (harness.main then takes over)
-    import cli
-    cli.exit_on_signals("sqlm.py: interrupted while starting; nothing was written")
 
 import numpy as np
 import torch
@@ -123,18 +127,15 @@ class Config:
 
 # --- the method, one function per equation -------------------------------------------
 
-def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6, released=False):
+def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6):
     """GRPO advantage per sample: A_i = (r_i - mean(r_group)) / (std(r_group) + eps).
 
-    rewards_: (N,) with N = groups * group_size, group g at [g*k:(g+1)*k]. std is the
-    unbiased (n-1) estimate, as the released code computes it. A group of one gets 0 (it
-    carries no comparison); released: mean 0 and std 1, so A = r (unreachable with n >= 2).
-    norm="none" drops the division (Dr. GRPO).
+    rewards_: (N,) with N = groups * group_size, group g at [g*k:(g+1)*k], group_size >= 2 (a
+    group of one carries no comparison; harness.check_config refuses --n 1). std is the unbiased
+    (n-1) estimate, as the released code computes it. norm="none" drops the division (Dr. GRPO).
     """
     r = torch.as_tensor(rewards_, dtype=torch.float64).view(-1, group_size)
     adv = r - r.mean(1, keepdim=True)
-    if group_size == 1:
-        return r.view(-1).float() if released else torch.zeros(r.numel())
     if norm == "std":
         adv = adv / (r.std(1, keepdim=True) + eps)  # torch.std is the unbiased (n-1) estimate
     return adv.view(-1).float()
@@ -218,7 +219,6 @@ class Seq:
     completion_ids: list
     advantage: float
     group: int                     # proposal index (solver) or prompt index (proposer) in the step's batch
-    rank: int = 0                  # the process that trains it (`deal`)
     on_policy: bool = False        # in the first mini-batch of an update: old log-probs = current, detached
     old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model before the update
     ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
@@ -231,7 +231,7 @@ def derive_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def sample(sampler, tokenizer, prompt_ids, keys, cfg, seed, label="sample", world=parallel.ONE):
+def sample(sampler, tokenizer, prompt_ids, keys, cfg, seed, world, label="sample"):
     """cfg.n samples per prompt at the run's temperature and top-p; seed: a key tuple.
 
     Prompt i draws from its own stream, derived from (seed, keys[i]), keys[i] being its index in the
@@ -249,12 +249,12 @@ def sample(sampler, tokenizer, prompt_ids, keys, cfg, seed, label="sample", worl
                                  max_new_tokens=cfg.max_response, temperature=cfg.temperature, top_p=cfg.top_p)
 
 
-def propose(sampler, tokenizer, cfg, seed, world=parallel.ONE):
-    """Step 1: batch x n proposals from the topic prompt, parsed into one record each. Each process
-    samples and parses its share of the prompts; every process returns every record."""
+def propose(sampler, tokenizer, cfg, seed, world):
+    """Step 1: batch x n proposals from the topic prompt, parsed into one record each (each process
+    samples and parses its share of the prompts; every process returns every record)."""
     topic = rollout.chat_prompt(tokenizer, prompts.proposer_prompt(cfg.task, cat=cfg.cat))
     mine = world.share(range(cfg.batch))
-    samples = sample(sampler, tokenizer, [topic] * len(mine), mine, cfg, seed, "propose", world)
+    samples = sample(sampler, tokenizer, [topic] * len(mine), mine, cfg, seed, world, "propose")
     return world.gather(parse(cfg, samples, first=mine.start * cfg.n))
 
 
@@ -274,11 +274,11 @@ def parse(cfg, samples, first=0):
     return batch
 
 
-def solve(sampler, tokenizer, cfg, batch, seed, world=parallel.ONE):
+def solve(sampler, tokenizer, cfg, batch, seed, world):
     """Step 3: n answers to each valid proposal (as released: to every proposal, an invalid one as its
     raw text). A solver prompt longer than `max_prompt` invalidates its proposal (released: it is cut
-    from the left instead). Each process answers a share of the problems and returns the records
-    it answered (one process: all of them)."""
+    from the left instead). Each process answers a share of the problems; every process returns
+    every record."""
     todo, prompt_ids = [], []
     for p in batch:
         if not (p.valid or cfg.as_released):
@@ -292,13 +292,13 @@ def solve(sampler, tokenizer, cfg, batch, seed, world=parallel.ONE):
         todo.append(p)
         prompt_ids.append(ids[-cfg.max_prompt:])
     todo, prompt_ids = world.share(todo), world.share(prompt_ids)
-    answers = iter(sample(sampler, tokenizer, prompt_ids, [p.index for p in todo], cfg, seed, "solve", world))
+    answers = iter(sample(sampler, tokenizer, prompt_ids, [p.index for p in todo], cfg, seed, world, "solve"))
     for p in todo:
         p.answers = [next(answers) for _ in range(cfg.n)]
-    return todo
+    return world.merge(batch, todo)
 
 
-def score(cfg, batch):
+def score(cfg, batch, world):
     """Step 4: each solved proposal's votes, task rewards, solver rewards and proposer reward.
 
     Task rewards: majority (a sample scores 1 iff its answer equals the non-None majority) or
@@ -306,9 +306,10 @@ def score(cfg, batch):
     trained on them, or with --solver-reward format on 1 per parseable answer. The proposer
     reward always reads the task rewards (rewards.proposer_reward, sqlm: 1 < m < n for the
     vote, 0 < mean < 1 for tests): the format baseline changes what the solver learns, not
-    which problems count as neither trivial nor impossible.
+    which problems count as neither trivial nor impossible. Each process scores a share of the
+    solved proposals (the sandbox's work, for code); every process returns every record.
     """
-    solved = [p for p in batch if p.solved]
+    solved = world.share([p for p in batch if p.solved])
     code = cfg.task == "code"
     for p in solved:
         p.extracted = [rewards.extract_program(s.text) if code else rewards.extract_answer(s.text, cfg.as_released)
@@ -329,6 +330,7 @@ def score(cfg, batch):
                                                     kind="tests" if code else "majority")
         if cfg.task == "arith":
             p.truth = rewards.arith_truth(p.problem.text)
+    return world.merge(batch, solved)
 
 
 # --- steps 5-8: advantages, log-probs, the update, the sampling copy -------------------
@@ -341,13 +343,12 @@ def to_sequences(batch, cfg, update_proposer):
     invalid proposals are then masked out of the update (released: all are trained).
     """
     solved = [p for p in batch if p.solved]
-    solver_adv = iter(grpo_advantages([r for p in solved for r in p.solver_rewards], cfg.n, cfg.adv_norm,
-                                      released=cfg.as_released).tolist() if solved else [])
+    solver_adv = iter(grpo_advantages([r for p in solved for r in p.solver_rewards], cfg.n,
+                                      cfg.adv_norm).tolist() if solved else [])
     solver = [Seq(s.prompt_ids, s.completion_ids, next(solver_adv), group=p.index) for p in solved for s in p.answers]
     if not update_proposer:
         return solver, []
-    proposer_adv = grpo_advantages([p.proposer_reward for p in batch], cfg.n, cfg.adv_norm,
-                                   released=cfg.as_released).tolist()
+    proposer_adv = grpo_advantages([p.proposer_reward for p in batch], cfg.n, cfg.adv_norm).tolist()
     proposer = [Seq(p.sample.prompt_ids, p.sample.completion_ids, a, group=p.index // cfg.n)
                 for p, a in zip(batch, proposer_adv) if p.valid or cfg.as_released]
     return solver, proposer
@@ -372,36 +373,6 @@ def minibatches(seqs, cfg):
     return [out[k] for k in sorted(out)]
 
 
-def deal(seqs, cfg, world):
-    """Which process trains each sequence (`Seq.rank`): each mini-batch is dealt across the processes,
-    balanced by tokens (parallel.World.deal); one process trains them all."""
-    for minibatch in minibatches(seqs, cfg):
-        for s, rank in zip(minibatch, world.deal([len(s.prompt_ids) + len(s.completion_ids) for s in minibatch])):
-            s.rank = rank
-
-
-def micro_batch_counts(seqs, cfg, world):
-    """How many micro-batches of `seqs` each process runs on the sequences dealt to it."""
-    return [-(-sum(s.rank == r for s in seqs) // cfg.microbatch) for r in range(world.size)]
-
-
-def micro_batches(seqs, cfg, world):
-    """This process's micro-batches of `seqs` (those dealt to it, in order), padded with empty ones to
-    as many as the busiest process runs: with sharded weights every forward and backward is a
-    collective, so every process must make the same number of calls (`idle_pass`)."""
-    mine = [s for s in seqs if s.rank == world.rank]
-    micros = [mine[start:start + cfg.microbatch] for start in range(0, len(mine), cfg.microbatch)]
-    return micros + [[]] * (max(micro_batch_counts(seqs, cfg, world)) - len(micros))
-
-
-def idle_pass(model, seq, cfg, device, backward):
-    """A forward (and a backward of 0) on one sequence that changes nothing: the collectives a process
-    out of sequences must still join while the others run theirs."""
-    logp, _ = micro_logprobs(model, [seq], cfg, device)
-    if backward:
-        (logp.sum() * 0.0).backward()
-
-
 def micro_logprobs(model, seqs, cfg, device):
     """(B, T) completion log-probs of a micro-batch under `model` (at the sampling temperature), and its mask."""
     ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs], pad_id=0, device=device)
@@ -411,31 +382,30 @@ def micro_logprobs(model, seqs, cfg, device):
 
 
 @torch.no_grad()
-def prepare(model, ref_model, seqs, cfg, device, world=parallel.ONE):
+def prepare(model, ref_model, seqs, cfg, device, world):
     """Step 6: old log-probs from the training model and reference log-probs from the frozen one,
-    of the sequences dealt to this process, for one role's update.
+    for one role's update (on N processes: of the sequences dealt to this one).
 
-    Each micro-batch is the one the update will run (`minibatches`, then `micro_batches`): the same
-    rows, padding and shapes give the same rounding, so until the policy moves its log-probs equal
-    these bit for bit: the KL term is exactly 0 with exactly 0 gradient, and the ratio exactly 1
+    Each micro-batch is the one the update will run (`minibatches`, then `world.micro_batches`): the
+    same rows, padding and shapes give the same rounding, so until the policy moves its log-probs
+    equal these bit for bit: the KL term is exactly 0 with exactly 0 gradient, and the ratio exactly 1
     (another layout would differ by rounding, ~1e-7, which AdamW would scale to a full step in a
     direction rounding chose). A sequence marked `on_policy` (the first mini-batch of the solver
     update) skips the old forward: its old log-probs are its current ones, detached, in the update.
     """
     for minibatch in minibatches(seqs, cfg):
-        for micro in micro_batches(minibatch, cfg, world):
+        for micro in world.micro_batches(minibatch, cfg.microbatch):
             for name, net in (("ref_logp", ref_model), ("old_logp", model)):
                 if net is None or (name == "old_logp" and minibatch[0].on_policy):
                     continue
-                if not micro:
-                    idle_pass(net, minibatch[0], cfg, device, backward=False)
-                    continue
-                logp, comp = micro_logprobs(net, micro, cfg, device)
+                # an empty micro-batch (N processes: this one has run its share) still joins the
+                # others' collectives with a forward, whose log-probs are not kept
+                logp, comp = micro_logprobs(net, micro or minibatch[:1], cfg, device)
                 for s, row, m in zip(micro, logp, comp.bool()):
                     setattr(s, name, row[m])
 
 
-def accumulate_gradients(model, ref_model, minibatch, cfg, device, world=parallel.ONE):
+def accumulate_gradients(model, ref_model, minibatch, cfg, device, world):
     """Backward of one mini-batch's loss in micro-batches; returns token-weighted stats.
 
     Ours: every micro-batch divides by the token count of the whole mini-batch (over all
@@ -446,12 +416,11 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device, world=paralle
     scaled by their number to make the average the sum.
     """
     tokens = sum(len(s.completion_ids) for s in minibatch)
-    micros = micro_batches(minibatch, cfg, world)
-    count = sum(micro_batch_counts(minibatch, cfg, world))  # released: every process's micro-batches
+    count = world.count_micro_batches(minibatch, cfg.microbatch)  # released: every process's
     totals = {}
-    for micro in micros:
-        if not micro:
-            idle_pass(model, minibatch[0], cfg, device, backward=True)
+    for micro in world.micro_batches(minibatch, cfg.microbatch):
+        if not micro:  # N processes: this one has run its share; a zero loss joins the others' collectives
+            micro_logprobs(model, minibatch[:1], cfg, device)[0].sum().mul(0.0).backward()
             continue
         logp, comp = micro_logprobs(model, micro, cfg, device)
         mask = comp.bool()
@@ -473,7 +442,7 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device, world=paralle
     return world.sum(totals)
 
 
-def policy_update(model, ref_model, optimizer, seqs, cfg, device, world=parallel.ONE):
+def policy_update(model, ref_model, optimizer, seqs, cfg, device, world):
     """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of `minibatch` groups (x n sequences).
 
     loss = clipped_pg_loss + kl * kl_penalty, AdamW after a global grad-norm clip.
@@ -492,6 +461,58 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device, world=parallel
     optimizer.zero_grad(set_to_none=True)  # no gradients held through the next rollout (12 GB at 3B)
     model.eval()
     return totals
+
+
+# --- the models a step uses -------------------------------------------------------------
+
+@dataclass
+class Models:
+    """What a step trains and samples with (`build_models`)."""
+    policy: torch.nn.Module         # trained (fp32); on N processes the FSDP2 root around `model`
+    model: torch.nn.Module          # the Hugging Face model inside the policy: what a checkpoint saves
+    sampler: torch.nn.Module        # the sampling copy: bf16 on a GPU; on one CPU process the model itself
+    reference: torch.nn.Module      # the frozen initial model of the KL term (None when kl = 0)
+    optimizer: torch.optim.Optimizer
+
+
+def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float32):
+    """The models of a run, from the loaded policy `model` (fp32, on `device`; on N processes on the CPU).
+
+    - KL reference: the frozen *initial* model (after a resume, `cfg.model` loaded again), fp32 and run
+      under the policy's own autocast, so that KL = 0 exactly while the policy is unchanged (a bf16
+      copy differs by ~0.006 per token); bf16 only where the memory plan fits nothing else (`kl_dtype`).
+    - Sampling copy: at lr 1e-6 a bf16 weight would not move, so the trained weights stay fp32 and a
+      GPU samples from a bf16 copy; N CPU processes from a whole fp32 copy (the trained weights are
+      sharded); one CPU process from the model itself.
+    - N processes: FSDP2 shards the policy and the reference alike (parallel.shard).
+    - AdamW over the policy's (sharded) weights.
+    """
+    reference = None
+    if cfg.kl_coef:
+        reference = rollout.load(cfg.model, device=model.device)[0] if resumed else copy.deepcopy(model)
+        reference.requires_grad_(False)
+        for p in reference.parameters():  # parameters only: the fp32 RoPE buffers stay fp32
+            p.data = p.data.to(kl_dtype)
+    if cfg.grad_checkpointing:
+        model.activation_checkpointing_enable()
+    sampler = (bf16_copy(model).to(device) if device.type == "cuda" else
+               copy.deepcopy(model) if world.size > 1 else model)
+    policy = model
+    if world.size > 1:
+        policy = parallel.shard(model, world)
+        reference = parallel.shard(reference, world) if reference is not None else None
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return Models(policy, model, sampler, reference, optimizer)
+
+
+def bf16_copy(model):
+    """A bf16 copy of the weights for sampling. Parameters only: `.to(bfloat16)` would also round the
+    fp32 RoPE buffers (inv_freq), shifting positions by radians at long range, so the sampled policy
+    would not be the trained one (from_pretrained(dtype=bfloat16) keeps them fp32 too)."""
+    sampler = copy.deepcopy(model)
+    for p in sampler.parameters():
+        p.data = p.data.to(torch.bfloat16)
+    return sampler.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -515,30 +536,27 @@ def refresh_sampler(sampler, model):
 
 # --- one step, and the loop -------------------------------------------------------------
 
-def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device, world=parallel.ONE):
+def train_step(step, models, tokenizer, cfg, device, world):
     """Steps 1-8 of the module docstring; returns the step's metrics and its records (one per proposal)."""
-    update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0  # released: global step 5, 10, ...
+    update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0  # released: step 5, 10, ...
+    policy, sampler, reference, optimizer = models.policy, models.sampler, models.reference, models.optimizer
     t0 = time.perf_counter()
     batch = propose(sampler, tokenizer, cfg, (cfg.seed, step, 0), world)
     t1 = time.perf_counter()
-    mine = solve(sampler, tokenizer, cfg, batch, (cfg.seed, step, 1), world)
+    batch = solve(sampler, tokenizer, cfg, batch, (cfg.seed, step, 1), world)
     t2 = time.perf_counter()
-    score(cfg, mine)
-    answered = {p.index: p for p in world.gather(mine)}  # every process: every record, answered and scored
-    batch = [answered.get(p.index, p) for p in batch]
+    batch = score(cfg, batch, world)
     t3 = time.perf_counter()
     solver_seqs, proposer_seqs = to_sequences(batch, cfg, update_proposer)
     mark_on_policy(solver_seqs, cfg)
-    deal(solver_seqs, cfg, world)
-    deal(proposer_seqs, cfg, world)
-    release_sampler(sampler, model)
+    release_sampler(sampler, policy)
     # the proposer's old log-probs are taken before the solver update changes the weights
-    prepare(model, ref_model, solver_seqs, cfg, device, world)
-    prepare(model, ref_model, proposer_seqs, cfg, device, world)
-    solver_stats = policy_update(model, ref_model, optimizer, solver_seqs, cfg, device, world) if solver_seqs else {}
-    proposer_stats = (policy_update(model, ref_model, optimizer, proposer_seqs, cfg, device, world)
+    prepare(policy, reference, solver_seqs, cfg, device, world)
+    prepare(policy, reference, proposer_seqs, cfg, device, world)
+    solver_stats = policy_update(policy, reference, optimizer, solver_seqs, cfg, device, world) if solver_seqs else {}
+    proposer_stats = (policy_update(policy, reference, optimizer, proposer_seqs, cfg, device, world)
                       if proposer_seqs else {})
-    refresh_sampler(sampler, model)
+    refresh_sampler(sampler, policy)
     t4 = time.perf_counter()
     metrics = {"step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2, "t_update": t4 - t3,
                **step_metrics(batch, cfg),
@@ -547,7 +565,7 @@ def train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, devic
     return metrics, batch
 
 
-def train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, start=0, world=parallel.ONE):
+def train(cfg, models, tokenizer, device, run, start, world):
     """The loop: greedy eval at step 0 and every `eval_every` steps (and after the last), one
     `train_step` per step, a checkpoint every `save_every` steps and at the end. `run` (harness.Run)
     does the bookkeeping: evaluate(step) -> figures, log(step, metrics, batch), save(step)."""
@@ -556,7 +574,7 @@ def train(cfg, model, sampler, ref_model, optimizer, tokenizer, device, run, sta
 
     for step in range(start, cfg.steps):
         figures = run.evaluate(step) if eval_due(step) else {}
-        metrics, batch = train_step(step, model, sampler, ref_model, optimizer, tokenizer, cfg, device, world)
+        metrics, batch = train_step(step, models, tokenizer, cfg, device, world)
         run.log(step, {**metrics, **figures}, batch)
         if cfg.save_every and (step + 1) % cfg.save_every == 0:
             run.save(step + 1)
@@ -598,13 +616,3 @@ def token_mean_entropy(samples):
     """Mean entropy (nats) of the sampling distribution per sampled token: falling to ~0 is collapse."""
     tokens = sum(len(s.completion_ids) for s in samples)
     return sum(s.entropy * len(s.completion_ids) for s in samples) / tokens if tokens else 0.0
-
-
-def main(argv=None):
-    """The command line (harness.main): `python sqlm.py --task arith ...`; returns the exit code."""
-    import harness  # the entry point only: nothing of the method depends on the harness
-    return harness.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

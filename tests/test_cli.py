@@ -166,7 +166,7 @@ def test_sqlm_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, message, pla
         argv = ["--model", places["TINY"], "--steps", "2", "--out", places["NEW"]] + FAST + argv
     run = argv[argv.index("--resume") + 1] if "--resume" in argv else None
     before = tree(run) if run and os.path.isdir(run) else None
-    assert exit_code(sqlm.main, argv) == 2
+    assert exit_code(harness.main, argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not os.path.exists(places["NEW"])  # no run directory after a failed start
@@ -222,7 +222,7 @@ def test_empty_prompt_file_is_refused(tiny_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(prompts, "_DIR", str(tmp_path))
     prompts.load.cache_clear()
     try:
-        code = sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST)
+        code = harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST)
     finally:
         prompts.load.cache_clear()
     assert code == 2 and "a prompt file is empty" in capsys.readouterr().err
@@ -264,7 +264,7 @@ def test_ctrl_c_says_where_and_how_to_resume_and_the_resume_completes(tiny_dir, 
         return real_step(step, *args)
     monkeypatch.setattr(sqlm, "train_step", interrupted_at_3)
     argv = ["--model", tiny_dir, "--steps", "4", "--save-every", "1", "--keep-last", "2", "--out", str(run)]
-    assert sqlm.main(argv + FAST[:FAST.index("--eval-every")] + ["--eval-every", "2", "--eval-limit", "2"]
+    assert harness.main(argv + FAST[:FAST.index("--eval-every")] + ["--eval-every", "2", "--eval-limit", "2"]
                      + FAST[FAST.index("--proposer-every"):]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("sqlm.py: interrupted at step 3; last complete checkpoint: ")
@@ -273,7 +273,7 @@ def test_ctrl_c_says_where_and_how_to_resume_and_the_resume_completes(tiny_dir, 
     monkeypatch.setattr(sqlm, "train_step", real_step)
     command = shlex.split(err.split("resume with: ")[1])
     assert command[:2] == ["python", os.path.relpath(sqlm.__file__)] and command[2:] == ["--resume", str(run)]
-    assert sqlm.main(command[2:]) == 0
+    assert harness.main(command[2:]) == 0
     out = capsys.readouterr().out
     assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3, 4]
     assert sorted(d for d in os.listdir(run) if d.startswith("step-")) == ["step-000003", "step-000004"]
@@ -306,12 +306,12 @@ def test_resume_works_from_another_directory(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(work)
     argv = ["--model", "model", "--eval-data", "dev.jsonl", "--out", "run", "--steps", "1"] + FAST
     argv[argv.index("--eval-every") + 1] = "1"
-    assert sqlm.main(argv) == 0
+    assert harness.main(argv) == 0
     saved = json.load(open(work / "run" / "config.json"))
     assert (saved["model"], saved["eval_data"], saved["out"]) == (
         str(work / "model"), str(work / "dev.jsonl"), str(work / "run"))
     monkeypatch.chdir(elsewhere)
-    assert sqlm.main(["--resume", str(work / "run"), "--steps", "2"]) == 0
+    assert harness.main(["--resume", str(work / "run"), "--steps", "2"]) == 0
     assert [m["step"] for m in jsonl(work / "run" / "metrics.jsonl")] == [0, 1, 2]
     assert os.listdir(elsewhere) == []
 
@@ -356,9 +356,9 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(tiny
     """A kill before the first checkpoint left a run that --out refuses: --resume runs it from step 0,
     its earlier records replaced, not duplicated."""
     run = tmp_path / "run"
-    assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(run)] + FAST) == 0
+    assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(run)] + FAST) == 0
     shutil.rmtree(run / "step-000001")  # as if killed before the save
-    assert sqlm.main(["--resume", str(run), "--steps", "2"]) == 0
+    assert harness.main(["--resume", str(run), "--steps", "2"]) == 0
     assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0, 1]
 
 
@@ -388,7 +388,7 @@ def test_a_machine_short_of_a_resource_is_not_reported_as_a_broken_model(error, 
         except Exception as e:
             raise OSError(f"Unable to load weights from {tiny_dir}") from e
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", wrapped)
-    assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST) == 2
+    assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST) == 2
     err = capsys.readouterr().err.strip()
     assert f"ran out of {resource}" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "run").exists()
@@ -408,7 +408,7 @@ def test_in_training_eval_shows_progress(tiny_dir, tmp_path, capsys):
     """In-training eval over 4,096 problems was silent for minutes: it prints rows, tokens/s and ETA."""
     argv = ["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run"), "--eval-limit", "3"] + FAST
     argv[argv.index("--eval-every") + 1] = "1"
-    assert sqlm.main(argv) == 0
+    assert harness.main(argv) == 0
     err = capsys.readouterr().err
     assert "eval step  3/3 rows" in err and "tok/s" in err and "eta 0s" in err
 

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import harness
+import parallel
 import rollout
 import sqlm
 from conftest import grads, jsonl
@@ -27,7 +28,7 @@ TIE = 0.125  # two bf16 steps at a logit of 8-16: two tokens closer than this ar
 def bf16_sampler(tiny_dir):
     """(fp32 model, its bf16 sampling copy, tokenizer) on the GPU, as harness.train_on builds them."""
     model, tok = rollout.load(tiny_dir, device="cuda")
-    return model, harness.bf16_copy(model), tok
+    return model, sqlm.bf16_copy(model), tok
 
 
 def sampled_seqs(sampler, tok, advantages):
@@ -88,7 +89,7 @@ def test_sampling_copy_is_bf16_keeps_fp32_rope_and_gives_its_memory_back(tiny_di
     assert all(b.dtype == torch.float32 for b in sampler.buffers())
     prompts = [rollout.chat_prompt(tok, p) for p in PROMPTS[:3]]
     refreshed = rollout.generate(sampler, tok, prompts, max_new_tokens=16, temperature=0)
-    fresh = rollout.generate(harness.bf16_copy(model), tok, prompts, max_new_tokens=16, temperature=0)
+    fresh = rollout.generate(sqlm.bf16_copy(model), tok, prompts, max_new_tokens=16, temperature=0)
     assert [s.completion_ids for s in refreshed] == [s.completion_ids for s in fresh]
 
 
@@ -102,8 +103,8 @@ def test_kl_reference_is_fp32_and_kl_is_zero_before_the_policy_moves(tiny_dir, t
     class Stop(Exception):
         pass
 
-    def train(cfg, model, sampler, ref, optimizer, tokenizer, *rest):
-        seen.update(cfg=cfg, model=model, sampler=sampler, ref=ref, tok=tokenizer)
+    def train(cfg, models, tokenizer, *rest):
+        seen.update(cfg=cfg, model=models.policy, sampler=models.sampler, ref=models.reference, tok=tokenizer)
         raise Stop
     seen = {}
     monkeypatch.setattr(sqlm, "train", train)
@@ -115,10 +116,10 @@ def test_kl_reference_is_fp32_and_kl_is_zero_before_the_policy_moves(tiny_dir, t
     assert {b.dtype for b in ref.buffers()} == {torch.float32}
     assert {(p.dtype, p.device.type) for p in sampler.parameters()} == {(torch.bfloat16, "cuda")}
     seqs = sampled_seqs(sampler, seen["tok"], [0.0] * 6)
-    sqlm.prepare(model, ref, seqs, cfg, CUDA)
+    sqlm.prepare(model, ref, seqs, cfg, CUDA, parallel.ONE)
     assert all(torch.equal(s.old_logp, s.ref_logp) for s in seqs)
     model.train().zero_grad()
-    stats = sqlm.accumulate_gradients(model, ref, seqs, cfg, CUDA)
+    stats = sqlm.accumulate_gradients(model, ref, seqs, cfg, CUDA, parallel.ONE)
     assert stats["kl"] == 0.0
     assert grads(model).abs().max().item() == 0.0
 
@@ -130,13 +131,13 @@ def test_gradient_checkpointing_gives_the_same_gradient_under_autocast(tiny_dir)
     model, sampler, tok = bf16_sampler(tiny_dir)
     seqs = sampled_seqs(sampler, tok, [1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
     cfg = sqlm.Config(kl=0, microbatch=4)
-    sqlm.prepare(model, None, seqs, cfg, CUDA)
+    sqlm.prepare(model, None, seqs, cfg, CUDA, parallel.ONE)
     runs = []
     for checkpointing in (False, False, True):
         if checkpointing:
             model.activation_checkpointing_enable()
         model.train().zero_grad()
-        sqlm.accumulate_gradients(model, None, seqs, cfg, CUDA)
+        sqlm.accumulate_gradients(model, None, seqs, cfg, CUDA, parallel.ONE)
         runs.append(grads(model))
     plain, again, checkpointed = runs
     assert plain.norm() > 0
@@ -150,7 +151,7 @@ def test_a_checkpoint_written_on_the_gpu_loads_with_from_pretrained_on_the_cpu(t
     checkpoint holds the fp32 trained weights (not the bf16 sampling copy), moved by the update, and loads
     on the CPU with from_pretrained, as does its trainer state (AdamW moments saved from the card)."""
     run = tmp_path / "run"
-    assert sqlm.main(["--task", "arith", "--model", tiny_dir, "--steps", "1", "--out", str(run), "--device", "cuda",
+    assert harness.main(["--task", "arith", "--model", tiny_dir, "--steps", "1", "--out", str(run), "--device", "cuda",
                       "--batch", "2", "--n", "2", "--minibatch", "1", "--max-response", "8", "--eval-every", "0",
                       "--proposer-every", "1", "--lr", "1e-3"]) == 0
     checkpoint = run / "step-000001"

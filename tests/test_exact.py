@@ -14,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import harness
+import parallel
 import rollout
 import sqlm
 from conftest import FAST, grads, jsonl, weights
@@ -40,12 +42,12 @@ def test_kl_and_its_gradient_are_exactly_zero_before_the_policy_moves(tiny_model
     cfg = sqlm.Config(kl=0.001, n=2, minibatch=2, microbatch=microbatch)
     seqs = seqs_of_two_minibatches(model, tok)
     sqlm.mark_on_policy(seqs, cfg)
-    sqlm.prepare(model, ref, seqs, cfg, CPU)
+    sqlm.prepare(model, ref, seqs, cfg, CPU, parallel.ONE)
     first, second = sqlm.minibatches(seqs, cfg)
     assert all(s.on_policy for s in first) and not any(s.on_policy for s in second)
     for minibatch in (first, second):
         model.zero_grad()
-        stats = sqlm.accumulate_gradients(model, ref, minibatch, cfg, CPU)
+        stats = sqlm.accumulate_gradients(model, ref, minibatch, cfg, CPU, parallel.ONE)
         assert stats["kl"] == 0.0 and stats["approx_kl"] == 0.0 and stats["pg_loss"] == 0.0
         assert torch.count_nonzero(grads(model)) == 0
     model.zero_grad()
@@ -59,9 +61,9 @@ def test_second_minibatch_ratio_is_exactly_one_with_signal(tiny_model):
     seqs = seqs_of_two_minibatches(model, tok)
     for i, s in enumerate(seqs):
         s.advantage = (-1.0) ** i
-    sqlm.prepare(model, None, seqs, cfg, CPU)  # none on-policy: every old log-prob is computed
+    sqlm.prepare(model, None, seqs, cfg, CPU, parallel.ONE)  # none on-policy: every old log-prob is computed
     for minibatch in sqlm.minibatches(seqs, cfg):
-        stats = sqlm.accumulate_gradients(model, None, minibatch, cfg, CPU)
+        stats = sqlm.accumulate_gradients(model, None, minibatch, cfg, CPU, parallel.ONE)
         assert stats["approx_kl"] == 0.0 and stats["clip_frac"] == 0.0
     model.zero_grad()
 
@@ -87,7 +89,7 @@ def test_a_run_without_signal_and_without_weight_decay_never_moves(tiny_dir, tmp
     base = load_file(os.path.join(tiny_dir, "model.safetensors"))
     runs = {m: str(tmp_path / f"mb{m}") for m in (8, 3)}
     for micro, out in runs.items():
-        assert sqlm.main(zero_signal_args(tiny_dir, out, "--microbatch", str(micro), "--weight-decay", "0")) == 0
+        assert harness.main(zero_signal_args(tiny_dir, out, "--microbatch", str(micro), "--weight-decay", "0")) == 0
         assert all(m["zero_signal"] == 1.0 for m in jsonl(os.path.join(out, "metrics.jsonl")))
         assert max_diff(weights(out, 3), base) == 0.0
     with open(os.path.join(runs[8], "samples.jsonl")) as a, open(os.path.join(runs[3], "samples.jsonl")) as b:
@@ -105,8 +107,8 @@ def test_a_minibatch_without_signal_moves_the_weights_by_weight_decay_alone(tiny
     cfg = sqlm.Config(kl=0.001, n=2, minibatch=4, microbatch=3, lr=1e-3, weight_decay=0.5)
     seqs = seqs_of_two_minibatches(model, tok)  # 4 groups: one mini-batch
     sqlm.mark_on_policy(seqs, cfg)
-    sqlm.prepare(policy, ref, seqs, cfg, CPU)
+    sqlm.prepare(policy, ref, seqs, cfg, CPU, parallel.ONE)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sqlm.policy_update(policy, ref, optimizer, seqs, cfg, CPU)
+    sqlm.policy_update(policy, ref, optimizer, seqs, cfg, CPU, parallel.ONE)
     after, before = dict(policy.named_parameters()), dict(model.named_parameters())
     assert all(torch.equal(after[k], before[k] * (1 - 1e-3 * 0.5)) for k in before)

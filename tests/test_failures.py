@@ -78,7 +78,7 @@ def broken_tokenizer(tiny_dir, where, case):
 
 TOKENIZER_CASES = ["no tokenizer files", "no tokenizer.json", "empty chat prompt"]
 ENTRY_POINTS = {  # each loads the model: argv with MODEL and OUT filled in
-    "sqlm.py": (sqlm.main, ["--model", "MODEL", "--steps", "1", "--out", "OUT"] + FAST),
+    "sqlm.py": (harness.main, ["--model", "MODEL", "--steps", "1", "--out", "OUT"] + FAST),
     "eval.py": (ev.main, ["--task", "arith", "--model", "MODEL", "--limit", "1", "--max-new-tokens", "2",
                           "--out", "OUT"]),
     "bench.py": (bench.main, ["update", "--model", "MODEL", "--seqs", "1", "--prompt", "2", "--len", "2",
@@ -152,7 +152,7 @@ def test_resume_refuses_to_change_what_the_run_is(argv, message, trained_run, ti
     shutil.copytree(tiny_dir, tmp_path / "model")
     argv = [{"OTHER": str(other if "--out" in argv else tmp_path / "model")}.get(a, a) for a in argv]
     before = tree(run)
-    assert sqlm.main(["--resume", str(run), "--steps", "3"] + argv) == 2
+    assert harness.main(["--resume", str(run), "--steps", "3"] + argv) == 2
     line = one_line(capsys.readouterr().err)
     assert message in line
     if "--out" not in argv:  # how to start a new run instead
@@ -168,7 +168,7 @@ def test_resume_may_change_the_run_knobs(trained_run, tmp_path):
              "--microbatch", "2", "--rollout-rows", "8", "--threads", "1", "--no-fit-memory"]
     threads = torch.get_num_threads()
     try:
-        assert sqlm.main(["--resume", str(run), "--steps", "3"] + knobs) == 0
+        assert harness.main(["--resume", str(run), "--steps", "3"] + knobs) == 0
     finally:
         torch.set_num_threads(threads)
     saved = json.load(open(run / "config.json"))
@@ -183,10 +183,10 @@ def test_threads_sets_torchs_cpu_threads_for_the_run(tiny_dir, tmp_path, monkeyp
     monkeypatch.setattr(sqlm, "train_step", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     threads = torch.get_num_threads()
     try:
-        assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "a"), "--threads", "1"]
+        assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "a"), "--threads", "1"]
                          + FAST) == 0
         torch.set_num_threads(threads)
-        assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "b")] + FAST) == 0
+        assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "b")] + FAST) == 0
     finally:
         torch.set_num_threads(threads)
     assert seen == [1, threads]
@@ -241,12 +241,12 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes_once_space_
     with tmpfs(size) as disk:
         run = os.path.join(disk, "run")
         argv = ["--model", tiny_dir, "--steps", "3", "--save-every", "1", "--keep-last", "2", "--out", run] + FAST
-        assert sqlm.main(argv) == 2
+        assert harness.main(argv) == 2
         assert_stopped_at_checkpoint_2(run, capsys.readouterr().err)
-        assert sqlm.main(["--resume", run]) == 2  # still full: refused the same way, nothing lost
+        assert harness.main(["--resume", run]) == 2  # still full: refused the same way, nothing lost
         assert_stopped_at_checkpoint_2(run, capsys.readouterr().err)
         subprocess.run(["mount", "-o", f"remount,size={4 * size}", disk], check=True)  # space is back
-        assert sqlm.main(["--resume", run]) == 0
+        assert harness.main(["--resume", run]) == 0
         assert [m["step"] for m in jsonl(os.path.join(run, "metrics.jsonl"))] == [0, 1, 2]
         assert harness.last_checkpoint(run) == os.path.join(run, "step-000003")
 
@@ -264,7 +264,7 @@ def test_a_simulated_full_disk_at_a_checkpoint_is_one_line(tiny_dir, tmp_path, m
     monkeypatch.setattr(torch, "save", save)
     run = str(tmp_path / "run")
     argv = ["--model", tiny_dir, "--steps", "3", "--save-every", "1", "--out", run] + FAST
-    assert sqlm.main(argv) == 2
+    assert harness.main(argv) == 2
     assert_stopped_at_checkpoint_2(run, capsys.readouterr().err)
 
 
@@ -272,7 +272,7 @@ def test_a_full_disk_at_the_start_leaves_no_run_directory(tiny_dir, capsys):
     with tmpfs("64k") as disk:
         fill(disk)
         run = os.path.join(disk, "run")
-        assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", run] + FAST) == 2
+        assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", run] + FAST) == 2
         assert "cannot write the run directory" in one_line(capsys.readouterr().err)
         assert os.listdir(disk) == ["filler"]
 
@@ -286,7 +286,7 @@ def test_a_full_disk_when_a_resume_rewrites_the_logs_leaves_them_whole(trained_r
         shutil.rmtree(os.path.join(run, "step-000002"))  # resume from step 1: the logs lose step 1's lines
         before = tree(run)
         fill(disk)
-        assert sqlm.main(["--resume", run, "--steps", "3"]) == 2
+        assert harness.main(["--resume", run, "--steps", "3"]) == 2
         assert "No space left on device" in one_line(capsys.readouterr().err)
         os.remove(os.path.join(disk, "filler"))
         assert tree(run) == before
@@ -411,7 +411,7 @@ def test_a_second_ctrl_c_while_the_first_is_handled_keeps_the_one_line(tiny_dir,
     monkeypatch.setattr(sqlm, "train_step", step)
     monkeypatch.setattr(harness, "last_checkpoint", last_checkpoint)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    assert sqlm.main(["--model", tiny_dir, "--steps", "3", "--out", str(run)] + FAST) == 130
+    assert harness.main(["--model", tiny_dir, "--steps", "3", "--out", str(run)] + FAST) == 130
     assert one_line(capsys.readouterr().err).startswith("sqlm.py: interrupted at step 1; last complete checkpoint: ")
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
@@ -424,7 +424,7 @@ def test_sigterm_while_the_model_loads_is_one_line_and_exit_143(tiny_dir, tmp_pa
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*a, **kw)
     monkeypatch.setattr(rollout, "load", load)
-    assert sqlm.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST) == 143
+    assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "run")] + FAST) == 143
     assert one_line(capsys.readouterr().err) == "sqlm.py: interrupted before the first step; nothing was written"
     assert not (tmp_path / "run").exists()
 
@@ -445,8 +445,8 @@ def test_a_code_run_without_bwrap_is_refused_in_one_line(tiny_dir, tmp_path, ent
     Guards: sandbox.Unavailable not caught by an entry point (a traceback), or caught only once a run
     directory exists."""
     out = tmp_path / "out"
-    main = "sys.exit(sqlm.main(argv))" if entry == "sqlm" else "eval.run_cli(argv)"
-    script = (f"import sys, sandbox, sqlm, eval; sandbox._bwrap_path = lambda: None; argv = sys.argv[1:]; {main}")
+    main = "sys.exit(harness.main(argv))" if entry == "sqlm" else "eval.run_cli(argv)"
+    script = (f"import sys, sandbox, harness, eval; sandbox._bwrap_path = lambda: None; argv = sys.argv[1:]; {main}")
     env = {k: v for k, v in os.environ.items() if k != "SQLM_SANDBOX_ALLOW_MISSING"}
     done = subprocess.run([sys.executable, "-c", script, *args, "--model", tiny_dir, "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=300, env=env)

@@ -13,6 +13,7 @@ import torch
 import eval as heldout
 import harness
 import rewards
+import parallel
 import rollout
 import sqlm
 from conftest import grads
@@ -38,7 +39,7 @@ def test_proposer_reward_rule_reaches_score(rule, want):
     """--proposer-reward: three of four agree, so sqlm pays 1, azr 1 - 3/4, rzero 1 - 2|3/4 - 1/2|.
     Guards: the rule flag not passed to rewards.proposer_reward."""
     batch = [proposal(0, answers=answered(6, 6, 6, 7))]
-    sqlm.score(config(proposer_reward=rule), batch)
+    sqlm.score(config(proposer_reward=rule), batch, parallel.ONE)
     assert batch[0].proposer_reward == pytest.approx(want)
 
 
@@ -49,7 +50,7 @@ def test_solver_trains_on_its_own_rewards_and_the_proposer_on_its_own():
     cfg = config(solver_reward="format")
     batch = [proposal(0, answers=answered(6, None, 6, 7)), proposal(1, answers=answered(5, 5, 5, 5)),
              proposal(2, answers=answered(1, 1, 2, 2)), proposal(3, answers=answered(None, 3, 3, 3))]
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     solver, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
     format_rewards = [1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1]
     assert [s.advantage for s in solver] == pytest.approx(sqlm.grpo_advantages(format_rewards, 4).tolist())
@@ -64,7 +65,7 @@ def test_adv_norm_reaches_both_roles(norm):
     cfg = config(adv_norm=norm)
     batch = [proposal(0, answers=answered(6, 6, 7, 8)), proposal(1, answers=answered(1, 1, 1, 2)),
              proposal(2, answers=answered(4, 4, 4, 4)), proposal(3, answers=answered(1, 2, 3, 4))]
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     solver, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
 
     def formula(r):
@@ -82,7 +83,7 @@ def test_judge_reaches_the_code_rewards(judge, want):
     cfg = config(task="code", judge=judge, n=2, batch=1)
     p = proposal(0, "Print 3 4.", ["```python\nprint(3, 4)\n```", "```python\nprint('3  4')\n```"])
     p.problem.tests = [("", "3 4")]
-    sqlm.score(cfg, [p])
+    sqlm.score(cfg, [p], parallel.ONE)
     assert p.task_rewards == want
 
 
@@ -91,7 +92,7 @@ def test_released_answers_are_parsed_as_released_in_score():
     calling extract_answer without the released flag."""
     for released, want in ((False, [1, 1, 1, 1]), (True, [1, 0, 0, 1])):
         batch = [proposal(0, answers=answered("007", 7, 7, "007"))]
-        sqlm.score(config(as_released=released), batch)
+        sqlm.score(config(as_released=released), batch, parallel.ONE)
         assert batch[0].task_rewards == want
 
 
@@ -162,7 +163,7 @@ def test_clip_bounds_dual_clip_and_normaliser_reach_the_loss(tiny_dir, lo, hi, c
     model, tok = rollout.load(tiny_dir, device="cpu")
     cfg = sqlm.Config(kl=0, microbatch=4, clip_low=lo, clip_high=hi, clip_c=clip_c, as_released=released)
     seqs, current = shifted_seqs(model, tok, cfg)
-    stats = sqlm.accumulate_gradients(model, None, seqs, cfg, CPU)
+    stats = sqlm.accumulate_gradients(model, None, seqs, cfg, CPU, parallel.ONE)
     assert stats["pg_loss"] == pytest.approx(reference_pg_loss(seqs, current, lo, hi, clip_c, 4, released), rel=1e-5)
     assert 0 < stats["clip_frac"] < 1
 
@@ -173,9 +174,9 @@ def kl_only_gradient(model, ref, tok, cfg):
     seqs, _ = shifted_seqs(model, tok, cfg)
     for s in seqs:
         s.advantage = 0.0
-    sqlm.prepare(model, ref, seqs, cfg, CPU)
+    sqlm.prepare(model, ref, seqs, cfg, CPU, parallel.ONE)
     model.zero_grad()
-    stats = sqlm.accumulate_gradients(model, ref, seqs, cfg, CPU)
+    stats = sqlm.accumulate_gradients(model, ref, seqs, cfg, CPU, parallel.ONE)
     return seqs, stats, grads(model)
 
 
@@ -216,7 +217,7 @@ def test_reference_log_probs_come_from_the_reference_model(tiny_dir):
     ref = perturbed(model)
     cfg = sqlm.Config(microbatch=3)
     seqs, _ = shifted_seqs(model, tok, cfg)
-    sqlm.prepare(model, ref, seqs, cfg, CPU)
+    sqlm.prepare(model, ref, seqs, cfg, CPU, parallel.ONE)
     for net, name in ((model, "old_logp"), (ref, "ref_logp")):
         with torch.no_grad():
             logp, comp = sqlm.micro_logprobs(net, seqs, cfg, CPU)
@@ -236,9 +237,9 @@ def test_kl_reference_is_the_initial_model_also_after_a_resume(tiny_dir, tmp_pat
         return real(name, **kw)
     args = ["--task", "arith", "--model", tiny_dir, "--batch", "2", "--n", "2", "--minibatch", "1",
             "--max-response", "4", "--eval-every", "0", "--save-every", "1", "--device", "cpu"]
-    assert sqlm.main(args + ["--steps", "1", "--out", str(tmp_path / "run")]) == 0
+    assert harness.main(args + ["--steps", "1", "--out", str(tmp_path / "run")]) == 0
     monkeypatch.setattr(rollout, "load", load)
-    assert sqlm.main(["--steps", "2", "--resume", str(tmp_path / "run")]) == 0
+    assert harness.main(["--steps", "2", "--resume", str(tmp_path / "run")]) == 0
     assert loaded == [str(tmp_path / "run" / "step-000001"), tiny_dir]
 
 
@@ -249,8 +250,8 @@ def test_kl_reference_takes_the_dtype_the_memory_plan_chose(tiny_dir, tmp_path, 
     class Stop(Exception):
         pass
 
-    def train(cfg, model, sampler, ref, *rest):
-        seen.update(model=model, ref=ref)
+    def train(cfg, models, *rest):
+        seen.update(model=models.policy, ref=models.reference)
         raise Stop
     monkeypatch.setattr(sqlm, "train", train)
     for dtype in (torch.bfloat16, torch.float32):
@@ -276,9 +277,9 @@ def test_on_policy_shortcut_gives_the_old_log_prob_passs_gradient(tiny_dir):
     for on_policy in (True, False):
         for s in seqs:
             s.on_policy, s.old_logp = on_policy, None
-        sqlm.prepare(model, None, seqs, cfg, CPU)
+        sqlm.prepare(model, None, seqs, cfg, CPU, parallel.ONE)
         model.zero_grad()
-        sqlm.accumulate_gradients(model, None, seqs, cfg, CPU)
+        sqlm.accumulate_gradients(model, None, seqs, cfg, CPU, parallel.ONE)
         results.append(grads(model))
     assert results[1].abs().max() > 0
     assert torch.allclose(results[0], results[1], rtol=1e-4, atol=1e-8)
@@ -298,11 +299,11 @@ def test_each_optimizer_step_takes_its_own_minibatchs_gradient(tiny_dir):
         def step(self, closure=None):
             seen.append(grads(model).clone())
 
-    sqlm.policy_update(model, None, Recording(model.parameters(), lr=0.0), seqs, cfg, CPU)
+    sqlm.policy_update(model, None, Recording(model.parameters(), lr=0.0), seqs, cfg, CPU, parallel.ONE)
     want = []
     for part in (seqs[:3], seqs[3:]):
         model.zero_grad()
-        sqlm.accumulate_gradients(model, None, part, cfg, CPU)
+        sqlm.accumulate_gradients(model, None, part, cfg, CPU, parallel.ONE)
         want.append(grads(model))
     assert len(seen) == 2 and all(torch.allclose(a, b, rtol=1e-5, atol=1e-9) for a, b in zip(seen, want))
 
@@ -314,7 +315,7 @@ def test_grad_clip_bounds_each_step(tiny_dir):
     cfg = sqlm.Config(kl=0, minibatch=1, microbatch=8, grad_clip=1e-3)
     seqs, _ = shifted_seqs(model, tok, cfg)
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    stats = sqlm.policy_update(model, None, torch.optim.SGD(model.parameters(), lr=1.0), seqs, cfg, CPU)
+    stats = sqlm.policy_update(model, None, torch.optim.SGD(model.parameters(), lr=1.0), seqs, cfg, CPU, parallel.ONE)
     moved = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
     assert stats["grad_norm"] > 1e-2 and moved.norm().item() == pytest.approx(1e-3, rel=1e-3)
 
@@ -323,18 +324,19 @@ def test_optimizer_takes_the_runs_lr_and_weight_decay(tiny_dir, tmp_path):
     """--lr and --weight-decay reach the run's AdamW (betas 0.9, 0.999), as its checkpoint records.
     Guards: the harness building AdamW with fixed settings."""
     run = tmp_path / "run"
-    assert sqlm.main(["--task", "arith", "--model", tiny_dir, "--batch", "2", "--n", "2", "--minibatch", "1",
+    assert harness.main(["--task", "arith", "--model", tiny_dir, "--batch", "2", "--n", "2", "--minibatch", "1",
                       "--max-response", "4", "--eval-every", "0", "--steps", "1", "--lr", "3e-4",
                       "--weight-decay", "0.05", "--device", "cpu", "--out", str(run)]) == 0
     group = torch.load(run / "step-000001" / "trainer_state.pt", weights_only=False)["optimizer"]["param_groups"][0]
     assert (group["lr"], group["weight_decay"], tuple(group["betas"])) == (3e-4, 0.05, (0.9, 0.999))
 
 
-def liked_rewards(cfg, batch):
+def liked_rewards(cfg, batch, world):
     """score replaced: answer k of each problem earns k % 2, so every solver group carries signal."""
     for p in (p for p in batch if p.solved):
         p.solver_rewards = p.task_rewards = [float(k % 2) for k in range(len(p.answers))]
         p.proposer_reward, p.extracted = 1.0, [None] * len(p.answers)
+    return batch
 
 
 def test_train_step_refreshes_a_separate_sampling_copy(tiny_dir, monkeypatch):
@@ -344,14 +346,14 @@ def test_train_step_refreshes_a_separate_sampling_copy(tiny_dir, monkeypatch):
     copy kept through the update (its 2 bytes per weight on top of the update's peak)."""
     monkeypatch.setattr(sqlm, "score", liked_rewards)
     model, tok = rollout.load(tiny_dir, device="cpu")
-    sampler = harness.bf16_copy(model)
+    sampler = sqlm.bf16_copy(model)
     held = []
     real_update = sqlm.policy_update
     monkeypatch.setattr(sqlm, "policy_update", lambda *a: held.append(sum(p.numel() for p in sampler.parameters()))
                         or real_update(*a))
     cfg = sqlm.Config(task="arith", batch=2, n=2, minibatch=1, max_response=4, kl=0, proposer_every=0).resolve()
     before = [p.detach().clone() for p in model.parameters()]
-    sqlm.train_step(0, model, sampler, None, torch.optim.SGD(model.parameters(), lr=1.0), tok, cfg, CPU)
+    sqlm.train_step(0, sqlm.Models(model, model, sampler, None, torch.optim.SGD(model.parameters(), lr=1.0)), tok, cfg, CPU, parallel.ONE)
     assert held == [0]
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.dtype == torch.bfloat16 for p in sampler.parameters())
@@ -384,7 +386,7 @@ def test_each_role_and_step_samples_its_own_streams(tiny_dir, monkeypatch):
     monkeypatch.setattr(sqlm, "score", liked_rewards)
     model, tok = rollout.load(tiny_dir, device="cpu")
     cfg = sqlm.Config(task="arith", batch=3, n=2, minibatch=1, max_response=4, kl=0, seed=7, proposer_every=0).resolve()
-    sqlm.train_step(3, model, model, None, torch.optim.SGD(model.parameters(), lr=0.0), tok, cfg, CPU)
+    sqlm.train_step(3, sqlm.Models(model, model, model, None, torch.optim.SGD(model.parameters(), lr=0.0)), tok, cfg, CPU, parallel.ONE)
     assert calls[0] == [sqlm.derive_seed(7, 3, 0, i) for i in range(3)]
     assert calls[1] == [sqlm.derive_seed(7, 3, 1, j) for j in (1, 2, 4, 5)]
 
@@ -395,7 +397,7 @@ def test_sample_uses_the_runs_sampling_settings(tiny_dir):
     model, tok = rollout.load(tiny_dir, device="cpu")
     prompts = [rollout.chat_prompt(tok, text) for text in ("a", "bb", "ccc")]
     cfg = sqlm.Config(temperature=0.7, top_p=0.5, max_response=6, rollout_rows=2, n=2)
-    got = sqlm.sample(model, tok, prompts, range(3), cfg, seed=(1, 2, 3))
+    got = sqlm.sample(model, tok, prompts, range(3), cfg, seed=(1, 2, 3), world=parallel.ONE)
     want = rollout.generate(model, tok, prompts, n=2, max_new_tokens=6, temperature=0.7, top_p=0.5,
                             seed=[sqlm.derive_seed(1, 2, 3, i) for i in range(3)])
     assert [s.completion_ids for s in got] == [s.completion_ids for s in want]
@@ -408,9 +410,9 @@ def test_old_log_probs_are_the_sampling_distributions(tiny_dir):
     log-probs the sampler drew each token with. Guards: log-probs taken at temperature 1."""
     model, tok = rollout.load(tiny_dir, device="cpu")
     cfg = sqlm.Config(temperature=0.6, max_response=8, n=3)
-    outs = sqlm.sample(model, tok, [rollout.chat_prompt(tok, "go")], [0], cfg, seed=(4,))
+    outs = sqlm.sample(model, tok, [rollout.chat_prompt(tok, "go")], [0], cfg, seed=(4,), world=parallel.ONE)
     seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids, 0.0, group=0) for s in outs]
-    sqlm.prepare(model, None, seqs, cfg, CPU)
+    sqlm.prepare(model, None, seqs, cfg, CPU, parallel.ONE)
     for s, o in zip(seqs, outs):
         assert s.old_logp.tolist() == pytest.approx(o.logprobs, abs=1e-4)
 
@@ -435,7 +437,7 @@ def test_run_eval_is_greedy_and_sampled_at_the_runs_temperature(monkeypatch):
         calls.append((kw["samples"], kw["temperature"], kw["limit"]))
         return {"accuracy": 0.5}
     monkeypatch.setattr(heldout, "evaluate", evaluate)
-    harness.run_eval(None, None, sqlm.Config(eval_samples=3, temperature=0.8, eval_limit=7).resolve())
+    harness.run_eval(None, None, sqlm.Config(eval_samples=3, temperature=0.8, eval_limit=7).resolve(), parallel.ONE)
     assert calls == [(1, 0.0, 7), (3, 0.8, 7)]
 
 
@@ -446,7 +448,7 @@ def test_loop_evaluates_and_saves_on_schedule(tiny_dir, tmp_path):
     checkpoints after steps 2, 4 and the last, 5. Guards: either period off by one, the last
     checkpoint skipped or written twice."""
     run = tmp_path / "run"
-    assert sqlm.main(["--task", "arith", "--model", tiny_dir, "--batch", "2", "--n", "2", "--minibatch", "1",
+    assert harness.main(["--task", "arith", "--model", tiny_dir, "--batch", "2", "--n", "2", "--minibatch", "1",
                       "--max-response", "4", "--eval-every", "2", "--eval-limit", "2", "--save-every", "2",
                       "--keep-last", "0", "--steps", "5", "--device", "cpu", "--out", str(run)]) == 0
     metrics = [json.loads(line) for line in open(run / "metrics.jsonl")]

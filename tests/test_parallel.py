@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file
 
 import eval as heldout
+import experiments
+import harness
 import parallel
 import sqlm
 import tiny
@@ -66,7 +68,7 @@ def runs(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        base = tiny.make(str(root / "base"), layers=2, hidden=64, init_std=0.02, tokenizer=tiny.arith_tokenizer())
+        base = tiny.make(str(root / "base"), layers=2, hidden=64, init_std=0.02, tokenizer=experiments.arith_tokenizer())
         tiny.pretrain(base, steps=60, batch=16, lr=1e-2, log_every=0, transcripts=one_fact)
     finally:
         torch.set_num_threads(threads)
@@ -135,7 +137,7 @@ def test_with_signal_the_microbatch_changes_only_rounding(runs, tmp_path):
     hence a bound at 1% of the movement rather than at rounding.
     Guards: a per-micro-batch normaliser (micro-batches of unequal length weighted unequally)."""
     run = str(tmp_path / "mb8")
-    assert sqlm.main(ARGS + ["--model", runs["base"], "--out", run, "--microbatch", "8"]) == 0
+    assert harness.main(ARGS + ["--model", runs["base"], "--out", run, "--microbatch", "8"]) == 0
     with open(os.path.join(runs[1], "samples.jsonl")) as a, open(os.path.join(run, "samples.jsonl")) as b:
         assert a.read() == b.read()
     base = load_file(os.path.join(runs["base"], "model.safetensors"))
@@ -250,7 +252,7 @@ model, _ = rollout.load(sys.argv[1], device="cpu")
 ref = parallel.shard(model.requires_grad_(sys.argv[3] == "0"), parallel.World(0, 1, torch.device("cpu")))
 ids = torch.randint(5, 100, (2, 12))
 with torch.no_grad():
-    ref(ids, torch.ones_like(ids), (torch.arange(12) >= 6).long().expand(2, 12))
+    ref(ids, torch.ones_like(ids), (torch.arange(12) >= 6).long().expand(2, 12), 1.0, 4096)
 print(sorted(n for n, p in ref.named_parameters() if not isinstance(p, DTensor)))
 """
 
@@ -340,14 +342,14 @@ def test_a_minibatch_is_dealt_by_tokens_with_equal_calls_on_every_process():
     cfg = sqlm.Config(minibatch=100, microbatch=2)
     seqs = [sqlm.Seq([1], [0] * (n - 1), 0.0, group=0) for n in lengths]
     for size in (2, 3):
-        sqlm.deal(seqs, cfg, parallel.World(0, size))
-        tokens = [sum(n for n, s in zip(lengths, seqs) if s.rank == r) for r in range(size)]
+        micros = [parallel.World(r, size).micro_batches(seqs, cfg.microbatch) for r in range(size)]
+        tokens = [sum(len(s.prompt_ids) + len(s.completion_ids) for micro in m for s in micro) for m in micros]
         assert max(tokens) - min(tokens) <= max(lengths)
-        micros = [sqlm.micro_batches(seqs, cfg, parallel.World(r, size)) for r in range(size)]
         assert len({len(m) for m in micros}) == 1  # the same number of calls everywhere
         assert sorted(id(s) for m in micros for micro in m for s in micro) == sorted(map(id, seqs))
-    sqlm.deal(seqs, cfg, parallel.ONE)
-    assert sqlm.micro_batches(seqs, cfg, parallel.ONE) == [seqs[i:i + 2] for i in range(0, len(seqs), 2)]
+        assert parallel.World(0, size).count_micro_batches(seqs, cfg.microbatch) == \
+            sum(1 for m in micros for micro in m if micro)
+    assert parallel.ONE.micro_batches(seqs, cfg.microbatch) == [seqs[i:i + 2] for i in range(0, len(seqs), 2)]
 
 
 def test_the_flags_after_torchruns_double_dash_are_sqlm_flags():

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import harness
+import parallel
 import rollout
 import sqlm
 
@@ -91,11 +92,6 @@ def test_grpo_advantages_without_std():
     assert torch.allclose(adv, torch.tensor([0.75, -0.25, -0.25, -0.25]))
 
 
-def test_grpo_group_of_one_gets_zero():
-    """A group of one has no baseline to compare with: advantage 0, not NaN."""
-    assert torch.equal(sqlm.grpo_advantages([1.0, 0.0], group_size=1), torch.zeros(2))
-
-
 def test_kl_zero_when_policy_is_reference_and_positive_otherwise():
     """k3 is exactly 0 at pi = pi_ref and > 0 elsewhere (it is a non-negative estimator)."""
     logp = -torch.rand(3, 5)
@@ -151,11 +147,11 @@ def test_gradient_independent_of_micro_batch_split(tiny_dir):
             p.add_(0.05 * torch.randn_like(p))
     seqs = tiny_seqs(model, tok)
     cfg = sqlm.Config(kl=0.1)
-    sqlm.prepare(ref, ref, seqs, cfg, torch.device("cpu"))
+    sqlm.prepare(ref, ref, seqs, cfg, torch.device("cpu"), parallel.ONE)
     grads = []
     for micro in (8, 2):
         model.zero_grad()
-        sqlm.accumulate_gradients(model, ref, seqs, dataclasses.replace(cfg, microbatch=micro), torch.device("cpu"))
+        sqlm.accumulate_gradients(model, ref, seqs, dataclasses.replace(cfg, microbatch=micro), torch.device("cpu"), parallel.ONE)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().max() > 0
     assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
@@ -166,13 +162,13 @@ def test_gradient_checkpointing_changes_no_gradient(tiny_dir):
     model, tok = rollout.load(tiny_dir, device="cpu")
     seqs = tiny_seqs(model, tok)
     cfg = sqlm.Config(kl=0)
-    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
+    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"), parallel.ONE)
     grads = []
     for checkpointing in (False, True):
         if checkpointing:
             model.activation_checkpointing_enable()
         model.train().zero_grad()
-        sqlm.accumulate_gradients(model, None, seqs, cfg, torch.device("cpu"))
+        sqlm.accumulate_gradients(model, None, seqs, cfg, torch.device("cpu"), parallel.ONE)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().max() > 0
     assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
@@ -183,8 +179,8 @@ def test_first_ratio_is_exactly_one(tiny_dir):
     model, tok = rollout.load(tiny_dir, device="cpu")
     seqs = tiny_seqs(model, tok)
     cfg = sqlm.Config(kl=0)
-    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
-    stats = sqlm.accumulate_gradients(model, None, seqs, cfg, torch.device("cpu"))
+    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"), parallel.ONE)
+    stats = sqlm.accumulate_gradients(model, None, seqs, cfg, torch.device("cpu"), parallel.ONE)
     assert stats["ratio"] == pytest.approx(1.0, abs=1e-6) and stats["clip_frac"] == 0
 
 
@@ -215,8 +211,8 @@ def test_toy_rl_raises_programmatic_reward(tiny_dir):
         adv = sqlm.grpo_advantages(reward, 16)
         seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids, a, group=i // 16)
                 for i, (s, a) in enumerate(zip(samples, adv.tolist()))]
-        sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
-        sqlm.policy_update(model, None, optimizer, seqs, cfg, torch.device("cpu"))
+        sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"), parallel.ONE)
+        sqlm.policy_update(model, None, optimizer, seqs, cfg, torch.device("cpu"), parallel.ONE)
     after = p_target()
     assert after > before + 0.3, (before, after)
 
@@ -232,7 +228,7 @@ def test_minibatches_follow_groups_not_surviving_rows(tiny_dir):
     for s, group in zip(seqs, [0, 0, 5, 5]):
         s.group = group
     cfg = sqlm.Config(kl=0, minibatch=4, n=2, microbatch=3)
-    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"))
+    sqlm.prepare(model, None, seqs, cfg, torch.device("cpu"), parallel.ONE)
     steps = []
 
     class Counting(torch.optim.SGD):
@@ -240,7 +236,7 @@ def test_minibatches_follow_groups_not_surviving_rows(tiny_dir):
             steps.append(1)
             return super().step(closure)
 
-    sqlm.policy_update(model, None, Counting(model.parameters(), lr=0.0), seqs, cfg, torch.device("cpu"))
+    sqlm.policy_update(model, None, Counting(model.parameters(), lr=0.0), seqs, cfg, torch.device("cpu"), parallel.ONE)
     assert len(steps) == 2
 
 
@@ -261,11 +257,12 @@ def liked_start(text):
 
 def fake_score(solver=True, proposer=True):
     """sqlm.score replaced: rewards computed from the text itself, so that steps can raise them."""
-    def score(cfg, batch):
+    def score(cfg, batch, world):
         for p in (p for p in batch if p.answers):
             p.solver_rewards = [liked_share(s.text) if solver else 0.5 for s in p.answers]
             p.proposer_reward = liked_start(p.problem.text) if proposer else 0.5
             p.extracted, p.task_rewards = [None] * cfg.n, p.solver_rewards
+        return batch
     return score
 
 
@@ -277,7 +274,7 @@ def run_steps(tiny_dir, monkeypatch, steps, score, **overrides):
     cfg = sqlm.Config(**{**settings, **overrides}).resolve()
     model, tok = rollout.load(tiny_dir, device="cpu")
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    return [sqlm.train_step(step, model, model, None, optimizer, tok, cfg, torch.device("cpu"))[0]
+    return [sqlm.train_step(step, sqlm.Models(model, model, model, None, optimizer), tok, cfg, torch.device("cpu"), parallel.ONE)[0]
             for step in range(steps)]
 
 
@@ -316,7 +313,7 @@ def test_sampling_copy_keeps_fp32_rope_buffers(tiny_dir):
     """`.to(bfloat16)` on a whole model also rounds RoPE's inv_freq, so the GPU sampler drifted from the
     trained policy by radians at long range; only the weights may become bf16."""
     model, _ = rollout.load(tiny_dir, device="cpu")
-    sampler = harness.bf16_copy(model)
+    sampler = sqlm.bf16_copy(model)
     assert all(p.dtype == torch.bfloat16 for p in sampler.parameters())
     buffers = dict(model.named_buffers())
     assert buffers and all(torch.equal(b, buffers[name]) and b.dtype == buffers[name].dtype
@@ -335,6 +332,6 @@ def test_propose_applies_the_cat_filter_to_each_proposal(monkeypatch):
     monkeypatch.setattr(rollout, "chat_prompt", lambda tok, text: [0])
     monkeypatch.setattr(sqlm, "sample", lambda *a: [rollout.Sample([0], [], text, True) for text in replies])
     cfg = sqlm.Config(task="code", cat=True).resolve()
-    batch = sqlm.propose(None, None, cfg, seed=(0,))
+    batch = sqlm.propose(None, None, cfg, seed=(0,), world=parallel.ONE)
     assert [p.problem is not None for p in batch] == [True, False, False]
     assert [p.reason for p in batch] == ["ok", "reference fails a test", "no 'Test Cases:'"]

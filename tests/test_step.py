@@ -45,7 +45,7 @@ def test_score_majority_rewards_and_the_majority_rule_for_the_proposer():
     four-way split), the proposer reward read from another record's slice."""
     batch = [proposal(0, answers=answered(6, 6, 7, None)), proposal(1, answers=answered(1, 2, 3, 4)),
              proposal(2, answers=answered(5, 5, 5, 5)), proposal(3, answers=answered(None, None, 8, 9))]
-    sqlm.score(cfg_for(), batch)
+    sqlm.score(cfg_for(), batch, parallel.ONE)
     assert [p.solver_rewards for p in batch] == [[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]
     assert [p.proposer_reward for p in batch] == [1.0, 0.0, 0.0, 0.0]
     assert [(p.majority, p.majority_count) for p in batch] == [("6", 2), ("1", 1), ("5", 4), (None, 2)]
@@ -64,7 +64,7 @@ def test_score_code_runs_the_proposers_tests():
     for p in batch:
         p.problem.tests = double
     batch[1].problem.tests = [("3", "6")]
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     assert [p.solver_rewards for p in batch] == [[1.0, 1.0, 0.0, 0.5], [1.0] * 4]
     assert [p.proposer_reward for p in batch] == [1.0, 0.0]
 
@@ -79,7 +79,7 @@ def test_score_pays_a_code_proposer_by_the_mean_not_by_perfect_programs():
              proposal(1, "Double it.", ["```python\nprint(int(input()) * 2)\n```"] + ["no program"] * 3)]
     for p in batch:
         p.problem.tests = [("2", "4"), ("5", "10")]
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     assert [p.task_rewards for p in batch] == [[0.5] * 4, [1.0, 0.0, 0.0, 0.0]]
     assert [p.proposer_reward for p in batch] == [1.0, 1.0]
 
@@ -88,7 +88,7 @@ def test_format_baseline_trains_on_format_and_pays_the_proposer_by_the_vote():
     """--solver-reward format: the solver's reward is 1 per parseable answer, while the proposer
     reward still reads the majority vote (a 2-2 split pays, though every format reward is 1)."""
     batch = [proposal(0, answers=answered(6, 6, 7, 7)), proposal(1, answers=answered(6, None, 6, 6))]
-    sqlm.score(cfg_for(solver_reward="format"), batch)
+    sqlm.score(cfg_for(solver_reward="format"), batch, parallel.ONE)
     assert [p.solver_rewards for p in batch] == [[1.0] * 4, [1.0, 0.0, 1.0, 1.0]]
     assert [p.task_rewards for p in batch] == [[1, 1, 0, 0], [1, 0, 1, 1]]
     assert [p.proposer_reward for p in batch] == [1.0, 1.0]
@@ -101,7 +101,7 @@ def test_format_baseline_as_released_pays_only_what_int_reads():
     texts = ["<answer>56,088</answer>", "<answer>3/4</answer>", "<answer>12</answer>", "no answer"]
     for released, want in ((False, [1.0, 1.0, 1.0, 0.0]), (True, [0.0, 0.0, 1.0, 0.0])):
         batch = [proposal(0, answers=texts)]
-        sqlm.score(cfg_for(solver_reward="format", as_released=released), batch)
+        sqlm.score(cfg_for(solver_reward="format", as_released=released), batch, parallel.ONE)
         assert batch[0].solver_rewards == want
         assert rewards.format_solver_rewards(texts, "arith", released) == want
 
@@ -113,7 +113,7 @@ def test_format_baseline_leaves_its_mark_on_the_logs():
     field reading the other list, which the default configuration (the same list) cannot see."""
     cfg = cfg_for(solver_reward="format")
     batch = [proposal(0, answers=answered(6, 6, 7, 7)), proposal(1, answers=answered(6, None, 6, 6))]
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     rec = harness.record(3, batch[0])
     assert rec["solver_rewards"] == [1.0] * 4 and rec["task_rewards"] == [1, 1, 0, 0]
     metrics = sqlm.step_metrics(batch, cfg)
@@ -136,7 +136,7 @@ def test_solver_groups_are_numbered_by_proposal_not_by_surviving_row():
     [k*minibatch, ...) whatever was dropped. Guard: groups numbered 0, 1, 2... over solved rows."""
     cfg = cfg_for()
     batch = scored_batch()
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     solver, _ = sqlm.to_sequences(batch, cfg, update_proposer=False)
     assert [s.group for s in solver] == [i for i in (0, 2, 3, 4, 5, 7) for _ in range(4)]
     expected = sqlm.grpo_advantages([r for p in batch if p.answers for r in p.solver_rewards], 4)
@@ -148,7 +148,7 @@ def test_invalid_proposals_count_zero_in_their_group_and_are_not_trained():
     update. Guards: counting it 0.5 (or its group's mean), training it."""
     cfg = cfg_for()
     batch = scored_batch()
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     _, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
     rewards_ = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # 1 < m < n, invalid 1 and 6 count 0
     assert [p.proposer_reward for p in batch] == rewards_
@@ -162,7 +162,7 @@ def test_as_released_trains_invalid_proposals_too():
     its loss mask only in multi-turn mode)."""
     cfg = cfg_for(as_released=True)
     batch = scored_batch()
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     _, proposer = sqlm.to_sequences(batch, cfg, update_proposer=True)
     assert [s.group for s in proposer] == [0, 0, 0, 0, 1, 1, 1, 1]
 
@@ -173,7 +173,7 @@ def test_step_records_and_metrics_read_the_same_proposals():
     cfg = cfg_for()
     batch = scored_batch()
     batch[3].problem = rewards.Problem("Write any problem.")  # no arithmetic expression: no truth
-    sqlm.score(cfg, batch)
+    sqlm.score(cfg, batch, parallel.ONE)
     metrics = sqlm.step_metrics(batch, cfg)
     assert metrics["valid_rate"] == 6 / 8
     assert metrics["majority_checked"] == 5
@@ -234,7 +234,7 @@ def test_propose_asks_for_solutions_only_under_cat(monkeypatch):
     monkeypatch.setattr(rollout, "chat_prompt", lambda tok, text: seen.append(text) or [0])
     monkeypatch.setattr(sqlm, "sample", lambda *a: [sample("no tests here")] * 2)
     for cat in (False, True):
-        sqlm.propose(None, None, sqlm.Config(task="code", cat=cat, batch=1, n=2).resolve(), seed=(0,))
+        sqlm.propose(None, None, sqlm.Config(task="code", cat=cat, batch=1, n=2).resolve(), seed=(0,), world=parallel.ONE)
     assert ["Reference Solution:" in text and "Wrong Solution:" in text for text in seen] == [False, True]
 
 
@@ -265,8 +265,8 @@ def test_released_solves_invalid_proposals_as_raw_text_and_cuts_long_prompts_fro
     for as_released in (False, True):
         cfg = sqlm.Config(task="algebra", batch=2, n=2, max_prompt=300, as_released=as_released).resolve()
         seen = fake_rollouts(monkeypatch, iter(replies + ["<answer>1</answer>"] * 8))
-        batch = sqlm.propose(None, None, cfg, seed=(0,))
-        sqlm.solve(None, None, cfg, batch, seed=(1,))
+        batch = sqlm.propose(None, None, cfg, seed=(0,), world=parallel.ONE)
+        sqlm.solve(None, None, cfg, batch, seed=(1,), world=parallel.ONE)
         solver_prompts = seen[2:]  # the proposer's two prompts first
         if not as_released:
             assert [p.reason for p in batch][:3] == ["no 'Selected Question:'", "prompt too long", "ok"]
@@ -286,9 +286,9 @@ def test_released_loss_is_a_mean_of_micro_batch_token_means(tiny_dir):
     seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids[:2 + 3 * i], a, group=0)
             for i, (s, a) in enumerate(zip(outs, [1.0, -0.5, 0.25, -1.0]))]
     cfg = sqlm.Config(kl=0, microbatch=2)
-    sqlm.prepare(model, None, seqs, cfg, CPU)
+    sqlm.prepare(model, None, seqs, cfg, CPU, parallel.ONE)
     for as_released in (False, True):
-        stats = sqlm.accumulate_gradients(model, None, seqs, dataclasses.replace(cfg, as_released=as_released), CPU)
+        stats = sqlm.accumulate_gradients(model, None, seqs, dataclasses.replace(cfg, as_released=as_released), CPU, parallel.ONE)
         # ratio 1 everywhere: the per-token loss is -A, so the two aggregations are simple sums
         lengths = [len(s.completion_ids) for s in seqs]
         if as_released:
@@ -305,9 +305,7 @@ def test_deal_gives_the_longest_sequence_first_to_the_process_with_fewest_tokens
     the process with fewer tokens, all four to process 1: 5 and 4 tokens. Shortest first would deal
     the 1s to 0, 1, 0, 1 and the 5 to 0 (a tie, the lower rank): 7 and 2. Guards: the order of the
     deal changed (the bound "within the longest sequence" holds for both)."""
-    seqs = [sqlm.Seq([1], [2] * (n - 1), 0.0, group=0) for n in (5, 1, 1, 1, 1)]
-    sqlm.deal(seqs, cfg_for(minibatch=8), parallel.World(0, 2))
-    assert [s.rank for s in seqs] == [0, 1, 1, 1, 1]
+    assert parallel.World(0, 2).deal([5, 1, 1, 1, 1]) == [0, 1, 1, 1, 1]
 
 
 class RankZeroOfTwo(parallel.World):
@@ -322,15 +320,14 @@ class RankZeroOfTwo(parallel.World):
 
 @pytest.mark.parametrize("as_released", [False, True])
 def test_normaliser_counts_every_processs_micro_batches(tiny_dir, as_released):
-    """Two processes, micro-batches of 2: rank 0 is dealt one sequence (one micro-batch, then an idle
-    one), rank 1 three (two micro-batches). At ratio 1 the per-token loss is -A, so rank 0's share of
-    the loss is -A * its tokens / all four sequences' tokens (ours), or its micro-batch's token mean
-    -A divided by the 3 micro-batches of both processes (released; its own 2 calls would give -A/2).
-    Guards: a normaliser counted on one process, a count rounded down."""
-    model, tok = rollout.load(tiny_dir, device="cpu")
-    outs = rollout.generate(model, tok, [rollout.chat_prompt(tok, "go")], n=4, max_new_tokens=6, seed=1)
-    seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids[:3 + i], 0.5, group=0, rank=min(i, 1), on_policy=True)
-            for i, s in enumerate(outs)]
+    """Two processes, micro-batches of 2: rank 0 is dealt the long sequence (one micro-batch, then an
+    idle one), rank 1 the three short ones (two micro-batches). At ratio 1 the per-token loss is -A, so
+    rank 0's share of the loss is -A * its tokens / all four sequences' tokens (ours), or its
+    micro-batch's token mean -A divided by the 3 micro-batches of both processes (released; its own
+    2 calls would give -A/2). Guards: a normaliser counted on one process, a count rounded down."""
+    model, _ = rollout.load(tiny_dir, device="cpu")
+    seqs = [sqlm.Seq([1], [7] * n, 0.5, group=0, on_policy=True) for n in (20, 3, 3, 3)]
+    assert RankZeroOfTwo().deal([1 + n for n in (20, 3, 3, 3)]) == [0, 1, 1, 1]  # the deal this test needs
     cfg = sqlm.Config(kl=0, microbatch=2, as_released=as_released)
     stats = sqlm.accumulate_gradients(model, None, seqs, cfg, CPU, RankZeroOfTwo())
     tokens = [len(s.completion_ids) for s in seqs]
@@ -343,9 +340,6 @@ def test_released_code_config_has_no_kl():
     assert sqlm.Config(task="code").resolve().kl_coef == 0.001
     assert sqlm.Config(task="arith", as_released=True).resolve().kl_coef == 0.001
 
-
-def test_released_group_of_one_gets_its_reward():
-    assert sqlm.grpo_advantages([1.0, 0.0], 1, released=True).tolist() == [1.0, 0.0]
 
 
 # --- the on-policy first mini-batch ----------------------------------------------------------
@@ -361,10 +355,10 @@ def test_first_solver_minibatch_skips_the_old_log_prob_pass(tiny_dir, monkeypatc
     rows = []
     real = sqlm.micro_logprobs
     monkeypatch.setattr(sqlm, "micro_logprobs", lambda m, micro, *a: rows.append(len(micro)) or real(m, micro, *a))
-    sqlm.prepare(model, None, seqs, cfg, CPU)
+    sqlm.prepare(model, None, seqs, cfg, CPU, parallel.ONE)
     assert rows == [4]  # only the second mini-batch's rows
     assert all(s.old_logp is None for s in seqs[:4]) and all(s.old_logp is not None for s in seqs[4:])
-    stats = sqlm.accumulate_gradients(model, None, seqs[:4], cfg, CPU)
+    stats = sqlm.accumulate_gradients(model, None, seqs[:4], cfg, CPU, parallel.ONE)
     assert stats["ratio"] == 1.0 and stats["clip_frac"] == 0.0
 
 
@@ -390,7 +384,7 @@ def test_train_step_marks_only_the_solvers_first_minibatch_on_policy(tiny_dir, m
     cfg = sqlm.Config(task="arith", batch=4, n=2, minibatch=2, max_response=4, kl=0, proposer_every=1).resolve()
     model, tok = rollout.load(tiny_dir, device="cpu")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    sqlm.train_step(0, model, model, None, optimizer, tok, cfg, CPU)
+    sqlm.train_step(0, sqlm.Models(model, model, model, None, optimizer), tok, cfg, CPU, parallel.ONE)
     assert marks == [[True] * 4 + [False] * 12, [False] * 8]  # 8 solver groups of 2, 2 a mini-batch; proposer 8
 
 
@@ -439,7 +433,7 @@ def test_eval_data_and_sampled_eval_reach_the_held_out_run(monkeypatch, tmp_path
         return {"accuracy": 0.25 * kw["samples"]}
     monkeypatch.setattr(heldout, "evaluate", evaluate)
     cfg = sqlm.Config(task="arith", eval_data=str(data), eval_samples=4, temperature=0.7).resolve()
-    assert harness.run_eval(None, None, cfg) == {"eval_accuracy": 0.25, "eval_sampled_accuracy": 1.0}
+    assert harness.run_eval(None, None, cfg, parallel.ONE) == {"eval_accuracy": 0.25, "eval_sampled_accuracy": 1.0}
     assert [(p[0]["problem"], k, t) for p, k, t in calls] == [("What is 2 * 3?", 1, 0.0), ("What is 2 * 3?", 4, 0.7)]
 
 
@@ -451,7 +445,7 @@ def test_samples_do_not_depend_on_rollout_rows(tiny_dir):
     texts = []
     for rows in (4, 8, 64):
         cfg = sqlm.Config(max_response=12, rollout_rows=rows, n=2).resolve()
-        texts.append([s.completion_ids for s in sqlm.sample(model, tok, prompts, range(5), cfg, seed=(0, 1, 1))])
+        texts.append([s.completion_ids for s in sqlm.sample(model, tok, prompts, range(5), cfg, seed=(0, 1, 1), world=parallel.ONE)])
     assert texts[0] == texts[1] == texts[2]
     assert texts[0][0] != texts[0][4]  # two identical prompts still draw different samples
 
@@ -477,11 +471,11 @@ def test_a_long_rollout_phase_shows_progress(monkeypatch, capsys):
     clock = iter(range(0, 1000, 11))  # each reading 11 s later: a long phase
     monkeypatch.setattr(rollout.time, "time", lambda: next(clock))
     cfg = sqlm.Config(rollout_rows=4, n=2).resolve()
-    sqlm.sample(None, None, [[1]] * 4, range(4), cfg, seed=(0, 3, 1), label="solve")
+    sqlm.sample(None, None, [[1]] * 4, range(4), cfg, seed=(0, 3, 1), label="solve", world=parallel.ONE)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split("  ")[:2] for line in lines] == [["solve", "4/8 rows"], ["solve", "8/8 rows"]]
     assert all("tok/s" in line and "eta" in line for line in lines)
     clock = iter(range(1000))
     monkeypatch.setattr(rollout.time, "time", lambda: next(clock))
-    sqlm.sample(None, None, [[1]] * 4, range(4), cfg, seed=(0, 3, 0), label="propose")
+    sqlm.sample(None, None, [[1]] * 4, range(4), cfg, seed=(0, 3, 0), label="propose", world=parallel.ONE)
     assert capsys.readouterr().err == ""

@@ -1,4 +1,4 @@
-"""sqlm.main end to end on the tiny model: outputs, checkpoints, resume, CLI errors."""
+"""harness.main (`python sqlm.py`) end to end on the tiny model: outputs, checkpoints, resume, CLI errors."""
 import json
 import os
 
@@ -6,6 +6,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import harness
+import parallel
 import rewards
 import sqlm
 
@@ -22,7 +23,7 @@ def read_jsonl(path):
 def test_main_writes_metrics_samples_and_loadable_checkpoint(task, tiny_dir, tmp_path):
     """Two steps must leave metrics, every proposal's record, the config and a from_pretrained checkpoint."""
     run = tmp_path / task
-    assert sqlm.main(["--task", task, "--model", tiny_dir, "--steps", "2", "--out", str(run)] + FAST) == 0
+    assert harness.main(["--task", task, "--model", tiny_dir, "--steps", "2", "--out", str(run)] + FAST) == 0
     metrics = read_jsonl(run / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert all("eval_accuracy" in m for m in metrics) and "t_update" in metrics[0]
@@ -47,11 +48,11 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(rewards, "majority_solver_rewards", fake_rewards)
     args = ["--task", "arith", "--model", tiny_dir, "--lr", "1e-2", "--eval-every", "0", "--save-every", "1"]
     fast = FAST[:FAST.index("--eval-every")] + FAST[FAST.index("--eval-limit"):]  # eval off
-    assert sqlm.main(args + fast + ["--steps", "2", "--out", str(tmp_path / "a")]) == 0
-    assert sqlm.main(args + fast + ["--steps", "1", "--out", str(tmp_path / "b")]) == 0
+    assert harness.main(args + fast + ["--steps", "2", "--out", str(tmp_path / "a")]) == 0
+    assert harness.main(args + fast + ["--steps", "1", "--out", str(tmp_path / "b")]) == 0
     with open(tmp_path / "b" / "samples.jsonl", "a") as f:
         f.write('{"step": 1, "proposal": "cut off by a ki')  # a kill mid-write must not block the resume
-    assert sqlm.main(["--steps", "2", "--resume", str(tmp_path / "b")]) == 0  # the rest from the run's config
+    assert harness.main(["--steps", "2", "--resume", str(tmp_path / "b")]) == 0  # the rest from the run's config
     straight = read_jsonl(tmp_path / "a" / "metrics.jsonl")
     resumed = read_jsonl(tmp_path / "b" / "metrics.jsonl")
     assert [m["step"] for m in resumed] == [0, 1]
@@ -78,7 +79,7 @@ def test_resume_reproduces_next_step(tiny_dir, tmp_path, monkeypatch):
 def test_bad_cli_input_exits_2_with_one_line(argv, message, capsys):
     """Bad input: one line on stderr naming the problem, exit code 2, no traceback."""
     try:
-        code = sqlm.main(argv)
+        code = harness.main(argv)
     except SystemExit as e:
         code = e.code
     err = capsys.readouterr().err
@@ -91,5 +92,5 @@ def test_training_eval_batches_follow_rollout_rows(monkeypatch):
     seen = {}
     monkeypatch.setattr(heldout, "evaluate", lambda *a, **kw: seen.update(kw) or {"accuracy": 0.5})
     cfg = sqlm.Config(task="arith", rollout_rows=96, eval_limit=3).resolve()
-    assert harness.run_eval(None, None, cfg) == {"eval_accuracy": 0.5}
+    assert harness.run_eval(None, None, cfg, parallel.ONE) == {"eval_accuracy": 0.5}
     assert seen["batch_size"] == 96 and seen["limit"] == 3 and seen["max_new_tokens"] == 1024
