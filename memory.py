@@ -5,7 +5,7 @@ memory` prints it for the Qwen2.5 shapes; tests/test_memory.py checks its coeffi
 allocations measured on CPU. docs/memory.md has the table and what it leaves out.
 """
 
-USABLE = 0.9  # of a card that fit_memory plans for: the rest for the CUDA context, kernels, fragmentation
+USABLE = 0.9  # of a card, for fit_memory: the rest for the CUDA context, kernels, fragmentation
 
 
 def attention_widths(config):
@@ -20,14 +20,16 @@ def parameter_count(config):
     hidden, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     q_width, kv_width = attention_widths(config)
     bias = config.model_type == "qwen2" or getattr(config, "attention_bias", False)
-    attention = hidden * (q_width + 2 * kv_width) + q_width * hidden + bias * (q_width + 2 * kv_width)
-    per_layer = attention + 3 * hidden * inter + 2 * hidden  # + MLP (gate, up, down) + two RMSNorm weights
+    qkv = q_width + 2 * kv_width
+    attention = hidden * qkv + q_width * hidden + bias * qkv  # q, k, v (and their biases), o
+    per_layer = attention + 3 * hidden * inter + 2 * hidden  # + MLP (gate, up, down) + two RMSNorms
     return root_weights(config) + layers * per_layer
 
 
 def root_weights(config):
-    """Weights outside the decoder layers: the embedding, the lm-head unless tied, the final norm."""
-    return config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2) + config.hidden_size
+    """Weights outside the decoder layers: embedding, lm-head unless tied, final norm."""
+    heads = 1 if config.tie_word_embeddings else 2  # the embedding, and an untied lm-head
+    return config.vocab_size * config.hidden_size * heads + config.hidden_size
 
 
 def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n=4, kl=True,
@@ -39,7 +41,8 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
     gpu=True is sqlm.py's CUDA path: fp32 weights under bf16 autocast, a bf16 sampling copy, bf16
     KV cache; gpu=False is its CPU path (everything fp32, sampling on the trained model). N weights:
 
-      resident    4N fp32 weights + 8N AdamW moments + 4N fp32 KL reference (kl > 0; kl_bytes=2: bf16)
+      resident    4N fp32 weights + 8N AdamW moments + 4N fp32 KL reference (kl > 0; 2N in bf16,
+                  kl_bytes=2)
       rollout     + 2N bf16 sampling copy (freed during the update: sqlm.release_sampler)
                   + the decoding peak (`rollout_bytes`)
       logprobs    (old and reference log-probs, no grad) + 2N autocast's bf16 weight casts + the
@@ -58,25 +61,27 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
     keeps a whole sampling copy (fp32 on CPU). Rollout rows and micro-batches are per process.
     """
     weights = parameter_count(config)
-    e = 2 if gpu else 4  # bytes per element of what autocast computes (and of the sampler's KV cache)
+    e = 2 if gpu else 4  # bytes per element of what autocast computes (and of the sampler's cache)
     tokens, scored = microbatch * (max_prompt + max_response), microbatch * max_response
 
     shard = weights / world
-    resident = {"weights": 4 * shard, "adamw": 8 * shard, "kl_reference": kl_bytes * shard if kl else 0}
-    sampler_copy = 2 * weights if gpu else 4 * weights if world > 1 else 0  # 1 CPU process: the model
+    resident = {"weights": 4 * shard, "adamw": 8 * shard,
+                "kl_reference": kl_bytes * shard if kl else 0}
+    sampler_copy = 2 * weights if gpu else 4 * weights if world > 1 else 0  # 1 CPU process: no copy
     kv_cache, decoding = rollout_bytes(config, rollout_rows, n, max_prompt, max_response, e)
-    chunk = min(chunk_tokens, scored) * config.vocab_size * 4  # the lm-head's fp32 logits of one chunk
+    chunk = min(chunk_tokens, scored) * config.vocab_size * 4  # the fp32 logits of an lm-head chunk
     grads, casts = update_weight_bytes(config, weights, gpu, world)
     saved, backward = activation_bytes(config, tokens, chunk, e, grad_checkpointing)
-    final_hidden = tokens * 12 * config.hidden_size  # 3 fp32 H-wide per token, as in activation_bytes
+    final_hidden = tokens * 12 * config.hidden_size  # 3 fp32 H-wide a token, as in activation_bytes
+    mlp_transients = tokens * e * 3 * config.intermediate_size  # of one MLP, no grad
     phases = {
         "rollout": sampler_copy + decoding,
-        "logprobs": casts + final_hidden + max(2 * chunk, tokens * e * 3 * config.intermediate_size),
+        "logprobs": casts + final_hidden + max(2 * chunk, mlp_transients),
         "update": grads + casts + saved + backward,
         "optimizer": 4 * shard * (1 if fused_adamw else 2),
     }
-    plan = dict(resident, resident=sum(resident.values()), sampler_copy=sampler_copy, kv_cache=kv_cache,
-                activations=saved, logprob_chunk=chunk, grads=4 * shard)
+    plan = dict(resident, resident=sum(resident.values()), sampler_copy=sampler_copy,
+                kv_cache=kv_cache, activations=saved, logprob_chunk=chunk, grads=4 * shard)
     plan.update({f"{name}_peak": plan["resident"] + extra for name, extra in phases.items()})
     plan["peak"] = max(plan[f"{name}_peak"] for name in phases)
     plan["peak_phase"] = max(phases, key=lambda name: plan[f"{name}_peak"])
@@ -95,9 +100,10 @@ def rollout_bytes(config, rows, n, max_prompt, max_response, e):
     kv_cache = rows * (max_prompt + max_response) * layers * 2 * kv_width * e
     prompts = -(-rows // n)
     prefill_cache = prompts * max_prompt * layers * 2 * kv_width * e
-    prefill_layer = prompts * max_prompt * (16 * hidden + e * 3 * inter)  # no grad: one layer's transients
+    prefill_layer = prompts * max_prompt * (16 * hidden + e * 3 * inter)  # a layer's, no grad
     sampling = rows * (config.vocab_size * 26 + e * 3 * inter + 12 * hidden)
-    return kv_cache, max(prefill_cache + prefill_layer, prefill_cache + kv_cache, kv_cache + sampling)
+    in_time_order = (prefill_cache + prefill_layer, prefill_cache + kv_cache, kv_cache + sampling)
+    return kv_cache, max(in_time_order)
 
 
 def update_weight_bytes(config, weights, gpu, world):
@@ -116,8 +122,8 @@ def update_weight_bytes(config, weights, gpu, world):
 
 
 def activation_bytes(config, tokens, chunk, e, grad_checkpointing):
-    """(activations kept for backward, what backward adds at its peak) in bytes, for a micro-batch of
-    `tokens` tokens and an lm-head chunk of `chunk` bytes of fp32 logits.
+    """(activations kept for backward, what backward adds at its peak) in bytes, for a micro-batch
+    of `tokens` tokens and an lm-head chunk of `chunk` bytes of fp32 logits.
 
     Kept per token, per layer: 4 fp32 H-wide tensors (the two RMSNorms' inputs and normalised
     values) and, at e bytes per element (2 under bf16 autocast, 4 in fp32), 3 H-wide (norm
@@ -132,7 +138,7 @@ def activation_bytes(config, tokens, chunk, e, grad_checkpointing):
     if grad_checkpointing:
         saved = tokens * (layers * 4 * hidden + outside)
         return saved, max(7 * chunk // 2, tokens * (per_layer + e * inter))
-    return tokens * (layers * per_layer + outside), 4 * chunk  # every layer's activations still kept
+    return tokens * (layers * per_layer + outside), 4 * chunk  # all layers' activations still kept
 
 
 def fit_memory(config, device_bytes, *, max_rows=1024, max_microbatch=128, **settings):

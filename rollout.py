@@ -69,34 +69,51 @@ def load(name_or_path, device=None, dtype=None):
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     name = os.path.expanduser(str(name_or_path))
     is_dir = os.path.isdir(name)
-    if not is_dir and (name.startswith((".", "/")) or name.count("/") > 1):  # a path, not "org/name" or "gpt2"
+    # a path, not "org/name" or "gpt2"
+    if not is_dir and (name.startswith((".", "/")) or name.count("/") > 1):
         raise LoadError(f"model directory not found: {name_or_path}")
-    offline = not is_dir and not hub_reachable()  # once, quickly: a cached hub model still loads offline
+    # once, quickly: a cached hub model still loads offline
+    offline = not is_dir and not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or torch.float32,
+                                                     local_files_only=offline)
     except Exception as e:  # hub unreachable, unknown id, broken files: one line, no traceback
-        short_of = shortage(e)
-        if short_of:
-            raise LoadError(f"cannot load model '{name_or_path}': the machine ran out of {short_of} while loading it "
-                            f"({cli.first_line(e, 200)}); the model is not at fault: run again with more {short_of} "
-                            f"free (fewer processes at once)") from None
-        if offline:
-            raise LoadError(f"cannot load model '{name_or_path}': it is not a local directory, not in the Hugging "
-                            f"Face cache, and the hub is unreachable (offline); pass the directory of a "
-                            f"downloaded model") from None
-        first = cli.first_line(e, 200)
-        where = "the directory holds no loadable model" if is_dir else "not a local directory, and the hub gave"
-        raise LoadError(f"cannot load model '{name_or_path}' ({where}: {first})") from None
+        raise load_error(name_or_path, e, is_dir, offline) from None
     problem = tokenizer_problem(tokenizer, model)
     if problem:
-        missing = [f for f in TOKENIZER_FILES if not os.path.exists(os.path.join(name, f))] if is_dir else []
-        hint = (f"the directory has no {', '.join(missing[:-1])} or {missing[-1]}" if len(missing) == len(TOKENIZER_FILES) else
-                "are its tokenizer files complete?") if is_dir else "is this a chat model?"
+        hint = tokenizer_hint(name, is_dir)
         raise LoadError(f"the tokenizer of {name_or_path} {problem}: {hint}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+def load_error(name_or_path, e, is_dir, offline):
+    """The one-line LoadError for `e`, raised while loading: the machine short of a resource, an
+    offline machine without the model cached, or what the directory or the hub said."""
+    short_of = shortage(e)
+    if short_of:
+        return LoadError(f"cannot load model '{name_or_path}': the machine ran out of {short_of} "
+                         f"while loading it ({cli.first_line(e, 200)}); the model is not at fault: "
+                         f"run again with more {short_of} free (fewer processes at once)")
+    if offline:
+        return LoadError(f"cannot load model '{name_or_path}': it is not a local directory, not in "
+                         f"the Hugging Face cache, and the hub is unreachable (offline); pass the "
+                         f"directory of a downloaded model")
+    where = ("the directory holds no loadable model" if is_dir
+             else "not a local directory, and the hub gave")
+    return LoadError(f"cannot load model '{name_or_path}' ({where}: {cli.first_line(e, 200)})")
+
+
+def tokenizer_hint(name, is_dir):
+    """What to check when the tokenizer of `name` is unusable: its files, or is it a chat model."""
+    if not is_dir:
+        return "is this a chat model?"
+    if not any(os.path.exists(os.path.join(name, f)) for f in TOKENIZER_FILES):
+        *others, last = TOKENIZER_FILES
+        return f"the directory has no {', '.join(others)} or {last}"
+    return "are its tokenizer files complete?"
 
 
 def shortage(e):
@@ -116,15 +133,17 @@ def shortage(e):
     return None
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # one of them: fast, sentencepiece, BPE
+# one of them: fast, sentencepiece, BPE
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 PROBE = "What is 12 * 3?"  # a problem as the tasks write them
 
 
 def tokenizer_problem(tokenizer, model):
-    """Why `tokenizer` cannot serve `model` as a chat tokenizer, or None. Transformers loads a directory
-    without tokenizer files (or with tokenizer_config.json but no vocabulary) as a tokenizer of a few
-    special tokens, which turns every prompt into nothing or into one token: training then runs on
-    empty prompts. So a chat prompt must encode to ids the model has, and decode back to its text."""
+    """Why `tokenizer` cannot serve `model` as a chat tokenizer, or None. Transformers loads a
+    directory without tokenizer files (or with tokenizer_config.json but no vocabulary) as a
+    tokenizer of a few special tokens, which turns every prompt into nothing or into one token:
+    training then runs on empty prompts. So a chat prompt must encode to ids the model has, and
+    decode back to its text."""
     try:
         ids = chat_prompt(tokenizer, PROBE)
     except Exception as e:  # no chat template, or a template that fails
@@ -132,8 +151,10 @@ def tokenizer_problem(tokenizer, model):
         return f"cannot build a chat prompt ({first})"
     if not ids:
         return "cannot build a chat prompt (it encodes to no tokens)"
-    if PROBE not in tokenizer.decode(ids):  # an unknown or dropped character, or no vocabulary at all
-        return f"cannot build a chat prompt ({PROBE!r} does not survive encoding: {len(tokenizer)} tokens known)"
+    # an unknown or dropped character, or no vocabulary at all
+    if PROBE not in tokenizer.decode(ids):
+        return (f"cannot build a chat prompt ({PROBE!r} does not survive encoding: "
+                f"{len(tokenizer)} tokens known)")
     if max(ids) >= model.get_input_embeddings().num_embeddings:
         return f"does not fit the model (token id {max(ids)}, but the model has " \
                f"{model.get_input_embeddings().num_embeddings} embeddings)"
@@ -167,8 +188,8 @@ class Sample:
     completion_ids: list          # ends with the stop token when finished
     text: str                     # decoded completion, stop token excluded
     finished: bool                # stopped on a stop token (False: hit max_new_tokens)
-    logprobs: list = field(default_factory=list)  # log-prob of each sampled token under the sampling distribution
-    entropy: float = 0.0          # mean entropy (nats) of the sampling distribution over the completion
+    logprobs: list = field(default_factory=list)  # log-prob of each token as sampled
+    entropy: float = 0.0          # mean entropy (nats) of each token's sampling distribution
 
 
 def left_pad(seqs, pad_id, device):
@@ -187,7 +208,8 @@ def left_pad(seqs, pad_id, device):
 # depends only on (prompt i's seed, j, t), never on the batch it shares or the order rows finish in.
 # splitmix64 (Steele, Lea, Flood 2014) in wrapping int64 arithmetic; a logical shift is emulated by
 # masking the sign-extended bits of torch's arithmetic shift.
-_GOLDEN, _MUL1, _MUL2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+_GOLDEN, _MUL1, _MUL2 = (c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
+                                             0x94D049BB133111EB))
 
 
 def _int64(value):
@@ -200,14 +222,15 @@ def _shift_right(x, bits):
 
 
 def mix64(x):
-    """splitmix64's finaliser on an int64 tensor: a bijection of 64-bit words that scrambles every bit."""
+    """splitmix64's finaliser on an int64 tensor: a bijection of 64-bit words, all bits mixed."""
     x = (x ^ _shift_right(x, 30)) * _MUL1
     x = (x ^ _shift_right(x, 27)) * _MUL2
     return x ^ _shift_right(x, 31)
 
 
 def sample_keys(prompt_seeds, n):
-    """(len(prompt_seeds) * n,) int64 key of each sample's random stream: mix64(mix64(seed_i) + (j + 1) * golden)."""
+    """(len(prompt_seeds) * n,) int64 key of each sample's random stream:
+    mix64(mix64(seed_i) + (j + 1) * golden)."""
     j = torch.arange(n, device=prompt_seeds.device).repeat(len(prompt_seeds))
     return mix64(mix64(prompt_seeds).repeat_interleave(n) + (j + 1) * _GOLDEN)
 
@@ -218,8 +241,8 @@ def uniforms(keys, step):
 
 
 def prompt_seeds(seed, count, device):
-    """(count,) int64 seed per prompt. seed: one per prompt (a list), or an int from which prompt i's is
-    mix64(seed + (i + 1) * golden), or None (drawn from torch's global generator)."""
+    """(count,) int64 seed per prompt. seed: one per prompt (a list), or an int from which prompt
+    i's is mix64(seed + (i + 1) * golden), or None (drawn from torch's global generator)."""
     if isinstance(seed, (list, tuple)):
         if len(seed) != count:
             raise ValueError(f"generate got {len(seed)} seeds for {count} prompts")
@@ -231,7 +254,7 @@ def prompt_seeds(seed, count, device):
 
 
 def sample_next(logits, temperature, top_p, u):
-    """Next token per row, its log-prob and the entropy (nats) of the distribution it was drawn from.
+    """Next token per row, its log-prob and the entropy (nats) of the distribution it came from.
 
     logits: (B, V) fp32; u: (B,) uniforms in [0, 1). The token is the inverse CDF at u of
     softmax(logits / temperature) (cumulative sum in float64, in token-id order): the first token
@@ -242,7 +265,8 @@ def sample_next(logits, temperature, top_p, u):
     """
     if temperature == 0:
         token, logp = logits.argmax(-1), logits.log_softmax(-1)
-        return token, logp.gather(-1, token[:, None]).squeeze(-1), torch.special.entr(logp.exp()).sum(-1)
+        return (token, logp.gather(-1, token[:, None]).squeeze(-1),
+                torch.special.entr(logp.exp()).sum(-1))
     logits = logits / temperature
     if top_p < 1.0:
         sorted_logits, order = logits.sort(-1, descending=True)
@@ -252,14 +276,17 @@ def sample_next(logits, temperature, top_p, u):
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     logp = logits.log_softmax(-1)  # (B, V)
     probs = logp.exp()
-    cdf = probs.double().cumsum(-1)  # (B, V); float64 so that a small token's share is not lost in the sum
+    cdf = probs.double().cumsum(-1)  # (B, V); float64: a small token's share is not lost in the sum
     target = u.to(cdf.dtype) * cdf[:, -1]  # < cdf[:, -1] for u < 1
-    token = torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1).clamp(max=logits.shape[-1] - 1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1), torch.special.entr(probs).sum(-1)  # entr(0) = 0
+    token = torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1)
+    token = token.clamp(max=logits.shape[-1] - 1)
+    return (token, logp.gather(-1, token[:, None]).squeeze(-1),
+            torch.special.entr(probs).sum(-1))  # entr(0) = 0
 
 
 class _PreallocatedLayer(CacheLayerMixin):
-    """One layer's KV cache in buffers allocated once for the whole generation, (B, kv_heads, max_len, head_dim).
+    """One layer's KV cache in buffers allocated once for the whole generation,
+    (B, kv_heads, max_len, head_dim).
 
     `update` writes the new keys/values at the current length and returns views of the filled part,
     so attention reads only what exists; `keep` compacts the batch to the rows still running.
@@ -292,18 +319,18 @@ class _PreallocatedLayer(CacheLayerMixin):
         return self.keys.shape[2]
 
     def keep(self, rows):
-        self.keys, self.values = self.keys[rows], self.values[rows]  # the old buffers are freed layer by layer
+        self.keys, self.values = self.keys[rows], self.values[rows]  # old buffers freed per layer
 
 
 def preallocated_cache(prefill, n, max_len):
-    """A cache of `max_len` positions per row holding each prefilled prompt's keys/values repeated n times."""
+    """Each prefilled prompt's keys/values, n times, in a cache of `max_len` positions per row."""
     layers = []
     for layer in prefill.layers:
         keys, values = layer.keys, layer.values  # (P, kv_heads, width, head_dim)
         width = keys.shape[2]
         shape = (keys.shape[0] * n, keys.shape[1], max_len, keys.shape[3])
         k, v = keys.new_empty(shape), values.new_empty(shape[:3] + values.shape[3:])
-        # prompt p's rows are [p*n, (p+1)*n): broadcast its keys into them, with no repeated copy in between
+        # prompt p's rows are [p*n, (p+1)*n): its keys broadcast into them, no repeated copy between
         k.view(-1, n, *shape[1:])[:, :, :, :width] = keys[:, None]
         v.view(-1, n, *v.shape[1:])[:, :, :, :width] = values[:, None]
         layers.append(_PreallocatedLayer(k, v, width))
@@ -311,8 +338,8 @@ def preallocated_cache(prefill, n, max_len):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, seed=None,
-             check_every=8):
+def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0,
+             seed=None, check_every=8):
     """Sample `n` completions for each prompt (lists of token ids); prompt i's at [i*n:(i+1)*n].
 
     seed: an int, one int per prompt, or None. Sample j of prompt i draws step t's token from
@@ -324,10 +351,12 @@ def generate(model, tokenizer, prompts, n=1, max_new_tokens=256, temperature=1.0
     when every row has stopped and drops finished rows from the batch and the cache once a quarter
     of the batch has finished.
     """
-    if temperature < 0 or not 0 < top_p <= 1 or not all(prompts) or max_new_tokens < 1 or check_every < 1:
+    if (temperature < 0 or not 0 < top_p <= 1 or not all(prompts) or max_new_tokens < 1
+            or check_every < 1):
         raise ValueError(f"generate needs temperature >= 0, 0 < top_p <= 1, max_new_tokens >= 1, "
                          f"check_every >= 1 and non-empty prompts (got temperature={temperature}, "
-                         f"top_p={top_p}, max_new_tokens={max_new_tokens}, check_every={check_every})")
+                         f"top_p={top_p}, max_new_tokens={max_new_tokens}, "
+                         f"check_every={check_every})")
     device = next(model.parameters()).device
     keys = sample_keys(prompt_seeds(seed, len(prompts), device), n)  # (B*n,)
     stops = torch.tensor(stop_token_ids(model, tokenizer), device=device)
@@ -350,7 +379,8 @@ def prefill(model, ids, mask, positions, n, max_new_tokens):
     width = mask.shape[1]
     cache = preallocated_cache(prompt_cache, n, width + max_new_tokens)
     del prompt_cache, out  # before the mask grows: the prompts' own cache is no longer needed
-    mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones((len(ids) * n, max_new_tokens))], dim=1)
+    rows = len(ids) * n
+    mask = torch.cat([mask.repeat_interleave(n, 0), mask.new_ones((rows, max_new_tokens))], dim=1)
     next_pos = positions[:, -1:].repeat_interleave(n, 0) + 1  # (B*n, 1)
     return logits, cache, mask, next_pos
 
@@ -369,7 +399,8 @@ def decode(model, padded, n, keys, stops, max_new_tokens, temperature, top_p, ch
     rows = torch.arange(total, device=device)  # which sample each batch row is
     running = torch.ones(total, dtype=torch.bool, device=device)  # per batch row: not stopped yet
     for step in range(max_new_tokens):
-        token, logp, token_entropy = sample_next(logits, temperature, top_p, uniforms(keys[rows], step))
+        token, logp, token_entropy = sample_next(logits, temperature, top_p,
+                                                 uniforms(keys[rows], step))
         tokens[rows, step] = token
         token_logp[rows, step] = logp
         entropy[rows] += token_entropy * running
@@ -384,8 +415,8 @@ def decode(model, padded, n, keys, stops, max_new_tokens, temperature, top_p, ch
                 break
             if live <= 3 * len(rows) // 4:  # drop finished rows from the batch and the cache
                 keep = running.nonzero().squeeze(-1)
-                rows, token, mask, next_pos, running = (rows[keep], token[keep], mask[keep], next_pos[keep],
-                                                        running[keep])
+                rows, token, mask, next_pos, running = (rows[keep], token[keep], mask[keep],
+                                                        next_pos[keep], running[keep])
                 for layer in cache.layers:
                     layer.keep(keep)
         # the mask is preallocated to its final width; each step uses one more column
@@ -402,15 +433,16 @@ def to_samples(tokenizer, prompts, n, stops, tokens, token_logp, entropy, length
     max_new_tokens = tokens.shape[1]
     finished = lengths < max_new_tokens
     finished |= (lengths == max_new_tokens) & torch.isin(tokens[:, -1], stops)
-    tokens, token_logp, lengths, finished, entropy = (t.tolist() for t in (tokens, token_logp, lengths,
-                                                                           finished, entropy))
+    tokens, token_logp, lengths, finished, entropy = (
+        t.tolist() for t in (tokens, token_logp, lengths, finished, entropy))
     samples = []
     for i in range(len(tokens)):
         completion = tokens[i][:lengths[i]]
         body = completion[:-1] if finished[i] else completion
         samples.append(Sample(prompt_ids=list(prompts[i // n]), completion_ids=completion,
                               text=tokenizer.decode(body, skip_special_tokens=False),
-                              finished=finished[i], logprobs=token_logp[i][:lengths[i]], entropy=entropy[i]))
+                              finished=finished[i], logprobs=token_logp[i][:lengths[i]],
+                              entropy=entropy[i]))
     return samples
 
 
@@ -431,9 +463,10 @@ def generate_many(model, tokenizer, prompts, n, seeds, rows, progress, **samplin
 
 
 def progress_printer(label, samples=1, stream=None, quiet_seconds=0.0):
-    """A `progress(done, total, figures)` for a long sampling job (eval, sqlm's rollout phases): rows
-    done, tokens/s, ETA and accuracy if known, as one line refreshed in place on a terminal, or a plain
-    line at most every 10 s (and the last) in a log; nothing for a phase shorter than quiet_seconds."""
+    """A `progress(done, total, figures)` for a long sampling job (eval, sqlm's rollout phases):
+    rows done, tokens/s, ETA and accuracy if known, as one line refreshed in place on a terminal, or
+    a plain line at most every 10 s (and the last) in a log; nothing for a phase shorter than
+    quiet_seconds."""
     stream, started, last = stream or sys.stderr, time.time(), [0.0]
 
     def show(done, total, figures):
@@ -442,7 +475,8 @@ def progress_printer(label, samples=1, stream=None, quiet_seconds=0.0):
             return
         tokens = figures.get("tokens", figures.get("mean_length", 0) * done * samples)
         eta = elapsed * (total - done) / done
-        line = (f"{label}  {done:>{len(str(total))}}/{total} rows  {tokens / elapsed:.0f} tok/s  eta {eta:.0f}s"
+        line = (f"{label}  {done:>{len(str(total))}}/{total} rows  {tokens / elapsed:.0f} tok/s  "
+                f"eta {eta:.0f}s"
                 + (f"  acc {figures['accuracy']:.3f}" if "accuracy" in figures else ""))
         if stream.isatty():
             last[0] = last[0] or time.time()
@@ -457,7 +491,8 @@ def progress_printer(label, samples=1, stream=None, quiet_seconds=0.0):
 # --- teacher-forced log-probs --------------------------------------------------------
 
 def pack(pairs, pad_id, device):
-    """Right-padded (ids, attention mask, completion mask), each (B, T), from (prompt, completion) id lists."""
+    """Right-padded (ids, attention mask, completion mask), each (B, T), from (prompt, completion)
+    id lists."""
     width = max(len(p) + len(c) for p, c in pairs)
     ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     attn, comp = torch.zeros_like(ids), torch.zeros_like(ids)
@@ -469,7 +504,8 @@ def pack(pairs, pad_id, device):
 
 
 def autocast(device):
-    """bf16 autocast over fp32 master weights on GPU (sqlm.py's training precision); plain fp32 on CPU."""
+    """bf16 autocast over fp32 master weights on GPU (sqlm.py's training precision); plain fp32 on
+    CPU."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -477,16 +513,19 @@ def autocast(device):
 
 def _chunk_logprobs(hidden, weight, targets, temperature):
     """log_softmax(hidden @ weight.T / temperature)[targets] in fp32, for one chunk of tokens."""
-    with torch.autocast(hidden.device.type, enabled=False):  # autocast would recast the fp32 matmul to bf16
-        logits = F.linear(hidden.float() / temperature, weight.float())  # (chunk, V); scaling h saves a V-wide copy
+    with torch.autocast(hidden.device.type, enabled=False):  # or autocast runs the matmul in bf16
+        # (chunk, V); scaling h saves a V-wide copy
+        logits = F.linear(hidden.float() / temperature, weight.float())
         return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-PLAIN_HEAD_FAMILIES = ("qwen2", "qwen3", "llama", "mistral")  # logits = decoder(x) @ lm_head.weight.T, nothing else
+# logits = decoder(x) @ lm_head.weight.T, nothing else
+PLAIN_HEAD_FAMILIES = ("qwen2", "qwen3", "llama", "mistral")
 
 
 def check_plain_head(model):
-    """Raise ValueError (one line) unless the model's logits are exactly decoder output @ lm-head weight.T.
+    """Raise ValueError (one line) unless the model's logits are exactly
+    decoder output @ lm-head weight.T.
 
     token_logprobs reads those two directly (the model's own forward would build full-vocabulary
     logits); a head with a bias, a logit scale or a final-logit soft-cap would give wrong numbers.
@@ -502,11 +541,12 @@ def check_plain_head(model):
         if problem is None and config.model_type not in PLAIN_HEAD_FAMILIES:
             problem = f"model type '{config.model_type}' is not one whose head is known to be plain"
     if problem:
-        raise ValueError(f"token_logprobs reads the lm-head weight directly, exact only for plain heads "
-                         f"({', '.join(PLAIN_HEAD_FAMILIES)}): {problem}")
+        raise ValueError(f"token_logprobs reads the lm-head weight directly, exact only for plain "
+                         f"heads ({', '.join(PLAIN_HEAD_FAMILIES)}): {problem}")
 
 
-def token_logprobs(model, input_ids, attention_mask, completion_mask, temperature=1.0, chunk_tokens=4096):
+def token_logprobs(model, input_ids, attention_mask, completion_mask, temperature=1.0,
+                   chunk_tokens=4096):
     """Per-token log pi(x_t | x_<t) at completion positions, (B, T) fp32, zero elsewhere.
 
     input_ids, attention_mask, completion_mask: (B, T); completion_mask marks the tokens
@@ -518,7 +558,8 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask, temperatur
     module's forward.
     """
     if temperature <= 0:
-        raise ValueError(f"token_logprobs needs temperature > 0 (greedy samples are scored at 1.0), got {temperature}")
+        raise ValueError(f"token_logprobs needs temperature > 0 (greedy samples are scored at "
+                         f"1.0), got {temperature}")
     net = TokenLogprobs(model) if hasattr(model, "get_decoder") else model
     return net(input_ids, attention_mask, completion_mask, temperature, chunk_tokens)
 
@@ -535,15 +576,17 @@ class TokenLogprobs(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, completion_mask, temperature, chunk_tokens):
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                          position_ids=positions, use_cache=False).last_hidden_state  # (B, T, H)
+        decoder = self.model.get_decoder()
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                         use_cache=False).last_hidden_state  # (B, T, H)
         weight = self.model.get_output_embeddings().weight  # (V, H)
         scored = completion_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
         h = hidden[:, :-1][scored]  # (N, H)
         targets = input_ids[:, 1:][scored]  # (N,)
         pieces = []
         for start in range(0, len(targets), chunk_tokens):
-            args = (h[start:start + chunk_tokens], weight, targets[start:start + chunk_tokens], temperature)
+            span = slice(start, start + chunk_tokens)
+            args = (h[span], weight, targets[span], temperature)
             if torch.is_grad_enabled():
                 pieces.append(checkpoint(_chunk_logprobs, *args, use_reentrant=False))
             else:
