@@ -22,7 +22,7 @@ from fractions import Fraction
 import prompts
 import sandbox
 
-MAX_ANSWER_CHARS = 100  # longer answers are not numbers we vote on; keeps 10**10**9-style strings cheap
+MAX_ANSWER_CHARS = 100  # longer answers are no numbers we vote on; keeps 10**10**9 cheap
 MAX_TESTS = 10          # tests per problem, as in the released code
 TEST_TIMEOUT = 5.0      # seconds per test run
 TEST_MEMORY_MB = 512
@@ -37,8 +37,10 @@ _ASSIGNMENT = re.compile(r"[A-Za-z]\w*\s*=\s*(.+)", re.ASCII | re.DOTALL)
 _WRAPPERS = (("\\boxed{", "}"), ("\\(", "\\)"), ("\\[", "\\]"), ("$", "$"))
 _RELEASED_ANSWER = re.compile(r"<answer>(.*?)</answer>")  # one line only (no DOTALL), as released
 _SELECTED = re.compile(r"selected question\s*:", re.IGNORECASE)
-_TEST_HEADER = re.compile(r"^[ \t*#]*test cases[ \t*]*:", re.IGNORECASE | re.MULTILINE)  # "Read T test cases:" is prose
-_SOLUTION_HEADER = re.compile(r"^[ \t*#]*(reference|wrong) solution[^\n:]*:", re.IGNORECASE | re.MULTILINE)
+# "Read T test cases:" is prose
+_TEST_HEADER = re.compile(r"^[ \t*#]*test cases[ \t*]*:", re.IGNORECASE | re.MULTILINE)
+_SOLUTION_HEADER = re.compile(r"^[ \t*#]*(reference|wrong) solution[^\n:]*:",
+                              re.IGNORECASE | re.MULTILINE)
 _INPUT_LINE = re.compile(r"[+-]?\d+(?:[ \t]+[+-]?\d+)*", re.ASCII)
 
 
@@ -49,12 +51,12 @@ class Problem:
     """A parsed proposal: what the solver sees, plus the code task's tests and CaT programs."""
     text: str
     tests: list[tuple[str, str]] = field(default_factory=list)  # (stdin line, expected stdout)
-    reference: str | None = None                                # --cat: a program passing every test
-    wrong: list[str] = field(default_factory=list)              # --cat: programs failing some test
+    reference: str | None = None                                # --cat: passes every test
+    wrong: list[str] = field(default_factory=list)              # --cat: each fails some test
 
 
 def strip_think(text):
-    """The reply after its last `</think>`; a `<think>` never closed leaves only what preceded it."""
+    """The reply after its last `</think>`; a `<think>` never closed leaves what came before it."""
     end = text.rfind("</think>")
     if end >= 0:
         return text[end + len("</think>"):].strip()
@@ -86,7 +88,8 @@ def parse_proposal(task, text, cat=False, released=False, arith_check=False):
         marks = list(_SELECTED.finditer(body))
         if not marks:
             return None, "no 'Selected Question:'"
-        question = body[marks[-1].end():].strip(" \t\r\n*")  # "**Selected Question:** ..." in markdown
+        # "**Selected Question:** ..." in markdown
+        question = body[marks[-1].end():].strip(" \t\r\n*")
         return (Problem(question), "ok") if question else (None, "empty")
     return _parse_code(body, cat, released)
 
@@ -146,7 +149,8 @@ def _released_test_line(line):
 
 
 def _parse_test_line(line):
-    """(stdin, expected) from `INPUT ||| OUTPUT`: one line of integers, an integer or a list; else None."""
+    """(stdin, expected) from `INPUT ||| OUTPUT`: a line of integers, then an integer or a list;
+    else None."""
     if "|||" not in line:
         return None
     stdin, expected = (part.strip().strip("`").strip() for part in line.split("|||", 1))
@@ -175,7 +179,8 @@ def normalize_answer(answer):
         previous = s
         s = s.strip().rstrip(".").strip()
         for opening, closing in _WRAPPERS:
-            if len(s) >= len(opening) + len(closing) and s.startswith(opening) and s.endswith(closing):
+            fits = len(s) >= len(opening) + len(closing)
+            if fits and s.startswith(opening) and s.endswith(closing):
                 s = s[len(opening):-len(closing)]
         assignment = _ASSIGNMENT.fullmatch(s)
         if assignment:
@@ -288,7 +293,7 @@ def _python_blocks(text):
 
 
 def _output_tokens(text):
-    """Tokens of a printed integer or list: outer brackets and commas dropped, split on whitespace."""
+    """Tokens of a printed integer or list: split at whitespace, outer brackets, commas dropped."""
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
@@ -302,7 +307,7 @@ def _same_token(got, want):
 
 
 def _int_value(token):
-    """An integer token in canonical form without int() (no digit limit): "+007" -> "7", "-0" -> "0"."""
+    """An integer token's canonical form without int()'s digit limit: "+007" -> "7", "-0" -> "0"."""
     digits = token.lstrip("+-").lstrip("0") or "0"
     return "-" + digits if token.startswith("-") and digits != "0" else digits
 
@@ -321,28 +326,32 @@ def output_matches(stdout, expected, lenient=False):
     return len(got) == len(want) and all(map(_same_token, got, want))
 
 
-def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB, lenient=False):
-    """passes[i][j]: program i printed the expected output of test j of test_sets[i] (`output_matches`).
+def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB,
+                  lenient=False):
+    """passes[i][j]: program i printed the expected output (`output_matches`) of test j of
+    test_sets[i].
 
     Every run of every program goes through ONE sandbox.run_many call, so a whole batch
     keeps all cores busy; a None program fails all its tests without running. The verdict is
     taken outside the program: status ok and output accepted by the judge.
     """
-    jobs = [(code, stdin + "\n", expected) for code, tests in zip(programs, test_sets) if code is not None
-            for stdin, expected in tests]
+    jobs = [(code, stdin + "\n", expected) for code, tests in zip(programs, test_sets)
+            if code is not None for stdin, expected in tests]
 
     def passed(job, result):
         return result.status == "ok" and output_matches(result.stdout, job[2], lenient)
 
-    verdicts = iter(sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb, judge=passed) if jobs else [])
-    return [[next(verdicts) if code is not None else False for _ in tests] for code, tests in zip(programs, test_sets)]
+    verdicts = iter(sandbox.run_many(jobs, timeout=timeout, memory_mb=memory_mb, judge=passed)
+                    if jobs else [])
+    return [[next(verdicts) if code is not None else False for _ in tests]
+            for code, tests in zip(programs, test_sets)]
 
 
-def test_pass_rates(programs, test_sets, cap=MAX_TESTS, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB,
-                    lenient=False):
-    """Share of its own tests (the first `cap`; None: all) that each program passes; no program or no
-    tests: 0. The code solver's reward (Sec. 3: a step's programs x their problem's at most 10 tests
-    in one sandbox call), and eval's pass rate (cap=None)."""
+def test_pass_rates(programs, test_sets, cap=MAX_TESTS, timeout=TEST_TIMEOUT,
+                    memory_mb=TEST_MEMORY_MB, lenient=False):
+    """Share of its own tests (the first `cap`; None: all) that each program passes; no program or
+    no tests: 0. The code solver's reward (Sec. 3: a step's programs x their problem's at most 10
+    tests in one sandbox call), and eval's pass rate (cap=None)."""
     test_sets = [tests[:cap] for tests in test_sets]
     passes = run_test_sets(programs, test_sets, timeout, memory_mb, lenient)
     return [sum(p) / len(p) if p else 0.0 for p in passes]
@@ -354,16 +363,18 @@ def cat_filter(problems, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB, lenient
     program of every problem runs in one sandbox call."""
     ready = [p.reference is not None and bool(p.wrong) and bool(p.tests) for p in problems]
     programs = [code for p, ok in zip(problems, ready) if ok for code in (p.reference, *p.wrong)]
-    test_sets = [p.tests[:MAX_TESTS] for p, ok in zip(problems, ready) if ok for _ in range(1 + len(p.wrong))]
+    test_sets = [p.tests[:MAX_TESTS] for p, ok in zip(problems, ready) if ok
+                 for _ in range(1 + len(p.wrong))]
     passes = iter(run_test_sets(programs, test_sets, timeout, memory_mb, lenient))
     verdicts = []
     for p, ok in zip(problems, ready):
         if not ok:
-            verdicts.append((False, "no tests" if not p.tests else "no reference or wrong solution"))
+            verdicts.append((False, "no reference or wrong solution" if p.tests else "no tests"))
             continue
         reference, wrong = next(passes), [next(passes) for _ in p.wrong]
         verdicts.append((False, "reference fails a test") if not all(reference) else
-                        (False, "a wrong solution passes every test") if any(all(w) for w in wrong) else (True, "ok"))
+                        (False, "a wrong solution passes every test") if any(all(w) for w in wrong)
+                        else (True, "ok"))
     return verdicts
 
 
@@ -409,17 +420,19 @@ def arith_shape(problem_text):
 
 _ARITH_TOKEN = re.compile(r"""
     (?P<num>\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?)          # 12, 56,088, 3.5
-  | (?P<op>[+*/()×÷·\-\u2212]|\\times|\\cdot|\\div|(?<=[\d\s)])[xX](?=[\s\d(]))  # x only between operands
+  | (?P<op>[+*/()×÷·\-\u2212]|\\times|\\cdot|\\div
+      |(?<=[\d\s)])[xX](?=[\s\d(]))                       # x only between operands
   | (?P<space>\s+)
   | (?P<other>.)""", re.VERBOSE | re.DOTALL)
-_OPS = {"×": "*", "·": "*", "\\times": "*", "\\cdot": "*", "x": "*", "X": "*", "÷": "/", "\\div": "/",
-        "\u2212": "-"}
+_OPS = {"×": "*", "·": "*", "\\times": "*", "\\cdot": "*", "x": "*", "X": "*", "÷": "/",
+        "\\div": "/", "\u2212": "-"}
 MAX_PROBLEM_CHARS = 500  # longer problems are not read (keeps the parser cheap on any text)
 
 
 def _expression(problem_text):
     """The (kind, token) list of the text's one run of numbers, operators and parentheses that
-    holds a number and an operator; [] if there is none or more than one, or the text is too long."""
+    holds a number and an operator; [] if there is none or more than one, or if the text is
+    longer than MAX_PROBLEM_CHARS."""
     if len(problem_text) > MAX_PROBLEM_CHARS:
         return []
     runs, current = [], []
