@@ -9,13 +9,15 @@ import re
 import signal
 import sys
 
-NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)", re.IGNORECASE)
+NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|infinity|nan)",
+                             re.IGNORECASE)
 
 
 # The entry points' --help epilog: the one setting that is not a flag (sandbox.ALLOW_MISSING).
-SANDBOX_HELP = ("environment: SQLM_SANDBOX_ALLOW_MISSING=LAYERS (comma-separated: bwrap, uid, cgroup, seccomp) lets "
-                "code programs run without those sandbox layers where the machine lacks them; by default a missing "
-                "layer stops a code run with one line saying how to get it.")
+SANDBOX_HELP = ("environment: SQLM_SANDBOX_ALLOW_MISSING=LAYERS (comma-separated: bwrap, uid, "
+                "cgroup, seccomp) lets code programs run without those sandbox layers where the "
+                "machine lacks them; by default a missing layer stops a code run with one line "
+                "saying how to get it.")
 
 
 def negative_values_joined(argv):
@@ -32,15 +34,17 @@ def negative_values_joined(argv):
 
 
 def device(name):
-    """torch.device for --device: '' or None = cuda if available, else cpu; cpu; cuda[:N] on a GPU machine."""
+    """torch.device for --device: '' or None = cuda if available, else cpu; cpu; cuda[:N] on a GPU
+    machine."""
     import torch
+    unknown = f"unknown or unavailable --device '{name}' (cpu, or cuda[:N] on a GPU machine)"
     kind = (name or "").split(":")[0] or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
-        raise ValueError(f"unknown or unavailable --device '{name}' (cpu, or cuda[:N] on a GPU machine)")
+        raise ValueError(unknown)
     try:
         return torch.device(name or kind)
     except RuntimeError:  # "cuda:x"
-        raise ValueError(f"unknown or unavailable --device '{name}' (cpu, or cuda[:N] on a GPU machine)") from None
+        raise ValueError(unknown) from None
 
 
 def check_creatable(path, flag="--out", file=False):
@@ -58,7 +62,8 @@ def check_creatable(path, flag="--out", file=False):
 
 
 def first_line(e, limit=160):
-    """An exception's message cut to its first line (its type's name if it has none): for one-line errors."""
+    """An exception's message cut to its first line (its type's name if it has none), for one-line
+    errors."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
 
 
@@ -106,7 +111,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def interrupt_code(e):
-    """The exit code of an interrupt: 130 for Ctrl-C, 143 for SIGTERM (128 + the signal's number)."""
+    """The exit code of an interrupt: 130 for Ctrl-C, 143 for SIGTERM (128 + the signal number)."""
     return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
