@@ -11,12 +11,12 @@ by default, and reports strict accuracy next to the released code's own figure
 pass@k and maj@k (definitions in `summarize`).
 
 Left out: few-shot prompts, answer checking by a model, third-party benchmark files
-(export one to JSONL and pass --data).
+(export one to JSONL and pass --data), and the tiny world's multiplication splits, which live
+with the rest of that experiment in experiments.py.
 
     python eval.py --task arith --model DIR [--data F] [--limit N] [--samples K] [--out F]
 """
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -35,9 +35,9 @@ import rewards
 import rollout
 import sandbox
 
-SEED = 1                                                    # TinyZero seeds its multiplication set with 1
-ARITH_SIZE = 4096                                           # TinyZero's multiplication test-set size
-ARITH_DRAWS = 100_000                                       # draws before de-duplication, as TinyZero
+SEED = 1               # TinyZero seeds its multiplication set with 1
+ARITH_SIZE = 4096      # TinyZero's multiplication test-set size
+ARITH_DRAWS = 100_000  # draws before de-duplication, as TinyZero
 ALGEBRA_SIZE = 100
 CODE_FILE = Path(__file__).resolve().parent / "data" / "code.jsonl"
 
@@ -63,51 +63,16 @@ def arith_set(size=ARITH_SIZE, seed=SEED, draws=ARITH_DRAWS):
     return [{"problem": f"What is {a} * {b}?", "answer": str(c)} for a, b, c in unique[-size:]]
 
 
-# --- arith, the tiny world: a difficulty knob and disjoint splits ------------------------
-
-WORLD_SPLITS = {"heldout": (0, 25), "dev": (25, 40), "train": (40, 100)}  # percent buckets of a pair's hash
-
-
-def operands(d):
-    """The operands with d digits (one digit: 2-9, leaving out the trivial 0 and 1)."""
-    return range(2, 10) if d == 1 else range(10 ** (d - 1), 10 ** d)
-
-
-def parse_digits(spec):
-    """"2x1,1x1" -> ((2, 1), (1, 1)): digits of a and of b, one shape per comma."""
-    try:
-        shapes = tuple(tuple(int(d) for d in shape.split("x")) for shape in spec.split(","))
-    except ValueError:
-        shapes = ()
-    if not shapes or any(len(s) != 2 or not 1 <= min(s) <= max(s) <= 4 for s in shapes):
-        raise ValueError(f"--digits must look like 2x1 or 2x1,1x1 (1 to 4 digits a side), not {spec!r}")
-    return shapes
-
-
-def world_split(a, b):
-    """Which split the pair (a, b) belongs to, fixed by a hash of the pair (not by any seed), so
-    the held-out problems never reach the base model's training data or the dev set."""
-    bucket = int(hashlib.sha256(f"{a}*{b}".encode()).hexdigest(), 16) % 100
-    return next(name for name, (lo, hi) in WORLD_SPLITS.items() if lo <= bucket < hi)
-
-
-def arith_world(digits=((2, 1),), split="heldout", size=None, seed=0):
-    """Problems "What is a * b?" of the given digit shapes whose pair lies in `split`, shuffled
-    by `seed` (the first `size`). heldout (25% of pairs) is never used to choose anything; dev
-    (15%) is for choosing settings; train (60%) is all the base model's labels ever see."""
-    pairs = [(a, b) for da, db in digits for a in operands(da) for b in operands(db) if world_split(a, b) == split]
-    random.Random(seed).shuffle(pairs)
-    return [{"problem": f"What is {a} * {b}?", "answer": str(a * b)} for a, b in pairs[:size]]
-
-
 # --- algebra -------------------------------------------------------------------------
 
 NAMES = ["Ana", "Ben", "Carla", "Dev", "Elif", "Farid", "Grace", "Hugo"]
-ITEMS = [("adult ticket", "child ticket"), ("pen", "notebook"), ("coffee", "muffin"), ("apple", "melon")]
+ITEMS = [("adult ticket", "child ticket"), ("pen", "notebook"), ("coffee", "muffin"),
+         ("apple", "melon")]
 
 
 def solve_linear(equations):
-    """The unique solution, as Fractions, of rows [c_1, (c_2,) rhs] meaning sum_j c_j v_j = rhs; None if not unique.
+    """The unique solution, as Fractions, of rows [c_1, (c_2,) rhs] meaning sum_j c_j v_j = rhs;
+    None if not unique.
 
     One unknown: v = rhs / c, unique iff c != 0. Two unknowns (Cramer): det = a1 b2 - a2 b1,
     x = (c1 b2 - c2 b1) / det, y = (a1 c2 - a2 c1) / det, unique iff det != 0.
@@ -134,47 +99,54 @@ def _change(k):
 def _number(rng):
     a, c = rng.sample([k for k in range(-9, 10) if k], 2)
     b, d = rng.randint(-30, 30), rng.randint(-30, 30)
-    return (f"Multiplying a number by {a} and then {_change(b)} gives the same result as multiplying it "
-            f"by {c} and then {_change(d)}. What is the number?", [[a - c, d - b]], 0)
+    return (f"Multiplying a number by {a} and then {_change(b)} gives the same result as "
+            f"multiplying it by {c} and then {_change(d)}. What is the number?",
+            [[a - c, d - b]], 0)
 
 
 def _two_numbers(rng):
     a1, b1, a2, b2 = (rng.randint(1, 9) for _ in range(4))
     c1, c2, ask = rng.randint(-60, 60), rng.randint(-60, 60), rng.randint(0, 1)
-    return (f"{a1} times a first number plus {b1} times a second number is {c1}, and {a2} times the first number "
-            f"minus {b2} times the second number is {c2}. What is the {('first', 'second')[ask]} number?",
+    return (f"{a1} times a first number plus {b1} times a second number is {c1}, and {a2} times "
+            f"the first number minus {b2} times the second number is {c2}. What is the "
+            f"{('first', 'second')[ask]} number?",
             [[a1, b1, c1], [a2, -b2, c2]], ask)
 
 
 def _taxi(rng):
     fee, rate, km = rng.randint(2, 9), rng.randint(1, 4), rng.randint(1, 30)
-    return (f"A taxi charges a fixed fee of {_many(fee, 'dollar')} plus {_many(rate, 'dollar')} for every kilometre "
-            f"driven. A ride cost {fee + rate * km} dollars in all. How many kilometres long was the ride?",
+    return (f"A taxi charges a fixed fee of {_many(fee, 'dollar')} plus {_many(rate, 'dollar')} "
+            f"for every kilometre driven. A ride cost {fee + rate * km} dollars in all. How many "
+            f"kilometres long was the ride?",
             [[rate, rate * km]], 0)  # rate * km = total - fee
 
 
 def _shopping(rng):
     (first, second), ask = rng.choice(ITEMS), rng.randint(0, 1)
     a1, b1, a2, b2, p, q = (rng.randint(1, 9) for _ in range(6))
-    return (f"{_many(a1, first)} and {_many(b1, second)} cost {a1 * p + b1 * q} dollars together, while "
-            f"{_many(a2, first)} and {_many(b2, second)} cost {a2 * p + b2 * q} dollars. What is the price "
-            f"of one {(first, second)[ask]}, in dollars?", [[a1, b1, a1 * p + b1 * q], [a2, b2, a2 * p + b2 * q]], ask)
+    return (f"{_many(a1, first)} and {_many(b1, second)} cost {a1 * p + b1 * q} dollars "
+            f"together, while {_many(a2, first)} and {_many(b2, second)} cost {a2 * p + b2 * q} "
+            f"dollars. What is the price of one {(first, second)[ask]}, in dollars?",
+            [[a1, b1, a1 * p + b1 * q], [a2, b2, a2 * p + b2 * q]], ask)
 
 
 def _ages(rng):
     older, younger = rng.sample(NAMES, 2)
     ratio, back, ask = rng.randint(2, 5), rng.randint(1, 10), rng.randint(0, 1)
-    gap = (ratio - 1) * rng.randint(1, 10)  # so the ages are whole: younger = back + gap / (ratio - 1)
-    return (f"{older} is {_many(gap, 'year')} older than {younger}. {_many(back, 'year')} ago, {older} was {ratio} "
-            f"times as old as {younger} was then. How old is {(older, younger)[ask]} now?",
+    gap = (ratio - 1) * rng.randint(1, 10)  # whole ages: younger = back + gap / (ratio - 1)
+    return (f"{older} is {_many(gap, 'year')} older than {younger}. {_many(back, 'year')} ago, "
+            f"{older} was {ratio} times as old as {younger} was then. How old is "
+            f"{(older, younger)[ask]} now?",
             [[1, -1, gap], [1, -ratio, back * (1 - ratio)]], ask)  # x - back = ratio (y - back)
 
 
 def _coins(rng):
     small, large = sorted(rng.sample([1, 2, 5, 10, 20, 25, 50], 2))
-    x, y, ask = rng.randint(1, 30), rng.randint(1, 30), rng.randint(0, 1)  # "holds only" both kinds: at least one each
-    return (f"A jar holds only {small}-cent and {large}-cent coins: {x + y} coins worth {small * x + large * y} cents "
-            f"in all. How many {(small, large)[ask]}-cent coins are in the jar?",
+    x, y = rng.randint(1, 30), rng.randint(1, 30)  # "holds only" both kinds: at least one each
+    ask = rng.randint(0, 1)
+    return (f"A jar holds only {small}-cent and {large}-cent coins: {x + y} coins worth "
+            f"{small * x + large * y} cents in all. How many {(small, large)[ask]}-cent coins are "
+            f"in the jar?",
             [[1, 1, x + y], [small, large, small * x + large * y]], ask)
 
 
@@ -192,8 +164,9 @@ def algebra_set(size=ALGEBRA_SIZE, seed=SEED):
         text, equations, asked = rng.choice(TEMPLATES)(rng)
         solution = solve_linear(equations)
         if solution is not None and text not in problems:
-            problems[text] = {"problem": text, "answer": str(solution[asked]),  # str(Fraction): "7", "-3/4"
-                              "meta": {"equations": equations, "solution": [str(v) for v in solution], "asked": asked}}
+            meta = {"equations": equations, "solution": [str(v) for v in solution], "asked": asked}
+            problems[text] = {"problem": text, "answer": str(solution[asked]),  # "7", "-3/4"
+                              "meta": meta}
     return list(problems.values())
 
 
@@ -210,7 +183,8 @@ def read_jsonl(path, task):
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read data file {path}: {getattr(e, 'strerror', None) or e}") from None
+        reason = getattr(e, "strerror", None) or e
+        raise ValueError(f"cannot read data file {path}: {reason}") from None
     problems = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -229,20 +203,24 @@ def read_jsonl(path, task):
 
 
 def _checked(row, task):
-    if not isinstance(row, dict) or not isinstance(row.get("problem"), str) or not row["problem"].strip():
+    problem = row.get("problem") if isinstance(row, dict) else None
+    if not isinstance(problem, str) or not problem.strip():
         raise ValueError('expected an object with a non-empty string "problem"')
     if task == "code":
         inputs, outputs = row.get("inputs"), row.get("outputs")
-        if not (isinstance(inputs, list) and isinstance(outputs, list) and inputs and len(inputs) == len(outputs)
+        if not (isinstance(inputs, list) and isinstance(outputs, list) and inputs
+                and len(inputs) == len(outputs)
                 and all(isinstance(s, str) for s in inputs + outputs)):
-            raise ValueError('"inputs" and "outputs" must be non-empty lists of strings of equal length')
+            raise ValueError('"inputs" and "outputs" must be non-empty lists of strings of equal '
+                             'length')
         return row
     answer = row.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(Fraction(str(answer)))  # a JSON number: 1e20 and 0.75 exactly as written
     answer = rewards.normalize_answer(str(answer))  # the form extract_answer gives: "7", "-3/4"
     if answer is None:
-        raise ValueError(f'"answer" must be an integer, decimal or fraction, got {row.get("answer")!r}')
+        raise ValueError(f'"answer" must be an integer, decimal or fraction, '
+                         f'got {row.get("answer")!r}')
     return {**row, "answer": answer}
 
 
@@ -250,13 +228,16 @@ def load_problems(task, data=None):
     """The built-in held-out set of `task`, or the problems in the JSONL file `data`."""
     if data is not None:
         return read_jsonl(data, task)
-    return {"arith": arith_set, "algebra": algebra_set, "code": lambda: read_jsonl(CODE_FILE, "code")}[task]()
+    built_in = {"arith": arith_set, "algebra": algebra_set,
+                "code": lambda: read_jsonl(CODE_FILE, "code")}
+    return built_in[task]()
 
 
 # --- scoring -------------------------------------------------------------------------
 
 def score_responses(task, problems, responses):
-    """One record per response; problem i's k = len(responses) // len(problems) responses at [i*k:(i+1)*k].
+    """One record per response; problem i's k = len(responses) // len(problems) responses are at
+    [i*k:(i+1)*k].
 
     arith/algebra record: problem, response, answer (rewards.extract_answer), truth, correct, score
     (official). code record: problem, response, answer (the program), tests_passed (fraction),
@@ -267,10 +248,12 @@ def score_responses(task, problems, responses):
     if task != "code":
         answers = [rewards.extract_answer(text) for text in responses]
         return [{"problem": p["problem"], "response": text, "answer": answer, "truth": p["answer"],
-                 "correct": answer == p["answer"], "score": rewards.official_score(text, p["answer"])}
+                 "correct": answer == p["answer"],
+                 "score": rewards.official_score(text, p["answer"])}
                 for p, text, answer in zip(owners, responses, answers)]
     programs = [rewards.extract_program(text) for text in responses]
-    shares = rewards.test_pass_rates(programs, [list(zip(p["inputs"], p["outputs"])) for p in owners], cap=None)
+    tests = [list(zip(p["inputs"], p["outputs"])) for p in owners]
+    shares = rewards.test_pass_rates(programs, tests, cap=None)
     records = [{"problem": p["problem"], "response": text, "answer": code, "tests_passed": share,
                 "correct": share == 1.0, "score": share}
                for p, text, code, share in zip(owners, responses, programs, shares)]
@@ -306,7 +289,8 @@ def summarize(records, samples=1):
         figures["pass_at_k"] = _mean(any(r["correct"] for r in g) for g in groups)
         if "truth" in records[0]:
             voted = [[r["answer"] for r in g if r["answer"] is not None] for g in groups]
-            figures["maj_at_k"] = _mean(rewards.majority_vote(a)[0] == g[0]["truth"] for a, g in zip(voted, groups))
+            figures["maj_at_k"] = _mean(rewards.majority_vote(a)[0] == g[0]["truth"]
+                                        for a, g in zip(voted, groups))
     return figures
 
 
@@ -339,12 +323,15 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
         if progress:
             progress(len(outs) // samples, len(share), summarize(records, samples))
 
-    prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])) for p in share]
-    rollout.generate_many(model, tokenizer, prompt_ids, samples, list(mine) if temperature > 0 else None,
-                          batch_size, progress=scored, max_new_tokens=max_new_tokens, temperature=temperature)
+    prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"]))
+                  for p in share]
+    rollout.generate_many(model, tokenizer, prompt_ids, samples,
+                          list(mine) if temperature > 0 else None, batch_size, progress=scored,
+                          max_new_tokens=max_new_tokens, temperature=temperature)
     records = world.gather(records)  # every process's records, in the set's order
-    return {"task": task, "n_problems": len(records) // samples, "samples": samples, "temperature": temperature,
-            "max_new_tokens": max_new_tokens, "seconds": round(time.time() - start_time, 2),
+    return {"task": task, "n_problems": len(records) // samples, "samples": samples,
+            "temperature": temperature, "max_new_tokens": max_new_tokens,
+            "seconds": round(time.time() - start_time, 2),
             **summarize(records, samples), "records": records}
 
 
@@ -356,8 +343,8 @@ def fail(message):
 
 
 def check_out(out, overwrite):
-    """The result file: not a directory, not an earlier result unless --overwrite, in a writable place.
-    Nothing is created here, so a failed evaluation leaves no file behind."""
+    """The result file: not a directory, not an earlier result unless --overwrite, in a writable
+    place. Nothing is created here, so a failed evaluation leaves no file behind."""
     if out.is_dir():
         fail(f"--out {out} is a directory")
     if out.exists() and not overwrite:
@@ -369,8 +356,8 @@ def check_out(out, overwrite):
 
 
 def write_result(out, result):
-    """Write the result JSON atomically: a temporary file renamed into place, so a kill or a full disk
-    leaves no partial file (and an earlier result under --overwrite whole)."""
+    """Write the result JSON atomically: a temporary file renamed into place, so a kill or a full
+    disk leaves no partial file (and an earlier result under --overwrite whole)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         cli.write_atomic(out, json.dumps(result, indent=1))
@@ -379,23 +366,30 @@ def write_result(out, result):
 
 
 def main(argv=None):
-    """CLI entry: bad input or a failing disk is one line on stderr and exit code 2; Ctrl-C or SIGTERM
-    one line and exit code 130 or 143."""
-    return cli.exit_on_interrupt(lambda: run_cli(argv), "eval.py: interrupted; no result was written")
+    """CLI entry: bad input or a failing disk is one line on stderr and exit code 2; Ctrl-C or
+    SIGTERM one line and exit code 130 or 143."""
+    return cli.exit_on_interrupt(lambda: run_cli(argv),
+                                 "eval.py: interrupted; no result was written")
 
 
-def run_cli(argv):
-    parser = argparse.ArgumentParser(description="Score a model on a held-out set.", epilog=cli.SANDBOX_HELP)
+def parse_cli(argv):
+    """The command line's flags, checked: a bad one is one line and exit code 2."""
+    parser = argparse.ArgumentParser(description="Score a model on a held-out set.",
+                                     epilog=cli.SANDBOX_HELP)
     parser.add_argument("--task", required=True, help="arith, algebra or code")
     parser.add_argument("--model", required=True, help="local directory or hub id")
     parser.add_argument("--data", help="JSONL file replacing the built-in set")
     parser.add_argument("--limit", type=int, help="first N problems only")
     parser.add_argument("--samples", type=int, default=1, help="k > 1 adds pass@k and maj@k")
-    parser.add_argument("--temperature", type=float, help="default: 0 for one sample, 1.0 for several")
-    parser.add_argument("--max-new-tokens", type=int, help="default: 1024 arith, 3072 algebra, 512 code")
+    parser.add_argument("--temperature", type=float,
+                        help="default: 0 for one sample, 1.0 for several")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="default: 1024 arith, 3072 algebra, 512 code")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
-    parser.add_argument("--device", help="cpu, or cuda[:N] on a GPU machine (default: cuda if available, else cpu)")
-    parser.add_argument("--out", help="result JSON with per-problem records (default runs/eval-TASK.json)")
+    parser.add_argument("--device", help="cpu, or cuda[:N] on a GPU machine "
+                                         "(default: cuda if available, else cpu)")
+    parser.add_argument("--out", help="result JSON with per-problem records "
+                                      "(default runs/eval-TASK.json)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.error = fail  # usage errors too: one line, exit code 2
     args = parser.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
@@ -412,6 +406,11 @@ def run_cli(argv):
             cli.device(args.device)
         except ValueError as e:
             fail(str(e))
+    return args
+
+
+def run_cli(argv):
+    args = parse_cli(argv)
     out = Path(args.out or f"runs/eval-{args.task}.json")
     check_out(out, args.overwrite)
     try:
@@ -424,8 +423,9 @@ def run_cli(argv):
         model, tokenizer = rollout.load(args.model, device=args.device)
     except (ValueError, OSError, rollout.LoadError) as e:
         fail(str(e))
-    result = evaluate(model, tokenizer, args.task, problems, samples=args.samples, temperature=args.temperature,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+    result = evaluate(model, tokenizer, args.task, problems, samples=args.samples,
+                      temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size,
                       progress=rollout.progress_printer(f"eval {args.task}", args.samples))
     write_result(out, result)
     for key, value in result.items():

@@ -7,20 +7,23 @@ both load it. The same call with the same seed writes the same weights.
 
 The tokenizer is a byte-level BPE (1,024 ids) whose merges are learnt, in a second, from
 the task prompts; it carries the chat special tokens `<|endoftext|>`, `<|im_start|>`,
-`<|im_end|>`. Its chat template is Qwen's
-ChatML layout, so prompts look exactly as they do for Qwen2.5-Instruct.
+`<|im_end|>`. Its chat template is Qwen's ChatML layout, so prompts look exactly as they do
+for Qwen2.5-Instruct.
 
 `pretrain(out_dir, steps)` (`--pretrain STEPS`) then teaches it, on CPU in a minute or
 two, the *format* of the three tasks: synthetic transcripts of the real proposer and
 solver prompts answered in the contracted layouts (a product question; a `Selected
 Question:` line; a problem with `Test Cases:`; `<think>`/`<answer>`; a ```python block).
 It learns the layout, not arithmetic, so an offline SQLM run has valid proposals,
-parseable answers and rewards that are not all zero.
+parseable answers and rewards that are not all zero. `pretrain` takes any transcript
+function: the tiny world's base model, which does multiply, is this loop on that world's
+corpus (`python experiments.py pretrain`; corpus, splits and command live in experiments.py).
 
 What it is not: a model that knows anything. Random weights emit random bytes; the
 tiny model exists to test plumbing and measure speed, not to reproduce the paper.
 
-    python tiny.py --out /tmp/tiny [--layers 2 --hidden 64 --heads 4 --kv-heads 2] [--pretrain 200]
+    python tiny.py --out /tmp/tiny [--layers 2 --hidden 64 --heads 4 --kv-heads 2]
+    python tiny.py --out /tmp/tiny-fmt --pretrain 200   # then taught the tasks' formats
 """
 import argparse
 import contextlib
@@ -60,7 +63,8 @@ def tokenizer_corpus(seed=0, transcripts=2000):
         yield from transcript(rng)
 
 
-def make_tokenizer(vocab_size=1024, single_digits=False, corpus=None) -> PreTrainedTokenizerFast:
+def make_tokenizer(vocab_size=1024, single_digits=False,
+                   corpus=None) -> PreTrainedTokenizerFast:
     """Byte-level BPE (every byte sequence encodes) + the three chat special tokens.
 
     The merges are learnt from the task prompts, so a solver prompt is a few hundred tokens
@@ -72,10 +76,12 @@ def make_tokenizer(vocab_size=1024, single_digits=False, corpus=None) -> PreTrai
     """
     core = Tokenizer(models.BPE())
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    digits = pre_tokenizers.Digits(individual_digits=True)
+    core.pre_tokenizer = (pre_tokenizers.Sequence([digits, byte_level])
                           if single_digits else byte_level)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     core.train_from_iterator(tokenizer_corpus() if corpus is None else corpus, trainer)
     return PreTrainedTokenizerFast(
@@ -94,8 +100,8 @@ def make(out_dir, layers=2, hidden=64, heads=4, kv_heads=2, intermediate=None,
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate or 4 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True,
-        bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]),
+        max_position_embeddings=max_positions, tie_word_embeddings=True, bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]),
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=init_std,  # wider than Qwen's 0.02 so greedy outputs vary with the prompt
     )
@@ -118,14 +124,17 @@ QWEN25_SHAPES = {
                          num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
                        num_attention_heads=16, num_key_value_heads=2, tie_word_embeddings=True),
-    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, vocab_size=152064,
-                       num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
+    "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       vocab_size=152064, num_attention_heads=28, num_key_value_heads=4,
+                       tie_word_embeddings=False),
 }
 
 
 def shape_config(shape):
-    """The Qwen2Config of a real Qwen2.5 shape (vocabulary 151,936 unless the shape says otherwise)."""
-    return Qwen2Config(**{"vocab_size": 151936, "max_position_embeddings": 32768, "rope_theta": 1e6, **QWEN25_SHAPES[shape]})
+    """The Qwen2Config of a real Qwen2.5 shape (vocabulary 151,936 unless the shape says
+    otherwise)."""
+    return Qwen2Config(**{"vocab_size": 151936, "max_position_embeddings": 32768,
+                          "rope_theta": 1e6, **QWEN25_SHAPES[shape]})
 
 
 def random_real(shape, device="cpu", dtype=torch.float32, seed=0):
@@ -148,9 +157,12 @@ CODE_FAMILIES = [  # (statement, program body on `nums`, reference function)
     ("the sum of the integers", "print(sum(nums))", lambda xs: str(sum(xs))),
     ("the largest integer", "print(max(nums))", lambda xs: str(max(xs))),
     ("the smallest integer", "print(min(nums))", lambda xs: str(min(xs))),
-    ("the integers in increasing order", "print(*sorted(nums))", lambda xs: " ".join(map(str, sorted(xs)))),
-    ("the integers in reverse order", "print(*nums[::-1])", lambda xs: " ".join(map(str, xs[::-1]))),
-    ("how many integers are even", "print(sum(x % 2 == 0 for x in nums))", lambda xs: str(sum(x % 2 == 0 for x in xs))),
+    ("the integers in increasing order", "print(*sorted(nums))",
+     lambda xs: " ".join(map(str, sorted(xs)))),
+    ("the integers in reverse order", "print(*nums[::-1])",
+     lambda xs: " ".join(map(str, xs[::-1]))),
+    ("how many integers are even", "print(sum(x % 2 == 0 for x in nums))",
+     lambda xs: str(sum(x % 2 == 0 for x in xs))),
 ]
 
 
@@ -163,13 +175,16 @@ def transcript(rng):
         question = f"What is {a} * {b}?"
         if kind == "arith_p":
             return prompts.proposer_prompt("arith"), question
-        return prompts.solver_prompt("arith", question), f"<think>\n{a} * {b} = {a * b}\n</think>\n<answer>{a * b}</answer>"
+        working = f"<think>\n{a} * {b} = {a * b}\n</think>\n<answer>{a * b}</answer>"
+        return prompts.solver_prompt("arith", question), working
     if kind.startswith("algebra"):
         x, k, c = rng.randint(-20, 20), rng.randint(2, 9), rng.randint(1, 50)
         question = f"{k} times a number, plus {c}, equals {k * x + c}. What is the number?"
         if kind == "algebra_p":
-            return prompts.proposer_prompt("algebra"), f"<think>\nOne unknown, unique.\n</think>\nSelected Question: {question}"
-        return prompts.solver_prompt("algebra", question), f"<think>\n{k}x + {c} = {k * x + c}, so x = {x}\n</think>\n<answer>{x}</answer>"
+            return (prompts.proposer_prompt("algebra"),
+                    f"<think>\nOne unknown, unique.\n</think>\nSelected Question: {question}")
+        return (prompts.solver_prompt("algebra", question),
+                f"<think>\n{k}x + {c} = {k * x + c}, so x = {x}\n</think>\n<answer>{x}</answer>")
     statement, body, ref = rng.choice(CODE_FAMILIES)
     problem = f"Read a line of integers and print {statement}."
     if kind == "code_p":
@@ -179,138 +194,15 @@ def transcript(rng):
             tests.append(f"{' '.join(map(str, xs))} ||| {ref(xs)}")
         return prompts.proposer_prompt("code"), problem + "\nTest Cases:\n" + "\n".join(tests)
     program = f"nums = list(map(int, input().split()))\n{body}"
-    return prompts.solver_prompt("code", problem), f"<think>\nRead, compute, print.\n</think>\n```python\n{program}\n```"
-
-
-# --- the arith world: a base model that multiplies, unreliably --------------------------
-
-PROPOSER_SHAPES = ((1, 1), (2, 1), (2, 2), (3, 1), (3, 2))  # what the base proposer writes, easy to hard
-# The curriculum world's proposer (`--proposer-mix curriculum`): mostly problems the solver learns
-# to answer unanimously within a few steps (1x1, one line of working), a quarter at the frontier it
-# was taught and slips on (2x1), nothing beyond (docs/tiny_world.md, 'A world where the curriculum
-# should matter').
-CURRICULUM_MIX = {(1, 1): 0.75, (2, 1): 0.25}
-
-
-def parse_mix(spec):
-    """"curriculum" -> CURRICULUM_MIX; "1x1:3,2x1:1" -> {(1, 1): 3.0, (2, 1): 1.0}; ValueError is one line."""
-    if spec == "curriculum":
-        return dict(CURRICULUM_MIX)
-    mix = {}
-    try:
-        for part in spec.split(","):
-            shape, weight = part.split(":")
-            a, b = (int(d) for d in shape.split("x"))
-            mix[(a, b)] = float(weight)
-    except ValueError:
-        mix = {}
-    if not mix or any(not 1 <= min(s) <= max(s) <= 4 for s in mix) or any(w < 0 for w in mix.values()) \
-            or not sum(mix.values()) > 0:
-        raise ValueError(f"--proposer-mix must be 'curriculum' or look like 1x1:0.75,2x1:0.25 "
-                         f"(non-negative weights, 1 to 4 digits a side), not {spec!r}")
-    return mix
-
-
-def corrupt_one_digit(value, rng):
-    """`value` with one digit, chosen at random, replaced by another (no new leading zero)."""
-    digits = list(str(value))
-    i = rng.randrange(len(digits))
-    choices = [d for d in "0123456789" if d != digits[i] and not (d == "0" and i == 0 and len(digits) > 1)]
-    digits[i] = rng.choice(choices)
-    return int("".join(digits))
-
-
-def column_working(a, b, bad=None, rng=None):
-    """(lines, answer): a * b for a one-digit b by the column method, right to left.
-
-    47 * 8 -> lines [("7 * 8", 56), ("4 * 8", 32), ("32 + 5", 37)], answer "376": each
-    digit's product, plus the carry (the tens of the step before) when there is one; the
-    answer is the last value followed by the units digits the earlier steps wrote down.
-    Every line is a one-digit fact or a small sum, so a model that learns them on some pairs
-    can multiply pairs it never saw (a summed partial-product line, 320 + 56 = 376, is new
-    for every pair, and a tiny model learns it far more slowly). If `bad` is a line index,
-    that line's value has one digit wrong (`corrupt_one_digit`) and every later line and the
-    answer follow from the lines as written.
-    """
-    if not 0 <= b <= 9:
-        raise ValueError(f"the column method here takes a one-digit b (got {b})")
-    lines = []
-
-    def write(left, value):
-        lines.append((left, corrupt_one_digit(value, rng) if len(lines) == bad else value))
-        return lines[-1][1]
-
-    digits, carry, low = [int(d) for d in str(a)][::-1], 0, ""
-    for i, d in enumerate(digits):
-        value = write(f"{d} * {b}", d * b)
-        if carry:
-            value = write(f"{value} + {carry}", value + carry)
-        if i < len(digits) - 1:
-            low, carry = str(value % 10) + low, value // 10
-    return lines, str(value) + low
-
-
-def arith_reply(a, b, rng, corrupt=0.0):
-    """The solver's reply to "What is a * b?": the column method in <think>, then <answer>.
-
-    With probability `corrupt` one digit of one line's value is wrong (a line chosen
-    uniformly) and everything after it follows from it, so the answer is the one the
-    written working implies: a model trained on these is sometimes wrong when sampled but
-    right in its majority, the regime where majority-vote RL has something to gain.
-    """
-    bad = rng.randrange(len(column_working(a, b)[0])) if rng.random() < corrupt else None
-    lines, answer = column_working(a, b, bad, rng)
-    working = "\n".join(f"{left} = {v}" for left, v in lines)
-    return f"<think>\n{working}\n</think>\n<answer>{answer}</answer>"
-
-
-def world_pairs(shapes):
-    """{shape: [(a, b)]} of the train split only: the base never sees a dev or held-out pair."""
-    import eval as world  # the split lives with the eval sets, so both sides use one hash
-    return {shape: [(a, b) for a in world.operands(shape[0]) for b in world.operands(shape[1])
-                    if world.world_split(a, b) == "train"] for shape in shapes}
-
-
-def arith_transcripts(solver_shapes=((2, 1), (1, 1)), corrupt=0.3, proposer_share=0.15,
-                      proposer_shapes=PROPOSER_SHAPES, proposer_mix=None):
-    """rng -> (user prompt, reply): the arith task's real prompts, as `transcript` does.
-
-    Solver turns (1 - proposer_share): a train-split pair of a shape in `solver_shapes`
-    (shape first, uniformly, so 1x1 is not drowned by 2x1), answered by `arith_reply`.
-    Proposer turns: "What is a * b?" of a shape in `proposer_shapes`, uniformly, train pairs
-    only, so the proposer starts with a spread of difficulties and no answer in its reply.
-    proposer_mix: {shape: weight} instead of `proposer_shapes` drawn uniformly (the
-    curriculum world, `CURRICULUM_MIX`); None keeps the uniform draw and its random stream.
-    """
-    import prompts
-    if proposer_mix is not None:
-        proposer_shapes = tuple(s for s, w in proposer_mix.items() if w > 0)
-        weights = [proposer_mix[s] for s in proposer_shapes]
-    solver_pairs, proposer_pairs = world_pairs(solver_shapes), world_pairs(proposer_shapes)
-
-    def proposer_shape(rng):
-        return rng.choice(proposer_shapes) if proposer_mix is None else rng.choices(proposer_shapes, weights)[0]
-
-    def draw(rng):
-        if rng.random() < proposer_share:
-            a, b = rng.choice(proposer_pairs[proposer_shape(rng)])
-            return prompts.proposer_prompt("arith"), f"What is {a} * {b}?"
-        a, b = rng.choice(solver_pairs[rng.choice(solver_shapes)])
-        return prompts.solver_prompt("arith", f"What is {a} * {b}?"), arith_reply(a, b, rng, corrupt)
-    return draw
-
-
-def arith_tokenizer(seed=0, transcripts=2000):
-    """One token per digit, merges learnt from arith transcripts (short prompts)."""
-    draw, rng = arith_transcripts(((1, 1), (2, 1), (3, 1))), random.Random(seed)
-    return make_tokenizer(single_digits=True, corpus=(text for _ in range(transcripts) for text in draw(rng)))
+    return (prompts.solver_prompt("code", problem),
+            f"<think>\nRead, compute, print.\n</think>\n```python\n{program}\n```")
 
 
 def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25, transcripts=transcript):
     """Train the saved model by cross-entropy on the assistant replies only, then save it.
 
     transcripts(rng) -> (user prompt, reply): default `transcript` (the three tasks' formats);
-    `arith_transcripts(...)` for the arith world. Linear warm-up, linear decay to 0.
+    `experiments.arith_transcripts(...)` for the tiny world. Linear warm-up, linear decay to 0.
     """
     import rollout
     model, tokenizer = rollout.load(out_dir, device="cpu")
@@ -318,14 +210,16 @@ def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25, transcr
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = max(1, min(20, steps // 10))  # linear warm-up, then linear decay to 0
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: min(1.0, (i + 1) / warmup) * (1 - i / steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / warmup) * (1 - i / steps))
     model.train()
     losses = []
     for step in range(steps):
         pairs = []
         for _ in range(batch):
             user, reply = transcripts(rng)
-            pairs.append((rollout.chat_prompt(tokenizer, user), tokenizer.encode(reply, add_special_tokens=False) + [end]))
+            reply_ids = tokenizer.encode(reply, add_special_tokens=False) + [end]
+            pairs.append((rollout.chat_prompt(tokenizer, user), reply_ids))
         ids, attn, comp = rollout.pack(pairs, tokenizer.pad_token_id, "cpu")
         logp = rollout.token_logprobs(model, ids, attn, comp)
         loss = -(logp.sum() / comp.sum())
@@ -342,7 +236,8 @@ def pretrain(out_dir, steps=200, batch=8, lr=3e-3, seed=0, log_every=25, transcr
 
 
 def check_shape(p, a):
-    """One line and exit 2 for a shape no model can have, an --out that holds something, a bad seed."""
+    """One line and exit 2 for a shape no model can have, an --out that holds something, a bad
+    seed."""
     for flag in ("layers", "hidden", "heads", "kv_heads"):
         if getattr(a, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be at least 1 (got {getattr(a, flag)})")
@@ -373,56 +268,12 @@ def add_shape_args(p, layers=2, hidden=64):
     p.error = lambda message: (print(f"{p.prog}: error: {message}", file=sys.stderr), sys.exit(2))
 
 
-def main_pretrain(argv):
-    """`tiny.py pretrain --task arith`: a base model for the arith world (see `arith_transcripts`)."""
-    import eval as world
-    p = argparse.ArgumentParser(prog="tiny.py pretrain",
-                                description="Write a tiny Qwen2 model pre-trained to play both roles of a task (CPU).")
-    p.add_argument("--task", required=True, choices=["arith"])
-    add_shape_args(p, layers=4, hidden=128)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--digits", default="2x1,1x1", help="solver problems' shapes, digits of a x digits of b")
-    p.add_argument("--corrupt", type=float, default=0.3,
-                   help="share of solver replies with one wrong digit in the working (and the answer it implies)")
-    p.add_argument("--proposer-share", type=float, default=0.15, help="share of proposer turns")
-    p.add_argument("--proposer-mix", default=None,
-                   help="proposer turns' shapes and weights, e.g. 1x1:0.75,2x1:0.25, or 'curriculum' "
-                        "(default: 1x1, 2x1, 2x2, 3x1, 3x2 uniformly)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (on a shared 2-core machine one is many times faster than two)")
-    a = p.parse_args(argv)
-    check_shape(p, a)
-    try:
-        shapes = world.parse_digits(a.digits)
-    except ValueError as e:
-        p.error(str(e))
-    try:
-        mix = None if a.proposer_mix is None else parse_mix(a.proposer_mix)
-    except ValueError as e:
-        p.error(str(e))
-    if any(b_digits != 1 for _, b_digits in shapes):
-        p.error(f"--digits: the solver's working is the column method, which takes a one-digit b (got {a.digits})")
-    if a.steps < 1 or a.batch < 1 or not a.lr > 0 or a.threads < 1:
-        p.error("--steps, --batch and --threads must be at least 1 and --lr positive")
-    if not 0 <= a.corrupt <= 1 or not 0 <= a.proposer_share <= 1:
-        p.error("--corrupt and --proposer-share must lie in [0, 1]")
-    torch.set_num_threads(a.threads)
-    with staged(a.out) as out:
-        make(out, layers=a.layers, hidden=a.hidden, heads=a.heads, kv_heads=a.kv_heads, seed=a.seed,
-             init_std=0.02, tokenizer=arith_tokenizer(a.seed))
-        pretrain(out, steps=a.steps, batch=a.batch, lr=a.lr, seed=a.seed,
-                 transcripts=arith_transcripts(shapes, a.corrupt, a.proposer_share, proposer_mix=mix))
-    print(f"pre-trained {a.out} on the arith world ({a.digits}, corrupt {a.corrupt}"
-          + (f", proposer mix {a.proposer_mix}" if mix else "") + f") for {a.steps} steps")
-
-
 @contextlib.contextmanager
-def staged(out):
+def staged(out, prog="tiny.py"):
     """Build a model in a sibling directory and move it onto `out` only once it is complete, so a
-    failed or interrupted run leaves `out` as it was (absent, or the model --overwrite would replace).
-    A failing disk (no space, read-only, permissions) is one line and exit code 2."""
+    failed or interrupted run leaves `out` as it was (absent, or the model --overwrite would
+    replace). A failing disk (no space, read-only, permissions) is one line, `prog: error: ...`,
+    and exit code 2."""
     work = f"{os.path.abspath(out)}.partial-{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(work), exist_ok=True)
@@ -433,22 +284,21 @@ def staged(out):
     except (OSError, SafetensorError) as e:
         reason = cli.os_reason(e, os.path.dirname(work))  # before the clean-up frees the space
         shutil.rmtree(work, ignore_errors=True)
-        print(f"tiny.py: error: cannot write --out {out} ({reason}); it is as it was before", file=sys.stderr)
+        print(f"{prog}: error: cannot write --out {out} ({reason}); it is as it was before",
+              file=sys.stderr)
         raise SystemExit(2) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["pretrain"]:
-        return main_pretrain(argv[1:])
-    p = argparse.ArgumentParser(prog="tiny.py", description="Write a tiny random Qwen2 model + tokenizer (offline). "
-                                "`tiny.py pretrain --task arith --help`: a base model for the arith world.")
+    p = argparse.ArgumentParser(prog="tiny.py", description=(
+        "Write a tiny random Qwen2 model + tokenizer (offline). `experiments.py pretrain --help`: "
+        "the tiny world's base model, which multiplies."))
     add_shape_args(p)
     p.add_argument("--pretrain", type=int, default=0, metavar="STEPS",
                    help="then teach it the tasks' formats on synthetic transcripts (CPU; try 200)")
-    a = p.parse_args(argv)
+    a = p.parse_args(sys.argv[1:] if argv is None else list(argv))
     check_shape(p, a)
     if a.pretrain < 0:
         p.error(f"--pretrain must be >= 0 steps (got {a.pretrain})")
@@ -457,7 +307,8 @@ def main(argv=None):
              init_std=0.02 if a.pretrain else 0.3)  # Qwen's own init when it is going to be trained
         if a.pretrain:
             pretrain(out, steps=a.pretrain, seed=a.seed)
-    print(f"wrote tiny Qwen2 model to {a.out}" + (f", pre-trained on task formats for {a.pretrain} steps" if a.pretrain else ""))
+    print(f"wrote tiny Qwen2 model to {a.out}"
+          + (f", pre-trained on task formats for {a.pretrain} steps" if a.pretrain else ""))
 
 
 if __name__ == "__main__":

@@ -83,3 +83,23 @@ def trained_run(tiny_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("trained") / "run"
     assert sqlm.main(["--model", tiny_dir, "--steps", "2", "--save-every", "1", "--out", str(run)] + FAST) == 0
     return run
+
+
+def interrupted_pretraining_keeps_out(main, argv, tmp_path, monkeypatch):
+    """`main([*argv, "--out", OUT])` interrupted in its pre-training (`tiny.pretrain` raising
+    KeyboardInterrupt) leaves no OUT and no half-built directory beside it, and with --overwrite
+    over an existing model leaves that model as it was."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    out = tmp_path / "model"
+    monkeypatch.setattr(tiny, "pretrain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--out", str(out)])
+    assert os.listdir(tmp_path) == []  # neither --out nor the directory it was being built in
+    monkeypatch.undo()
+    tiny.main(["--out", str(out)])
+    before = (out / "model.safetensors").read_bytes()
+    monkeypatch.setattr(tiny, "pretrain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        main([*argv, "--out", str(out), "--overwrite", "--seed", "1"])
+    assert os.listdir(tmp_path) == ["model"] and (out / "model.safetensors").read_bytes() == before

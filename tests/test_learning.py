@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import eval as heldout  # noqa: E402
+import experiments  # noqa: E402
 import harness  # noqa: E402
 import prompts  # noqa: E402
 import rollout  # noqa: E402
@@ -38,7 +39,7 @@ def one_fact(rng):
     a, b = FACT
     if rng.random() < 0.3:
         return prompts.proposer_prompt("arith"), f"What is {a} * {b}?"
-    return prompts.solver_prompt("arith", f"What is {a} * {b}?"), tiny.arith_reply(a, b, rng, corrupt=0.3)
+    return prompts.solver_prompt("arith", f"What is {a} * {b}?"), experiments.arith_reply(a, b, rng, corrupt=0.3)
 
 
 def sampled_correct(model_dir, samples=512):
@@ -61,7 +62,7 @@ def test_a_few_sqlm_steps_turn_the_majority_answer_into_the_one_try_answer(tmp_p
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # on a shared 2-core machine one thread is many times faster than two
     try:
-        base = tiny.make(str(tmp_path / "base"), layers=2, hidden=64, init_std=0.02, tokenizer=tiny.arith_tokenizer())
+        base = tiny.make(str(tmp_path / "base"), layers=2, hidden=64, init_std=0.02, tokenizer=experiments.arith_tokenizer())
         tiny.pretrain(base, steps=100, batch=16, lr=1e-2, log_every=0, transcripts=one_fact)
         before = sampled_correct(base)
         after = sampled_correct(run(base, str(tmp_path / "sqlm")))
