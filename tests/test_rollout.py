@@ -1,4 +1,5 @@
 """rollout.py: the sampler and the log-prob function everything else stands on."""
+import contextlib
 import os
 import time
 
@@ -34,8 +35,9 @@ def test_greedy_equals_hf_generate(tiny_model):
     prompts = chat_ids(tok)
     ours = rollout.generate(model, tok, prompts, max_new_tokens=24, temperature=0)
     for p, s in zip(prompts, ours):
-        ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                             max_new_tokens=24, do_sample=False)[0, len(p):].tolist()
+        mask = torch.ones(1, len(p), dtype=torch.long)
+        ref = model.generate(torch.tensor([p]), attention_mask=mask, max_new_tokens=24,
+                             do_sample=False)[0, len(p):].tolist()
         assert s.completion_ids == ref[:len(s.completion_ids)]
         assert len(set(s.completion_ids)) > 3  # a constant output would make this test vacuous
 
@@ -95,7 +97,7 @@ def test_chunked_logprobs_gradient_equals_unchunked(tiny_model):
         rollout.token_logprobs(model, ids, attn, comp, chunk_tokens=chunk).sum().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     model.zero_grad()
-    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[1].abs().max()  # fp32 summation order only
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[1].abs().max()  # fp32 sum order only
 
 
 def test_stop_token_kept_and_finished(tiny_model):
@@ -106,60 +108,64 @@ def test_stop_token_kept_and_finished(tiny_model):
     assert not free.finished and len(free.completion_ids) == 12  # hit max_new_tokens
     stop = free.completion_ids[5]
     first = free.completion_ids.index(stop)
-    saved = model.generation_config.eos_token_id
-    model.generation_config.eos_token_id = [stop]
-    try:
-        s = rollout.generate(model, tok, [prompt, chat_ids(tok)[0]], max_new_tokens=12, temperature=0)[0]
-    finally:
-        model.generation_config.eos_token_id = saved
+    with stop_tokens(model, [stop]):
+        s = rollout.generate(model, tok, [prompt, chat_ids(tok)[0]], max_new_tokens=12,
+                             temperature=0)[0]
+        last = rollout.generate(model, tok, [prompt], max_new_tokens=first + 1, temperature=0)[0]
     assert s.finished and s.completion_ids == free.completion_ids[:first + 1]
     assert s.text == tok.decode(free.completion_ids[:first])
-    last = with_stops(model, [stop], lambda: rollout.generate(model, tok, [prompt], max_new_tokens=first + 1, temperature=0)[0])
-    assert last.finished and last.completion_ids == s.completion_ids  # a stop drawn at the very last step still counts
+    assert last.finished and last.completion_ids == s.completion_ids  # stopped at the last step
 
 
-def with_stops(model, stops, fn):
-    """Run fn() with `stops` as the model's stop tokens."""
+@contextlib.contextmanager
+def stop_tokens(model, stops):
+    """`stops` as the model's stop tokens inside the block."""
     saved = model.generation_config.eos_token_id
     model.generation_config.eos_token_id = list(stops)
     try:
-        return fn()
+        yield
     finally:
         model.generation_config.eos_token_id = saved
 
 
 def test_rows_left_after_others_finish_are_unchanged(tiny_model):
-    """Dropping finished rows re-indexes the mask, positions and cache of the rows that remain: every
-    surviving row decodes as it would alone, and its log-probs are those training recomputes."""
+    """Dropping finished rows re-indexes the mask, positions and cache of the rows that remain:
+    every surviving row decodes as it would alone, its log-probs those training recomputes."""
     model, tok = tiny_model
     prompts = chat_ids(tok)
     frequent = range(0, model.config.vocab_size, 7)  # rows finish at many different steps
-    samples = with_stops(model, frequent, lambda: rollout.generate(model, tok, prompts, n=3, max_new_tokens=30, seed=5))
+    with stop_tokens(model, frequent):
+        samples = rollout.generate(model, tok, prompts, n=3, max_new_tokens=30, seed=5)
     lengths = [len(s.completion_ids) for s in samples]
-    assert len(set(lengths)) >= 4 and any(s.finished for s in samples) and max(lengths) > min(lengths) + 5
+    assert len(set(lengths)) >= 4 and max(lengths) > min(lengths) + 5
+    assert any(s.finished for s in samples)
     ids, attn, comp = pack(samples)
     logp = rollout.token_logprobs(model, ids, attn, comp)
     for i, s in enumerate(samples):
         start = len(s.prompt_ids)
-        assert torch.allclose(logp[i, start:start + len(s.completion_ids)], torch.tensor(s.logprobs), atol=1e-4)
+        got = logp[i, start:start + len(s.completion_ids)]
+        assert torch.allclose(got, torch.tensor(s.logprobs), atol=1e-4)
     free = rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0)
-    stops = {free[0].completion_ids[4], free[2].completion_ids[12]}  # greedy rows then end at different steps
-    greedy = with_stops(model, stops, lambda: rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0))
-    alone = [with_stops(model, stops, lambda: rollout.generate(model, tok, [p], max_new_tokens=30, temperature=0)[0])
-             for p in prompts]
+    stops = {free[0].completion_ids[4], free[2].completion_ids[12]}  # greedy rows end apart
+    with stop_tokens(model, stops):
+        greedy = rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0)
+        alone = [rollout.generate(model, tok, [p], max_new_tokens=30, temperature=0)[0]
+                 for p in prompts]
     assert len({len(s.completion_ids) for s in greedy}) > 1
     assert [s.completion_ids for s in greedy] == [s.completion_ids for s in alone]
 
 
 def test_logprobs_never_build_full_vocabulary_logits(tiny_model, monkeypatch):
-    """The lm-head runs only on scored positions, `chunk_tokens` rows at a time: at Qwen's vocabulary a
-    (B, T, V) fp32 tensor of a 1,024 x 1,536 batch would be ~1 TB."""
+    """The lm-head runs only on scored positions, `chunk_tokens` rows at a time: at Qwen's
+    vocabulary a (B, T, V) fp32 tensor of a 1,024 x 1,536 batch would be ~1 TB."""
     model, tok = tiny_model
     samples = rollout.generate(model, tok, chat_ids(tok), n=2, max_new_tokens=9, seed=2)
     ids, attn, comp = pack(samples)
     rows, real = [], rollout._chunk_logprobs
-    monkeypatch.setattr(rollout, "_chunk_logprobs", lambda h, *rest: rows.append(len(h)) or real(h, *rest))
-    monkeypatch.setattr(model.get_output_embeddings(), "forward", lambda *a, **k: pytest.fail("full lm-head call"))
+    monkeypatch.setattr(rollout, "_chunk_logprobs",
+                        lambda h, *rest: rows.append(len(h)) or real(h, *rest))
+    monkeypatch.setattr(model.get_output_embeddings(), "forward",
+                        lambda *a, **k: pytest.fail("full lm-head call"))
     rollout.token_logprobs(model, ids, attn, comp, chunk_tokens=5)
     assert max(rows) <= 5 and sum(rows) == int(comp[:, 1:].sum())
 
@@ -177,7 +183,8 @@ def test_chat_stop_tokens_are_known(tiny_model):
     """<|im_end|> and <|endoftext|> must both end a turn, whatever eos the config names."""
     model, tok = tiny_model
     ids = rollout.stop_token_ids(model, tok)
-    assert tok.convert_tokens_to_ids("<|im_end|>") in ids and tok.convert_tokens_to_ids("<|endoftext|>") in ids
+    assert tok.convert_tokens_to_ids("<|im_end|>") in ids
+    assert tok.convert_tokens_to_ids("<|endoftext|>") in ids
 
 
 def test_no_nan_with_padding(tiny_model):
@@ -193,8 +200,9 @@ def test_missing_model_path_is_one_clear_error(tmp_path):
         rollout.load(str(tmp_path / "nope"))
     with pytest.raises(rollout.LoadError, match="cannot load model 'no-such-org/no-such-model'"):
         rollout.load("no-such-org/no-such-model")
-    with pytest.raises(rollout.LoadError, match="cannot load model 'no-such-model': it is not a local directory"):
-        rollout.load("no-such-model")  # an id without an org (like gpt2) goes to the hub, not "not found"
+    with pytest.raises(rollout.LoadError,
+                       match="cannot load model 'no-such-model': it is not a local directory"):
+        rollout.load("no-such-model")  # an id without an org (like gpt2) goes to the hub
     with pytest.raises(rollout.LoadError, match="directory holds no loadable model"):
         rollout.load(str(tmp_path))  # a directory, but empty: say so, not "not a local directory"
 
@@ -207,11 +215,12 @@ def test_home_relative_model_path_loads(tiny_dir, monkeypatch):
 
 
 def test_top_p_near_zero_is_greedy(tiny_model):
-    """top-p keeps the smallest set reaching p: with p -> 0 that is the argmax, so sampling is greedy."""
+    """top-p keeps the smallest set reaching p: with p -> 0 that is the argmax, sampling greedy."""
     model, tok = tiny_model
     prompts = chat_ids(tok)
     greedy = rollout.generate(model, tok, prompts, max_new_tokens=12, temperature=0)
-    nucleus = rollout.generate(model, tok, prompts, max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=5)
+    nucleus = rollout.generate(model, tok, prompts, max_new_tokens=12, temperature=1.0, top_p=1e-6,
+                               seed=5)
     assert [s.completion_ids for s in nucleus] == [s.completion_ids for s in greedy]
     assert all(abs(v) < 1e-5 for s in nucleus for v in s.logprobs)  # renormalised: probability 1
 
@@ -226,14 +235,15 @@ def test_top_p_logprobs_are_of_the_renormalised_distribution():
 
 
 def test_entropy_is_that_of_the_sampling_distribution(tiny_model):
-    """Sample.entropy (logged to watch for collapse) is the mean over the completion of the entropy of the
-    distribution each token was drawn from: temperature applied, top-p renormalised."""
+    """Sample.entropy (logged to watch for collapse) is the mean over the completion of the entropy
+    of the distribution each token was drawn from: temperature applied, top-p renormalised."""
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = torch.tensor([0.5, 0.3], dtype=torch.float64) / 0.8
     _, _, entropy = rollout.sample_next(logits, 1.0, 0.7, torch.zeros(1, dtype=torch.float64))
     assert abs(entropy.item() - float(-(kept * kept.log()).sum())) < 1e-6
     model, tok = tiny_model
-    samples = rollout.generate(model, tok, chat_ids(tok), n=2, max_new_tokens=10, temperature=0.7, seed=3)
+    samples = rollout.generate(model, tok, chat_ids(tok), n=2, max_new_tokens=10, temperature=0.7,
+                               seed=3)
     ids, attn, comp = pack(samples)
     with torch.no_grad():
         logp = (model(input_ids=ids, attention_mask=attn).logits.double() / 0.7).log_softmax(-1)
@@ -247,7 +257,7 @@ def test_entropy_is_that_of_the_sampling_distribution(tiny_model):
 # --- the preallocated-cache decode loop and per-sample random streams -----------------------
 
 def uncached_greedy(model, prompt, steps, stops):
-    """The plainest reference: a full forward over the whole prefix for every token, argmax, stop."""
+    """The plainest reference: a full forward over the whole prefix per token, argmax, stop."""
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(steps):
@@ -258,8 +268,8 @@ def uncached_greedy(model, prompt, steps, stops):
 
 
 def test_greedy_equals_uncached_forward(tiny_model):
-    """The preallocated cache (written in place, read as views, rows compacted) must decode exactly what a
-    full forward over the prefix decodes, whichever check interval ends the rows."""
+    """The preallocated cache (written in place, read as views, rows compacted) must decode exactly
+    what a full forward over the prefix decodes, whichever check interval ends the rows."""
     model, tok = tiny_model
     prompts = chat_ids(tok)
     free = rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0)
@@ -267,27 +277,33 @@ def test_greedy_equals_uncached_forward(tiny_model):
     reference = [uncached_greedy(model, p, 30, stops) for p in prompts]
     assert len({len(r) for r in reference}) > 1 and len(set(reference[2])) > 3
     for check_every in (1, 4, 64):
-        greedy = with_stops(model, stops, lambda: rollout.generate(model, tok, prompts, max_new_tokens=30,
-                                                                   temperature=0, check_every=check_every))
+        with stop_tokens(model, stops):
+            greedy = rollout.generate(model, tok, prompts, max_new_tokens=30, temperature=0,
+                                      check_every=check_every)
         assert [s.completion_ids for s in greedy] == reference
 
 
 def test_check_interval_does_not_change_samples(tiny_model):
-    """Rows that stop keep decoding until the next check: their extra tokens must leave no trace in the
-    completion, its log-probs, its entropy or its finished flag."""
+    """Rows that stop keep decoding until the next check: their extra tokens must leave no trace in
+    the completion, its log-probs, its entropy or its finished flag."""
     model, tok = tiny_model
-    frequent = range(0, model.config.vocab_size, 20)  # ~5% a token: some rows stop, some run to the limit
-    runs = [with_stops(model, frequent, lambda: rollout.generate(model, tok, chat_ids(tok), n=4, max_new_tokens=25,
-                                                                 seed=11, check_every=k)) for k in (1, 3, 8, 25)]
+    frequent = range(0, model.config.vocab_size, 20)  # ~5% a token: some rows stop, some run on
+    with stop_tokens(model, frequent):
+        runs = [rollout.generate(model, tok, chat_ids(tok), n=4, max_new_tokens=25, seed=11,
+                                 check_every=k) for k in (1, 3, 8, 25)]
     lengths = [len(s.completion_ids) for s in runs[0]]
-    assert len(set(lengths)) >= 4 and any(s.finished for s in runs[0]) and not all(s.finished for s in runs[0])
+    assert len(set(lengths)) >= 4
+    assert any(s.finished for s in runs[0]) and not all(s.finished for s in runs[0])
     for s in runs[0]:  # a completion ends at its first stop token
-        assert not set(s.completion_ids[:-1]) & set(frequent) and s.finished == (s.completion_ids[-1] in frequent)
+        assert not set(s.completion_ids[:-1]) & set(frequent)
+        assert s.finished == (s.completion_ids[-1] in frequent)
     for other in runs[1:]:
         assert [(s.completion_ids, s.finished, s.text) for s in other] == \
                [(s.completion_ids, s.finished, s.text) for s in runs[0]]
         for a, b in zip(other, runs[0]):
-            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4) and a.entropy == pytest.approx(b.entropy, abs=1e-4)  # fp32 sums vary with batch size
+            # fp32 sums vary with batch size
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+            assert a.entropy == pytest.approx(b.entropy, abs=1e-4)
 
 
 def test_samples_do_not_depend_on_how_prompts_are_split(tiny_model):
@@ -297,12 +313,13 @@ def test_samples_do_not_depend_on_how_prompts_are_split(tiny_model):
     prompts = chat_ids(tok)
     seeds = [101, -7, 2**63 + 5]
     frequent = range(0, model.config.vocab_size, 11)  # rows leave the batch at different steps
-    whole = with_stops(model, frequent, lambda: rollout.generate(model, tok, prompts, n=3, max_new_tokens=20, seed=seeds))
-    parts = with_stops(model, frequent, lambda: rollout.generate(model, tok, prompts[:1], n=3, max_new_tokens=20, seed=seeds[:1])
-                       + rollout.generate(model, tok, prompts[1:], n=3, max_new_tokens=20, seed=seeds[1:]))
-    assert [s.completion_ids for s in whole] == [s.completion_ids for s in parts]
+    with stop_tokens(model, frequent):
+        whole = rollout.generate(model, tok, prompts, n=3, max_new_tokens=20, seed=seeds)
+        first = rollout.generate(model, tok, prompts[:1], n=3, max_new_tokens=20, seed=seeds[:1])
+        rest = rollout.generate(model, tok, prompts[1:], n=3, max_new_tokens=20, seed=seeds[1:])
+    assert [s.completion_ids for s in whole] == [s.completion_ids for s in first + rest]
     assert len({tuple(s.completion_ids) for s in whole}) == 9  # no two samples share a stream
-    by_int = rollout.generate(model, tok, prompts, n=2, max_new_tokens=12, seed=7)  # an int seed: one derived per prompt
+    by_int = rollout.generate(model, tok, prompts, n=2, max_new_tokens=12, seed=7)  # one per prompt
     by_list = rollout.generate(model, tok, prompts, n=2, max_new_tokens=12,
                                seed=rollout.prompt_seeds(7, len(prompts), "cpu").tolist())
     assert [s.completion_ids for s in by_int] == [s.completion_ids for s in by_list]
@@ -311,8 +328,8 @@ def test_samples_do_not_depend_on_how_prompts_are_split(tiny_model):
 
 
 def test_mix64_is_splitmix64():
-    """The int64 tensor hash must be splitmix64 bit for bit (torch's >> is arithmetic, and overflow must wrap):
-    its published first output from state 0 is 0xE220A8397B1DCDAF."""
+    """The int64 tensor hash must be splitmix64 bit for bit (torch's >> is arithmetic, and overflow
+    must wrap): its published first output from state 0 is 0xE220A8397B1DCDAF."""
     def reference(x):  # Python ints, unsigned 64-bit
         m = 2**64 - 1
         x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
@@ -335,11 +352,13 @@ def chi_square(tokens, probs):
 
 def test_sampler_draws_from_the_softmax():
     """The inverse-CDF sampler on the counter-based uniforms must follow softmax(logits / T) (top-p
-    renormalised), across samples at one step and along one sample's steps. Chi-square with 4-5 degrees of
-    freedom: 40 is far beyond its 1e-6 quantile, while a sampler off by a few percent scores hundreds."""
+    renormalised), across samples at one step and along one sample's steps. Chi-square with 4-5
+    degrees of freedom: 40 is far beyond its 1e-6 quantile, while a sampler off by a few percent
+    scores hundreds."""
     logits = torch.tensor([1.0, 0.2, -0.5, 2.0, 0.0, -3.0])
     draws = 40_000
-    across = rollout.uniforms(rollout.sample_keys(rollout.prompt_seeds(3, draws // 4, "cpu"), 4), step=5)
+    many_keys = rollout.sample_keys(rollout.prompt_seeds(3, draws // 4, "cpu"), 4)
+    across = rollout.uniforms(many_keys, step=5)
     one_key = rollout.sample_keys(rollout.prompt_seeds([42], 1, "cpu"), 1)
     along = torch.cat([rollout.uniforms(one_key, t) for t in range(draws // 8)])
     for temperature, top_p in ((1.0, 1.0), (0.7, 1.0), (1.0, 0.9)):
@@ -367,29 +386,31 @@ def with_lm_head_bias(model, fn):
 
 
 def test_logprobs_refuse_a_head_they_cannot_read(tiny_model):
-    """token_logprobs multiplies the decoder's output by the lm-head weight itself: exact for Qwen2/Llama
-    heads only. A biased head or a soft-capped / scaled one must be one clear error, not wrong numbers."""
+    """token_logprobs multiplies the decoder's output by the lm-head weight itself: exact for
+    Qwen2/Llama heads only. A biased head or a soft-capped / scaled one must be one clear error,
+    not wrong numbers."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
     model, tok = tiny_model
     samples = rollout.generate(model, tok, chat_ids(tok)[:1], max_new_tokens=4, temperature=0)
     ids, attn, comp = pack(samples)
     with pytest.raises(ValueError, match="lm-head has a bias"):
         with_lm_head_bias(model, lambda: rollout.token_logprobs(model, ids, attn, comp))
-    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                           num_hidden_layers=1, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=8))
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         rollout.token_logprobs(gemma, ids % 64, attn, comp)
     rollout.token_logprobs(model, ids, attn, comp)  # the plain Qwen2 head is accepted
 
 
 def test_offline_hub_id_fails_at_once_in_one_line(monkeypatch):
-    """An unknown slash-less name on an offline machine: the hub is probed once, the error comes at once
-    (not after a minute of retries) and is one line saying what was tried and how to fix it."""
+    """An unknown slash-less name on an offline machine: the hub is probed once, the error comes at
+    once (not after a minute of retries) and is one line saying what was tried and how to fix it."""
     tried = []
     monkeypatch.setattr(rollout, "hub_reachable", lambda: tried.append(1) or False)
     start = time.monotonic()
-    with pytest.raises(rollout.LoadError, match="not a local directory, not in the Hugging Face cache, and the hub "
-                                                "is unreachable") as e:
+    with pytest.raises(rollout.LoadError, match="not a local directory, not in the Hugging Face "
+                                                "cache, and the hub is unreachable") as e:
         rollout.load("qwen-misspelt")
     assert tried == [1] and time.monotonic() - start < 20 and "\n" not in str(e.value)
 
@@ -397,5 +418,6 @@ def test_offline_hub_id_fails_at_once_in_one_line(monkeypatch):
 def test_hub_is_never_probed_offline(monkeypatch):
     """HF_HUB_OFFLINE=1 (as in these tests) means no connection attempt at all."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(rollout.socket, "create_connection", lambda *a, **k: pytest.fail("probed the hub"))
+    monkeypatch.setattr(rollout.socket, "create_connection",
+                        lambda *a, **k: pytest.fail("probed the hub"))
     assert rollout.hub_reachable() is False
