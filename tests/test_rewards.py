@@ -10,7 +10,8 @@ import sandbox
 
 # --- prompts ---------------------------------------------------------------------------
 
-PROMPT_KEYS = [(t, r, False) for t in prompts.TASKS for r in prompts.ROLES] + [("code", "proposer", True)]
+PROMPT_KEYS = ([(t, r, False) for t in prompts.TASKS for r in prompts.ROLES]
+               + [("code", "proposer", True)])
 
 
 @pytest.mark.parametrize("task,role,cat", PROMPT_KEYS)
@@ -21,7 +22,7 @@ def test_every_prompt_loads_and_is_not_empty(task, role, cat):
 
 @pytest.mark.parametrize("task", prompts.TASKS)
 def test_solver_prompts_state_the_answer_contract(task):
-    """The parsers read <think>/<answer> (code: a python block); the prompt must ask for exactly that."""
+    """The parsers read <think>/<answer> (code: a python block); the prompt asks for just that."""
     text = prompts.load(task, "solver")
     assert text.count("{problem}") == 1 and "<think>" in text
     assert "```python" in text if task == "code" else "<answer>" in text
@@ -35,7 +36,8 @@ def test_proposer_prompts_state_the_parse_markers():
         assert "Test Cases:" in prompts.proposer_prompt("code", cat)
         assert "INPUT ||| OUTPUT" in prompts.proposer_prompt("code", cat)
     cat_text = prompts.proposer_prompt("code", cat=True)
-    assert "Reference Solution:" in cat_text and "Wrong Solution:" in cat_text and "```python" in cat_text
+    assert "Reference Solution:" in cat_text and "Wrong Solution:" in cat_text
+    assert "```python" in cat_text
 
 
 @pytest.mark.parametrize("task,role,cat", PROMPT_KEYS)
@@ -62,7 +64,8 @@ def test_unknown_prompt_keys_raise():
 
 def test_arith_proposal_is_the_whole_reply_without_thinking():
     """The arith problem is the stripped reply; a reasoning block must not reach the solver."""
-    problem, why = rewards.parse_proposal("arith", "<think>pick numbers</think>\n  What is A times B?  \n")
+    reply = "<think>pick numbers</think>\n  What is A times B?  \n"
+    problem, why = rewards.parse_proposal("arith", reply)
     assert why == "ok" and problem.text == "What is A times B?"
 
 
@@ -82,7 +85,7 @@ def test_algebra_proposal_takes_text_after_the_last_marker():
 @pytest.mark.parametrize("reply,why", [("Find N if N + N = M.", "no 'Selected Question:'"),
                                        ("Selected Question:   ", "empty")])
 def test_malformed_algebra_proposal_is_invalid(reply, why):
-    """No marker, or nothing after it, makes the proposal invalid (a missing marker makes the proposal invalid)."""
+    """No marker, or nothing after it, makes the proposal invalid."""
     assert rewards.parse_proposal("algebra", reply) == (None, why)
 
 
@@ -137,6 +140,7 @@ Wrong Solution 2:
 print(sum(abs(int(x)) for x in input().split()))
 ```
 """
+REFERENCE = "print(sum(map(int, input().split())))"  # CAT_REPLY's reference solution
 
 
 def test_cat_proposal_parses_reference_and_wrong_solutions():
@@ -164,32 +168,33 @@ def test_cat_solution_is_the_block_under_its_header():
 
 
 def test_comment_inside_a_program_is_not_a_section_header():
-    """`# Wrong solution: ...` as a comment inside the reference block neither cuts the reference off nor
-    starts a wrong solution."""
-    reply = CAT_REPLY.replace("print(sum(map(int, input().split())))",
-                              "# Wrong solution: would take the max\nprint(sum(map(int, input().split())))", 1)
+    """`# Wrong solution: ...` as a comment inside the reference block neither cuts the reference
+    off nor starts a wrong solution."""
+    reply = CAT_REPLY.replace(REFERENCE, "# Wrong solution: would take the max\n" + REFERENCE, 1)
     problem, why = rewards.parse_proposal("code", reply, cat=True)
     assert why == "ok" and problem.reference.endswith("print(sum(map(int, input().split())))")
     assert len(problem.wrong) == 2
 
 
 @pytest.mark.parametrize("layout", [
-    lambda r: r.replace("Reference Solution:\n```", "Reference Solution: ```").replace("Wrong Solution:\n```",
-                                                                                     "Wrong Solution: ```"),
+    lambda r: (r.replace("Reference Solution:\n```", "Reference Solution: ```")
+               .replace("Wrong Solution:\n```", "Wrong Solution: ```")),
     lambda r: r.replace("\n```\nWrong", "```\nWrong"),  # a fence closed at the end of a code line
 ])
 def test_cat_fences_on_header_or_code_lines_still_parse(layout):
-    """Skipping headers inside code uses the block rules of the extractor: a fence opened on the header
-    line, or closed at the end of a code line, hides no later header."""
+    """Skipping headers inside code uses the block rules of the extractor: a fence opened on the
+    header line, or closed at the end of a code line, hides no later header."""
     problem, why = rewards.parse_proposal("code", layout(CAT_REPLY), cat=True)
-    assert why == "ok" and problem.reference == "print(sum(map(int, input().split())))" and len(problem.wrong) == 2
+    assert why == "ok" and problem.reference == REFERENCE and len(problem.wrong) == 2
 
 
 def test_test_cases_marker_must_start_a_line():
-    """"Read T test cases: ..." in the statement is prose; the statement ends at the marker's own line."""
-    reply = "Read T test cases: each is a line of integers. Print their sum.\n**Test Cases:**\n1 2 ||| 3\n"
+    """"Read T test cases: ..." in the statement is prose; the statement ends at the marker line."""
+    reply = ("Read T test cases: each is a line of integers. Print their sum.\n"
+             "**Test Cases:**\n1 2 ||| 3\n")
     problem, why = rewards.parse_proposal("code", reply)
-    assert why == "ok" and problem.text.startswith("Read T test cases") and problem.tests == [("1 2", "3")]
+    assert why == "ok" and problem.text.startswith("Read T test cases")
+    assert problem.tests == [("1 2", "3")]
 
 
 def test_parse_proposal_rejects_unknown_task_and_cat_outside_code():
@@ -203,8 +208,10 @@ def test_parse_proposal_rejects_unknown_task_and_cat_outside_code():
 # --- answers ---------------------------------------------------------------------------
 
 SAME_VOTE = [  # every spelling in a row must normalise to the row's canonical form
-    ("7", ["7", "7.0", " 7 ", "+7", "007", "7.", "$7$", "\\boxed{7}", "$\\boxed{7}$", "\\(7\\)", "x = 7", "7.00."]),
-    ("1/2", ["1/2", "0.5", ".5", "2/4", " $\\boxed{1/2}$ ", "\\frac{1}{2}", "\\dfrac{2}{4}", "1 / 2", "0.50"]),
+    ("7", ["7", "7.0", " 7 ", "+7", "007", "7.", "$7$", "\\boxed{7}", "$\\boxed{7}$", "\\(7\\)",
+           "x = 7", "7.00."]),
+    ("1/2", ["1/2", "0.5", ".5", "2/4", " $\\boxed{1/2}$ ", "\\frac{1}{2}", "\\dfrac{2}{4}",
+             "1 / 2", "0.50"]),
     ("-3/4", ["-3/4", "-0.75", "3/-4", "- 3/4", "-\\frac{3}{4}", "\u22123/4", "y = -0.75"]),
     ("1234", ["1234", "1,234", "1,234.0", "$1,234$"]),
     ("0", ["0", "-0", "0/5", "0.0"]),
@@ -217,15 +224,20 @@ def test_equal_answers_vote_together(canonical, spellings):
     assert {rewards.extract_answer(f"<answer>{s}</answer>") for s in spellings} == {canonical}
 
 
-@pytest.mark.parametrize("left,right", [("1/3", "0.33"), ("7", "-7"), ("12", "1,2"), ("1/2", "2"), ("100", "1,00")])
+@pytest.mark.parametrize("left,right", [("1/3", "0.33"), ("7", "-7"), ("12", "1,2"), ("1/2", "2"),
+                                        ("100", "1,00")])
 def test_different_answers_do_not_vote_together(left, right):
     """Rounding, lost signs and misread separators must not merge distinct answers."""
-    assert rewards.extract_answer(f"<answer>{left}</answer>") != rewards.extract_answer(f"<answer>{right}</answer>")
+    left_answer, right_answer = (rewards.extract_answer(f"<answer>{s}</answer>")
+                                 for s in (left, right))
+    assert left_answer != right_answer
 
 
-@pytest.mark.parametrize("text", ["no tags at all 7", "<answer>7", "<answer></answer>", "<answer>seven</answer>",
-                                  "<answer>2+3</answer>", "<answer>1/0</answer>", "<answer>1e3</answer>",
-                                  "<answer>x = y + 1</answer>", "<answer>1, 2</answer>", "<answer>50%</answer>"])
+@pytest.mark.parametrize("text", ["no tags at all 7", "<answer>7", "<answer></answer>",
+                                  "<answer>seven</answer>", "<answer>2+3</answer>",
+                                  "<answer>1/0</answer>", "<answer>1e3</answer>",
+                                  "<answer>x = y + 1</answer>", "<answer>1, 2</answer>",
+                                  "<answer>50%</answer>"])
 def test_malformed_answers_are_none(text):
     """Only exact numbers count; words, expressions and division by zero are no answer."""
     assert rewards.extract_answer(text) is None
@@ -296,7 +308,8 @@ def test_sqlm_majority_proposer_reward(m, expected):
 
 
 @pytest.mark.parametrize("scores,expected", [([0, 0, 0, 0], 0.0), ([1, 1, 1, 1], 0.0),
-                                             ([1, 0, 0, 0], 1.0), ([0.2, 0, 0, 0], 1.0), ([1, 1, 1, 0.8], 1.0)])
+                                             ([1, 0, 0, 0], 1.0), ([0.2, 0, 0, 0], 1.0),
+                                             ([1, 1, 1, 0.8], 1.0)])
 def test_sqlm_tests_proposer_reward(scores, expected):
     """SQLM code: reward 1 when the mean test score is strictly between 0 and 1."""
     assert rewards.proposer_reward(scores, kind="tests") == expected
@@ -331,7 +344,8 @@ def test_format_rewards_only_check_parseability():
     """The format baseline pays for a parseable answer, right or wrong, and nothing else."""
     texts = ["<answer>12</answer>", "<answer>twelve</answer>", "12"]
     assert rewards.format_solver_rewards(texts, "arith") == [1.0, 0.0, 0.0]
-    assert rewards.format_solver_rewards(["```python\nprint(1)\n```", "print(1)"], "code") == [1.0, 0.0]
+    programs = ["```python\nprint(1)\n```", "print(1)"]
+    assert rewards.format_solver_rewards(programs, "code") == [1.0, 0.0]
 
 
 # --- programs and outputs --------------------------------------------------------------
@@ -411,13 +425,15 @@ def test_test_rewards_use_one_sandbox_call(monkeypatch):
     """All programs x tests go to sandbox.run_many at once, so they run in parallel."""
     calls = []
     real = sandbox.run_many
-    monkeypatch.setattr(sandbox, "run_many", lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
+    monkeypatch.setattr(sandbox, "run_many",
+                        lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
     rewards.test_pass_rates([READ + "print(*a)"] * 3 + [None], [SORT_TESTS] * 4)
     assert calls == [9]
 
 
 def test_test_rewards_grade_at_most_ten_tests():
-    """Tests beyond the tenth are never run, so they can neither help nor hurt (eval's cap=None: all run)."""
+    """Tests beyond the tenth are never run, so they can neither help nor hurt (eval's cap=None:
+    all run)."""
     tests = [(str(i), str(i)) for i in range(10)] + [("1", "999")] * 3
     assert rewards.test_pass_rates([READ + "print(*a)"], [tests]) == [1.0]
     assert rewards.test_pass_rates([READ + "print(*a)"], [tests], cap=None) == [10 / 13]
@@ -429,7 +445,7 @@ def test_test_rewards_without_tests_are_zero():
 
 
 def test_lenient_judge_is_an_option_through_the_rewards():
-    """--judge lenient reaches the sandbox verdicts: a list printed with brackets passes only there."""
+    """--judge lenient reaches the sandbox verdicts: a list printed in brackets passes only then."""
     programs = [READ + "print(sorted(a))"]
     assert rewards.test_pass_rates(programs, [SORT_TESTS]) == [0.0]
     assert rewards.test_pass_rates(programs, [SORT_TESTS], lenient=True) == [1.0]
@@ -441,7 +457,8 @@ def cat_problem(reference, wrong):
 
 def test_cat_filter_accepts_a_verified_task():
     """Reference passes every test and each wrong program fails one: keep the task."""
-    problem = cat_problem(READ + "print(*sorted(a))", [READ + "print(*a)", READ + "print(*sorted(a)[::-1])"])
+    problem = cat_problem(READ + "print(*sorted(a))",
+                          [READ + "print(*a)", READ + "print(*sorted(a)[::-1])"])
     assert rewards.cat_filter([problem]) == [(True, "ok")]
 
 
@@ -453,7 +470,8 @@ def test_cat_filter_rejects_a_failing_reference():
 
 def test_cat_filter_rejects_a_wrong_solution_that_passes():
     """Tests that a known-wrong program passes are too weak to verify anything."""
-    problem = cat_problem(READ + "print(*sorted(a))", [READ + "print(0)", READ + "print(' '.join(map(str, sorted(a))))"])
+    problem = cat_problem(READ + "print(*sorted(a))",
+                          [READ + "print(0)", READ + "print(' '.join(map(str, sorted(a))))"])
     assert rewards.cat_filter([problem]) == [(False, "a wrong solution passes every test")]
 
 
@@ -464,9 +482,11 @@ def test_cat_filter_judges_a_batch_in_one_sandbox_call(monkeypatch):
     weak = cat_problem(READ + "print(*sorted(a))", [READ + "print(' '.join(map(str, sorted(a))))"])
     no_wrong = cat_problem(READ + "print(*sorted(a))", [])
     calls, real = [], sandbox.run_many
-    monkeypatch.setattr(sandbox, "run_many", lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
+    monkeypatch.setattr(sandbox, "run_many",
+                        lambda jobs, **kw: calls.append(len(jobs)) or real(jobs, **kw))
     verdicts = rewards.cat_filter([good, bad_reference, weak, no_wrong])
-    assert verdicts == [(True, "ok"), (False, "reference fails a test"), (False, "a wrong solution passes every test"),
+    assert verdicts == [(True, "ok"), (False, "reference fails a test"),
+                        (False, "a wrong solution passes every test"),
                         (False, "no reference or wrong solution")]
     assert len(calls) == 1
 
@@ -480,17 +500,19 @@ def test_parsed_cat_proposal_passes_the_filter():
 # --- evaluation helpers ----------------------------------------------------------------
 
 @pytest.mark.parametrize("text,truth,score", [
-    ("<think>..</think><answer>56088</answer>", "56088", 1.0), ("<answer> +56088 </answer>", 56088, 1.0),
-    ("<answer>1</answer> then <answer>56088</answer>", "56088", 1.0), ("<answer>56087</answer>", "56088", 0.1),
-    ("<answer>3</answer>", "3/4", 0.1),
+    ("<think>..</think><answer>56088</answer>", "56088", 1.0),
+    ("<answer> +56088 </answer>", 56088, 1.0),
+    ("<answer>1</answer> then <answer>56088</answer>", "56088", 1.0),
+    ("<answer>56087</answer>", "56088", 0.1), ("<answer>3</answer>", "3/4", 0.1),
     ("<answer>56,088</answer>", "56088", 0.0), ("<answer>56088.0</answer>", "56088", 0.0),
     ("<answer>$56088$</answer>", "56088", 0.0), ("<answer>3/4</answer>", "3/4", 0.0),
     ("<answer>56\n088</answer>", "56088", 0.0), ("<answer>about 56088</answer>", "56088", 0.0),
     ("56088", "56088", 0.0), ("<answer>" + "9" * 5000 + "</answer>", "9", 0.0),
 ])
 def test_official_score(text, truth, score):
-    """The released scorer exactly: int() of the last one-line answer; 1 equal, 0.1 parsed but wrong, else
-    0. No normalisation as in extract_answer: `56,088` or `$288$` score 0, as in the paper's code."""
+    """The released scorer exactly: int() of the last one-line answer; 1 equal, 0.1 parsed but
+    wrong, else 0. No normalisation as in extract_answer: `56,088` or `$288$` score 0, as in the
+    paper's code."""
     assert rewards.official_score(text, truth) == score
 
 
@@ -499,7 +521,8 @@ def test_official_score(text, truth, score):
     ("Find the product 321 × 654", "209934"), ("What is -12 * 3?", "-36"),
     ("What is 12 * 3 + 4?", "40"), ("What is 12 + 3 * 4?", "24"), ("(12 + 3) * 4 =", "60"),
     ("What is 100 - 7 - 3?", "90"), ("What is 7 / 2?", "7/2"), ("What is 1.5 * 2?", "3"),
-    ("What is 840 ÷ 12?", "70"), ("Compute 2 \\cdot (3 - 5).", "-4"), ("What is - (4 - 9) * 2?", "10"),
+    ("What is 840 ÷ 12?", "70"), ("Compute 2 \\cdot (3 - 5).", "-4"),
+    ("What is - (4 - 9) * 2?", "10"),
     ("Multiply 12 by 34", None), ("12 * 34 and 5 * 6", None), ("What is 61 * 8*?", None),
     ("What is 5 / (3 - 3)?", None), ("What is (2 + 3?", None), ("What is 2 ** 3?", None),
     ("Use 3-digit numbers: 321 × 654", None), ("What is 345?", None), ("x * 3", None),
