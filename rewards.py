@@ -326,8 +326,7 @@ def output_matches(stdout, expected, lenient=False):
     return len(got) == len(want) and all(map(_same_token, got, want))
 
 
-def run_test_sets(programs, test_sets, timeout=TEST_TIMEOUT, memory_mb=TEST_MEMORY_MB,
-                  lenient=False):
+def run_test_sets(programs, test_sets, timeout, memory_mb, lenient):
     """passes[i][j]: program i printed the expected output (`output_matches`) of test j of
     test_sets[i].
 
