@@ -45,19 +45,22 @@ import sandbox
 import sqlm
 from sqlm import Config
 
-POSITIVE = ("batch", "minibatch", "microbatch", "steps", "rollout_rows", "max_prompt", "max_response", "lr",
-            "temperature", "top_p", "grad_clip")
-NON_NEGATIVE = ("clip_low", "clip_high", "clip_c", "kl", "weight_decay", "proposer_every", "eval_every",
-                "eval_limit", "eval_samples", "save_every", "keep_last", "seed", "threads")
+POSITIVE = ("batch", "minibatch", "microbatch", "steps", "rollout_rows", "max_prompt",
+            "max_response", "lr", "temperature", "top_p", "grad_clip")
+NON_NEGATIVE = ("clip_low", "clip_high", "clip_c", "kl", "weight_decay", "proposer_every",
+                "eval_every", "eval_limit", "eval_samples", "save_every", "keep_last", "seed",
+                "threads")
 RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl")  # and step-* directories
 # What --resume may change: how long and on what the run goes on, how it is watched and saved.
 # Every other field (task, model, seed, batch shape, rewards, loss, sampling) is what the run *is*.
-RESUMABLE = ("steps", "device", "eval_every", "eval_limit", "eval_data", "eval_samples", "save_every",
-             "keep_last", "rollout_rows", "microbatch", "grad_checkpointing", "fit_memory", "threads")
+RESUMABLE = ("steps", "device", "eval_every", "eval_limit", "eval_data", "eval_samples",
+             "save_every", "keep_last", "rollout_rows", "microbatch", "grad_checkpointing",
+             "fit_memory", "threads")
 
 
 class RunError(Exception):
-    """Bad input found as a run starts (run directory, checkpoint, prompts): one line for the CLI."""
+    """Bad input found as a run starts (run directory, checkpoint, prompts): one line for the
+    CLI."""
 
 
 def launch_command(processes, per_node=None):
@@ -115,8 +118,8 @@ def resolved(cfg):
 
 
 def check_config(cfg):
-    """Fill the task defaults, make paths absolute (a run resumes from any directory) and check every
-    value; ValueError is one line naming the flag. Idempotent."""
+    """Fill the task defaults, make paths absolute (a run resumes from any directory) and check
+    every value; ValueError is one line naming the flag. Idempotent."""
     if cfg.task not in prompts.TASKS:
         raise ValueError(f"unknown task '{cfg.task}' ({', '.join(prompts.TASKS)})")
     resolved(cfg)
@@ -126,22 +129,26 @@ def check_config(cfg):
     for f in dataclasses.fields(cfg):
         value, name = getattr(cfg, f.name), flag(f.name)
         if f.metadata["choices"] and value not in f.metadata["choices"]:
-            raise ValueError(f"{name} must be one of {', '.join(c for c in f.metadata['choices'] if c)}, "
-                             f"not {value!r}")
+            raise ValueError(f"{name} must be one of "
+                             f"{', '.join(c for c in f.metadata['choices'] if c)}, not {value!r}")
         if f.type in (float, "float") and not math.isfinite(value):
             raise ValueError(f"{name} must be finite, not {value}")
         if f.name in POSITIVE and not value > 0:
             raise ValueError(f"{name} must be positive, not {value}")
         if f.name in NON_NEGATIVE and not value >= 0:
             raise ValueError(f"{name} must be >= 0, not {value}")
-    checks = [((cfg.solver_reward == "tests") == (cfg.task == "code") or cfg.solver_reward == "format",
+    checks = [((cfg.solver_reward == "tests") == (cfg.task == "code")
+               or cfg.solver_reward == "format",
                f"--solver-reward {cfg.solver_reward} does not fit --task {cfg.task}"),
-              (not cfg.arith_check or cfg.task == "arith", "--arith-check applies to --task arith only"),
+              (not cfg.arith_check or cfg.task == "arith",
+               "--arith-check applies to --task arith only"),
               (cfg.n >= 2, f"--n must be at least 2, not {cfg.n} (groups of one carry no signal)"),
               (cfg.top_p <= 1, f"--top-p must be in (0, 1], not {cfg.top_p}"),
               (cfg.clip_low < 1, f"--clip-low must be in [0, 1), not {cfg.clip_low}"),
-              (cfg.clip_c == 0 or cfg.clip_c > 1, f"--clip-c must be > 1 (or 0 to disable), not {cfg.clip_c}"),
-              (cfg.seed <= 2**32 - 1, f"--seed must be at most 2**32-1 = {2**32 - 1}, not {cfg.seed}")]
+              (cfg.clip_c == 0 or cfg.clip_c > 1,
+               f"--clip-c must be > 1 (or 0 to disable), not {cfg.clip_c}"),
+              (cfg.seed <= 2**32 - 1,
+               f"--seed must be at most 2**32-1 = {2**32 - 1}, not {cfg.seed}")]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
@@ -153,54 +160,64 @@ def check_config(cfg):
 def check_prompts(cfg, tokenizer):
     """The task's prompt files are usable: a proposer prompt, a solver prompt with its {problem}
     slot, and room under --max-prompt for a problem after the solver prompt's own tokens."""
-    files = f"prompts/{cfg.task}_proposer{'_cat' if cfg.cat else ''}.txt, prompts/{cfg.task}_solver.txt"
+    files = (f"prompts/{cfg.task}_proposer{'_cat' if cfg.cat else ''}.txt, "
+             f"prompts/{cfg.task}_solver.txt")
     try:
-        topic, solver = prompts.proposer_prompt(cfg.task, cat=cfg.cat), prompts.load(cfg.task, "solver")
+        topic, solver = (prompts.proposer_prompt(cfg.task, cat=cfg.cat),
+                         prompts.load(cfg.task, "solver"))
     except OSError as e:
         raise RunError(f"cannot read the prompts ({files}): {e.strerror}: {e.filename}") from None
     if not topic or not solver:
         raise RunError(f"a prompt file is empty ({files})")
     if prompts.PROBLEM_SLOT not in solver:
-        raise RunError(f"prompts/{cfg.task}_solver.txt has no {prompts.PROBLEM_SLOT} slot for the problem")
-    frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))  # load checked the template
+        raise RunError(f"prompts/{cfg.task}_solver.txt has no {prompts.PROBLEM_SLOT} slot for the "
+                       "problem")
+    # load checked the template
+    frame = len(rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, "")))
     if frame >= cfg.max_prompt:
-        raise RunError(f"--max-prompt {cfg.max_prompt} leaves no room for a problem: the {cfg.task} solver prompt "
-                       f"alone is {frame} tokens with this tokenizer")
+        raise RunError(f"--max-prompt {cfg.max_prompt} leaves no room for a problem: the "
+                       f"{cfg.task} solver prompt alone is {frame} tokens with this tokenizer")
 
 
 # --- precision and memory --------------------------------------------------------------
 
 def fit_to_memory(cfg, model_config, device, world=1):
-    """On a GPU with --fit-memory: --rollout-rows and --microbatch become the largest that the memory
-    plan (memory.memory_plan, per process of `world`) fits on the card, up to the step's own sizes.
-    Memory knobs only: the samples and the gradient do not depend on them. Returns the KL reference's
-    dtype: fp32, or bf16 (as released) only when the plan fits nothing with an fp32 one, said once."""
+    """On a GPU with --fit-memory: --rollout-rows and --microbatch become the largest that the
+    memory plan (memory.memory_plan, per process of `world`) fits on the card, up to the step's own
+    sizes. Memory knobs only: the samples and the gradient do not depend on them. Returns the KL
+    reference's dtype: fp32, or bf16 (as released) only when the plan fits nothing with an fp32 one,
+    said once."""
     if device.type != "cuda" or not cfg.fit_memory:
         return torch.float32
-    settings = dict(max_rows=-(-cfg.batch * cfg.n * cfg.n // world), max_microbatch=-(-cfg.minibatch * cfg.n // world),
-                    max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n, kl=bool(cfg.kl_coef),
-                    grad_checkpointing=cfg.grad_checkpointing, gpu=True, world=world)  # sizes per process
+    settings = dict(max_rows=-(-cfg.batch * cfg.n * cfg.n // world),
+                    max_microbatch=-(-cfg.minibatch * cfg.n // world),
+                    max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n,
+                    kl=bool(cfg.kl_coef), grad_checkpointing=cfg.grad_checkpointing, gpu=True,
+                    world=world)  # sizes per process
     card = torch.cuda.get_device_properties(device).total_memory
     fit, kl_dtype = memory.fit_memory(model_config, card, **settings), torch.float32
     if fit is None and cfg.kl_coef:
-        fit, kl_dtype = memory.fit_memory(model_config, card, kl_bytes=2, **settings), torch.bfloat16
+        fit, kl_dtype = (memory.fit_memory(model_config, card, kl_bytes=2, **settings),
+                         torch.bfloat16)
     if fit is None:
-        raise RunError("the memory plan fits not even one sequence on this GPU: try --grad-checkpointing, "
-                       "--kl 0, a shorter --max-response or more GPUs (torchrun, README)")
+        raise RunError("the memory plan fits not even one sequence on this GPU: try "
+                       "--grad-checkpointing, --kl 0, a shorter --max-response or more GPUs "
+                       "(torchrun, README)")
     cfg.rollout_rows, cfg.microbatch = fit
     if parallel.rank_from_env() == 0:
         print(f"memory plan: --rollout-rows {cfg.rollout_rows} --microbatch {cfg.microbatch}"
-              + ("; the fp32 KL reference does not fit this GPU, so it is kept in bf16 (as released: the KL term "
-                 "starts near 0.006 per token, not at 0)" if kl_dtype == torch.bfloat16 else ""), flush=True)
+              + ("; the fp32 KL reference does not fit this GPU, so it is kept in bf16 (as "
+                 "released: the KL term starts near 0.006 per token, not at 0)"
+                 if kl_dtype == torch.bfloat16 else ""), flush=True)
     return kl_dtype
 
 
 # --- checkpoints ---------------------------------------------------------------------
 
 def save_checkpoint(run, step, models, tokenizer, cfg, world):
-    """run/step-NNNNNN: save_pretrained model + tokenizer, and trainer_state.pt: step, config and the
-    AdamW state. No random generator state: every sample draws from a stream derived from (seed, step,
-    role, prompt) (sqlm.derive_seed), so nothing carries over from one step to the next.
+    """run/step-NNNNNN: save_pretrained model + tokenizer, and trainer_state.pt: step, config and
+    the AdamW state. No random generator state: every sample draws from a stream derived from (seed,
+    step, role, prompt) (sqlm.derive_seed), so nothing carries over from one step to the next.
 
     Written under a temporary name and renamed, so a kill mid-save leaves no broken checkpoint. A
     failing disk raises MachineError with the temporary directory removed (a full disk is not made
@@ -212,7 +229,8 @@ def save_checkpoint(run, step, models, tokenizer, cfg, world):
     tmp = final + ".tmp"
     sharded = world.size > 1
     try:
-        weights = parallel.full_state_dict(models.policy) if sharded else None  # a collective, before rank 0 writes
+        # a collective, before rank 0 writes
+        weights = parallel.full_state_dict(models.policy) if sharded else None
         if world.main:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
@@ -222,13 +240,17 @@ def save_checkpoint(run, step, models, tokenizer, cfg, world):
         if world.main:
             models.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
-            write_trainer_state({"step": step, "world_size": world.size, "config": dataclasses.asdict(cfg),
-                                 "optimizer": "optimizer/ (sharded)" if sharded else models.optimizer.state_dict()},
+            write_trainer_state({"step": step, "world_size": world.size,
+                                 "config": dataclasses.asdict(cfg),
+                                 "optimizer": "optimizer/ (sharded)" if sharded
+                                              else models.optimizer.state_dict()},
                                 os.path.join(tmp, "trainer_state.pt"))
     except BaseException as e:  # no space, Ctrl-C: no half-written .tmp left to fill the disk
         e = parallel.cause(e)  # the sharded optimizer's save wraps what failed in every process
-        machine = isinstance(e, (OSError, SafetensorError))  # safetensors reports a failed write as its own
-        reason = cli.os_reason(e, run) if machine else None  # before the cleanup frees the space again
+        # safetensors reports a failed write as its own
+        machine = isinstance(e, (OSError, SafetensorError))
+        # before the cleanup frees the space again
+        reason = cli.os_reason(e, run) if machine else None
         shutil.rmtree(tmp, ignore_errors=True)
         if not machine:
             raise e
@@ -241,7 +263,8 @@ def save_checkpoint(run, step, models, tokenizer, cfg, world):
 
 
 def write_trainer_state(state, path):
-    """torch.save, whose writer reports a failed write (a full disk) as a RuntimeError: an OSError here."""
+    """torch.save, whose writer reports a failed write (a full disk) as a RuntimeError: an OSError
+    here."""
     try:
         torch.save(state, path)
     except RuntimeError as e:
@@ -249,9 +272,11 @@ def write_trainer_state(state, path):
 
 
 def complete_checkpoints(run):
-    """A run's complete step-* directories (a trainer_state.pt written, not a .tmp), oldest first."""
-    return sorted(d for d in os.listdir(run) if d.startswith("step-") and not d.endswith(".tmp")
-                  and os.path.exists(os.path.join(run, d, "trainer_state.pt"))) if os.path.isdir(run) else []
+    """A run's complete step-* directories (a trainer_state.pt written, not a .tmp), oldest
+    first."""
+    return (sorted(d for d in os.listdir(run) if d.startswith("step-") and not d.endswith(".tmp")
+                   and os.path.exists(os.path.join(run, d, "trainer_state.pt")))
+            if os.path.isdir(run) else [])
 
 
 def last_checkpoint(run):
@@ -261,7 +286,8 @@ def last_checkpoint(run):
 
 
 def prune_checkpoints(run, keep_last):
-    """Delete all but the newest `keep_last` complete checkpoints (0: keep all) and any .tmp a kill left.
+    """Delete all but the newest `keep_last` complete checkpoints (0: keep all) and any .tmp a kill
+    left.
 
     Called only after a save has completed, so the newest complete checkpoint always stays. An
     old one loses its trainer_state.pt first, so a kill mid-delete leaves it incomplete, never
@@ -282,27 +308,31 @@ def read_trainer_state(checkpoint):
         state = torch.load(path, weights_only=False)  # our own file (the config's dict)
         state["step"], state["optimizer"]  # noqa: B018 (the fields a resume reads)
     except Exception as e:  # truncated, overwritten, not a torch file: one line, no traceback
-        raise RunError(f"cannot read {path} ({cli.first_line(e)}): delete {checkpoint} to resume from the checkpoint "
-                       f"before it") from None
+        raise RunError(f"cannot read {path} ({cli.first_line(e)}): delete {checkpoint} to resume "
+                       f"from the checkpoint before it") from None
     return state
 
 
 def check_world_size(state, checkpoint, world, run):
-    """A checkpoint's AdamW state is sharded per process: it resumes on as many processes as wrote it."""
+    """A checkpoint's AdamW state is sharded per process: it resumes on as many processes as wrote
+    it."""
     wrote = state.get("world_size", 1)
     if wrote != world.size:
-        raise RunError(f"{checkpoint} was written by {wrote} process{'es' * (wrote > 1)}, this run has {world.size}: "
-                       f"its optimizer state is per process; resume it with {launch_command(wrote)} --resume {run}")
+        raise RunError(f"{checkpoint} was written by {wrote} process{'es' * (wrote > 1)}, this run "
+                       f"has {world.size}: its optimizer state is per process; resume it with "
+                       f"{launch_command(wrote)} --resume {run}")
 
 
 # --- logs ----------------------------------------------------------------------------
 
 def check_new_run_dir(out):
-    """A new run's --out: not a file, not a run already (its logs would be appended to), creatable."""
+    """A new run's --out: not a file, not a run already (its logs would be appended to),
+    creatable."""
     if os.path.exists(out) and not os.path.isdir(out):
         raise RunError(f"--out {out} is a file, not a directory")
     if os.path.isdir(out) and any(n in RUN_FILES or n.startswith("step-") for n in os.listdir(out)):
-        raise RunError(f"--out {out} already holds a run: continue it with --resume {out}, or choose another --out")
+        raise RunError(f"--out {out} already holds a run: continue it with --resume {out}, or "
+                       f"choose another --out")
     try:
         cli.check_creatable(out)
     except ValueError as e:
@@ -310,7 +340,8 @@ def check_new_run_dir(out):
 
 
 def truncate_logs(run, step):
-    """Keep only the records of steps before `step` in the run's jsonl logs (and no line a kill cut short)."""
+    """Keep only the records of steps before `step` in the run's jsonl logs (and no line a kill cut
+    short)."""
     def before(line):
         try:
             return json.loads(line)["step"] < step
@@ -331,12 +362,15 @@ def append_jsonl(path, records):
 
 
 def record(step, p):
-    """One samples.jsonl line: the proposal, its verdict, and (if solved) its answers, vote and rewards."""
-    rec = {"step": step, "index": p.index, "proposal": p.sample.text, "valid": p.valid, "reason": p.reason}
+    """One samples.jsonl line: the proposal, its verdict, and (if solved) its answers, vote and
+    rewards."""
+    rec = {"step": step, "index": p.index, "proposal": p.sample.text, "valid": p.valid,
+           "reason": p.reason}
     if p.solved:
-        rec.update(problem=p.problem.text, responses=[s.text for s in p.answers], answers=p.extracted,
-                   majority=p.majority, majority_count=p.majority_count, task_rewards=p.task_rewards,
-                   solver_rewards=p.solver_rewards, proposer_reward=p.proposer_reward)
+        rec.update(problem=p.problem.text, responses=[s.text for s in p.answers],
+                   answers=p.extracted, majority=p.majority, majority_count=p.majority_count,
+                   task_rewards=p.task_rewards, solver_rewards=p.solver_rewards,
+                   proposer_reward=p.proposer_reward)
         if p.truth is not None:
             rec["truth"] = p.truth
     return rec
@@ -347,8 +381,10 @@ def format_line(m):
     if "t_update" not in m:  # the final weights' eval
         return f"step {m['step']:4d} | eval {m.get('eval_accuracy', float('nan')):.3f}"
     fields = [f"step {m['step']:4d}",
-              f"t {m['t_propose']:.1f}/{m['t_solve']:.1f}/{m['t_rewards']:.1f}/{m['t_update']:.1f}s",
-              f"valid {m['valid_rate']:.2f}", f"r_prop {m['proposer_reward']:.3f}", f"r_solve {m['solver_reward']:.3f}",
+              f"t {m['t_propose']:.1f}/{m['t_solve']:.1f}/{m['t_rewards']:.1f}/"
+              f"{m['t_update']:.1f}s",
+              f"valid {m['valid_rate']:.2f}", f"r_prop {m['proposer_reward']:.3f}",
+              f"r_solve {m['solver_reward']:.3f}",
               f"maj {m['majority_share']:.2f}", f"zero {m['zero_signal']:.2f}",
               f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}",
               f"ent {m['solver_entropy']:.2f}", f"len {m['response_len']:.0f}"]
@@ -366,12 +402,15 @@ def run_eval(sampler, tokenizer, cfg, world):
     the training temperature (eval_sampled_*: accuracy of one sample, pass@k, maj@k). Each process
     of `world` answers its share of the problems; rank 0 shows the progress of its own."""
     problems = heldout.read_jsonl(cfg.eval_data, cfg.task) if cfg.eval_data else None
-    runs = [("eval_", 1, 0.0)] + ([("eval_sampled_", cfg.eval_samples, cfg.temperature)] if cfg.eval_samples else [])
+    runs = [("eval_", 1, 0.0)] + ([("eval_sampled_", cfg.eval_samples, cfg.temperature)]
+                                  if cfg.eval_samples else [])
     figures = {}
     for prefix, samples, temperature in runs:
-        show = rollout.progress_printer(f"{prefix.rstrip('_')} step", samples) if world.main else None
-        result = heldout.evaluate(sampler, tokenizer, cfg.task, problems, limit=cfg.eval_limit or None,
-                                  samples=samples, temperature=temperature, max_new_tokens=cfg.max_response,
+        show = (rollout.progress_printer(f"{prefix.rstrip('_')} step", samples) if world.main
+                else None)
+        result = heldout.evaluate(sampler, tokenizer, cfg.task, problems,
+                                  limit=cfg.eval_limit or None, samples=samples,
+                                  temperature=temperature, max_new_tokens=cfg.max_response,
                                   batch_size=cfg.rollout_rows, progress=show, world=world)
         figures.update({prefix + k: v for k, v in result.items() if isinstance(v, (int, float))})
     return figures
@@ -394,7 +433,8 @@ class Run:
             try:  # a line cut short by a full disk is dropped on resume (truncate_logs)
                 append_jsonl(os.path.join(self.path, "metrics.jsonl"), [{"step": step, **metrics}])
                 if batch:
-                    append_jsonl(os.path.join(self.path, "samples.jsonl"), [record(step, p) for p in batch])
+                    append_jsonl(os.path.join(self.path, "samples.jsonl"),
+                                 [record(step, p) for p in batch])
             except OSError as e:
                 raise MachineError(self.path, step, "the logs", cli.os_reason(e)) from None
             print(format_line({"step": step, **metrics}), flush=True)
@@ -409,12 +449,12 @@ class Run:
 # --- the run -------------------------------------------------------------------------
 
 def train(cfg):
-    """The whole run: check the config, load, (resume), then sqlm.train with eval, logs and checkpoints.
-    Returns the run dir.
+    """The whole run: check the config, load, (resume), then sqlm.train with eval, logs and
+    checkpoints. Returns the run dir.
 
-    Raises RunError on bad input found as the run starts (nothing is written then), sandbox.Unavailable
-    for the code task on a machine whose sandbox cannot isolate, and Interrupted on Ctrl-C. Under
-    torchrun, every process runs it (parallel.setup joins them).
+    Raises RunError on bad input found as the run starts (nothing is written then),
+    sandbox.Unavailable for the code task on a machine whose sandbox cannot isolate, and Interrupted
+    on Ctrl-C. Under torchrun, every process runs it (parallel.setup joins them).
     """
     try:
         cfg = check_config(cfg)  # no Config reaches the loop with its task defaults unfilled
@@ -439,8 +479,8 @@ def start_point(cfg, world):
         checkpoint = last_checkpoint(path)
         state = read_trainer_state(checkpoint) if checkpoint else None
         if state and cfg.steps <= state["step"]:
-            raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({checkpoint}, step "
-                           f"{state['step']}): give --steps above {state['step']} to train on")
+            raise RunError(f"--steps {cfg.steps} is not beyond the last checkpoint ({checkpoint}, "
+                           f"step {state['step']}): give --steps above {state['step']} to train on")
         if state:
             check_world_size(state, checkpoint, world, path)
     else:
@@ -450,11 +490,14 @@ def start_point(cfg, world):
 
 def load_policy(cfg, checkpoint, device, world):
     """(fp32 model, tokenizer) from the checkpoint or --model, checked: a plain lm-head, usable
-    prompts. On N GPUs the whole model is loaded on the CPU: fully_shard moves only each GPU's shard."""
-    model, tokenizer = rollout.load(checkpoint or cfg.model, device=torch.device("cpu") if world.size > 1 else device,
+    prompts. On N GPUs the whole model is loaded on the CPU: fully_shard moves only each GPU's
+    shard."""
+    model, tokenizer = rollout.load(checkpoint or cfg.model,
+                                    device=torch.device("cpu") if world.size > 1 else device,
                                     dtype=torch.float32)
     try:
-        rollout.check_plain_head(model)  # token_logprobs reads the lm-head directly: one line, not wrong numbers
+        # token_logprobs reads the lm-head directly: one line, not wrong numbers
+        rollout.check_plain_head(model)
     except ValueError as e:
         raise RunError(str(e)) from None
     check_prompts(cfg, tokenizer)
@@ -467,13 +510,15 @@ def restore_optimizer(models, checkpoint, state, world):
         models.optimizer.load_state_dict(state["optimizer"])
         return
     try:
-        parallel.load_optimizer(models.policy, models.optimizer, os.path.join(checkpoint, "optimizer"))
-    except BaseException as e:  # a missing or damaged shard, in any process: one line, not a traceback
+        parallel.load_optimizer(models.policy, models.optimizer,
+                                os.path.join(checkpoint, "optimizer"))
+    except BaseException as e:
+        # a missing or damaged shard, in any process: one line, not a traceback
         e = parallel.cause(e)
         if isinstance(e, KeyboardInterrupt):
             raise e from None
-        raise RunError(f"cannot read {checkpoint}/optimizer ({cli.first_line(e)}): delete {checkpoint} "
-                       f"to resume from the checkpoint before it") from None
+        raise RunError(f"cannot read {checkpoint}/optimizer ({cli.first_line(e)}): delete "
+                       f"{checkpoint} to resume from the checkpoint before it") from None
 
 
 def train_on(cfg, world, device):
@@ -489,7 +534,8 @@ def train_on(cfg, world, device):
             raise RunError(f"--eval-data: {e}") from None
     model, tokenizer = load_policy(cfg, checkpoint, device, world)
     kl_dtype = fit_to_memory(cfg, model.config, device, world.size)
-    models = sqlm.build_models(cfg, model, device, world, resumed=checkpoint is not None, kl_dtype=kl_dtype)
+    models = sqlm.build_models(cfg, model, device, world, resumed=checkpoint is not None,
+                               kl_dtype=kl_dtype)
     start = 0
     if state:
         restore_optimizer(models, checkpoint, state, world)
@@ -502,8 +548,8 @@ def train_on(cfg, world, device):
         if cfg.resume:
             print(f"resumed from {checkpoint} at step {start}" if checkpoint else
                   f"no checkpoint in {path} yet: running it again from step 0", flush=True)
-        print("config " + json.dumps(dataclasses.asdict(cfg)) + (f" on {world.size} processes" if world.size > 1 else ""),
-              flush=True)
+        print("config " + json.dumps(dataclasses.asdict(cfg))
+              + (f" on {world.size} processes" if world.size > 1 else ""), flush=True)
     try:
         sqlm.train(cfg, models, tokenizer, device, run, start, world)
     except KeyboardInterrupt as e:
@@ -514,19 +560,22 @@ def train_on(cfg, world, device):
 
 
 def prepare_run_dir(path, cfg, start):
-    """Create the run directory (a resumed run's: its logs cut back to `start`) and write config.json."""
+    """Create the run directory (a resumed run's: its logs cut back to `start`) and write
+    config.json."""
     created = not os.path.isdir(path)
     try:  # only now: a start that fails leaves no directory behind
         os.makedirs(path, exist_ok=True)
         if cfg.resume:
             truncate_logs(path, start)  # steps after the checkpoint are run again
-        cli.write_atomic(os.path.join(path, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=2))
+        cli.write_atomic(os.path.join(path, "config.json"),
+                         json.dumps(dataclasses.asdict(cfg), indent=2))
     except OSError as e:
         if created:
             shutil.rmtree(path, ignore_errors=True)
         raise RunError(f"cannot write the run directory {path}: {cli.os_reason(e)}") from None
     except KeyboardInterrupt as e:
-        if created:  # a new run's directory, its config not yet (or just) written: as if never started
+        # a new run's directory, its config not yet (or just) written: as if never started
+        if created:
             shutil.rmtree(path, ignore_errors=True)
             raise
         raise Interrupted(path, start, e) from None
@@ -535,8 +584,10 @@ def prepare_run_dir(path, cfg, start):
 def run_summary(run):
     """Where the run and its final checkpoint are, and its held-out accuracy against step."""
     with open(os.path.join(run, "metrics.jsonl")) as f:
-        evals = [(m["step"], m["eval_accuracy"]) for m in map(json.loads, f) if "eval_accuracy" in m]
-    trajectory = ", ".join(f"{step}: {accuracy:.3f}" for step, accuracy in evals) or "none (--eval-every 0)"
+        evals = [(m["step"], m["eval_accuracy"]) for m in map(json.loads, f)
+                 if "eval_accuracy" in m]
+    trajectory = (", ".join(f"{step}: {accuracy:.3f}" for step, accuracy in evals)
+                  or "none (--eval-every 0)")
     return (f"run directory     {run}\nfinal checkpoint  {last_checkpoint(run)}\n"
             f"eval accuracy     {trajectory} (step: greedy accuracy)")
 
@@ -544,12 +595,14 @@ def run_summary(run):
 # --- CLI -----------------------------------------------------------------------------
 
 def saved_config(run):
-    """The config a run was started with (its config.json); ValueError, one line, if there is none or
-    a field is unknown or of the wrong type (the values themselves are checked with the flags')."""
+    """The config a run was started with (its config.json); ValueError, one line, if there is none
+    or a field is unknown or of the wrong type (the values themselves are checked with the
+    flags')."""
     path = os.path.join(run, "config.json")
     if os.path.exists(os.path.join(run, "trainer_state.pt")):
-        raise ValueError(f"--resume {run} is a checkpoint; --resume takes the run directory that holds it "
-                         f"({os.path.dirname(os.path.abspath(run))}) and continues from its last checkpoint")
+        raise ValueError(f"--resume {run} is a checkpoint; --resume takes the run directory that "
+                         f"holds it ({os.path.dirname(os.path.abspath(run))}) and continues from "
+                         f"its last checkpoint")
     if not os.path.isdir(run):
         raise ValueError(f"--resume {run}: no such run directory")
     try:
@@ -561,80 +614,99 @@ def saved_config(run):
         raise ValueError(f"--resume {run}: {path} is damaged (not valid JSON)") from None
     if not isinstance(saved, dict):
         raise ValueError(f"--resume {run}: {path} is not a config (a JSON object)")
-    kinds = {f.name: (int, float) if f.type is float else f.type for f in dataclasses.fields(Config)}
+    kinds = {f.name: (int, float) if f.type is float else f.type
+             for f in dataclasses.fields(Config)}
     for key, value in saved.items():
-        if key not in kinds or not isinstance(value, kinds[key]) or (isinstance(value, bool) and kinds[key] is not bool):
+        if (key not in kinds or not isinstance(value, kinds[key])
+                or (isinstance(value, bool) and kinds[key] is not bool)):
             raise ValueError(f"--resume {run}: {path} has {key} = {value!r}, not a valid value")
     return saved
 
 
 def check_same_run(cfg, run):
-    """`--resume` continues the run, so it may change only the RESUMABLE fields; a change of what the
-    run is (task, model, seed, batch shape, rewards, loss, sampling) would mix two runs' records and
-    checkpoints in one directory. RunError names each change and how to start a new run instead."""
+    """`--resume` continues the run, so it may change only the RESUMABLE fields; a change of what
+    the run is (task, model, seed, batch shape, rewards, loss, sampling) would mix two runs' records
+    and checkpoints in one directory. RunError names each change and how to start a new run
+    instead."""
     try:
         saved = Config(**saved_config(run)).resolve()  # as saved: resolved, paths absolute
     except ValueError as e:
         raise RunError(str(e)) from None
-    cfg = resolved(dataclasses.replace(cfg))  # before check_config too: its complaint would miss the point
-    changed = [f.name for f in dataclasses.fields(Config) if f.name not in RESUMABLE + ("out", "resume")
+    # before check_config too: its complaint would miss the point
+    cfg = resolved(dataclasses.replace(cfg))
+    changed = [f.name for f in dataclasses.fields(Config)
+               if f.name not in RESUMABLE + ("out", "resume")
                and getattr(cfg, f.name) != getattr(saved, f.name)]
     if changed:
-        what = ", ".join(f"{flag(n)} {getattr(cfg, n)!r} (the run's: {getattr(saved, n)!r})" for n in changed)
+        what = ", ".join(f"{flag(n)} {getattr(cfg, n)!r} (the run's: {getattr(saved, n)!r})"
+                         for n in changed)
         weights = last_checkpoint(run)
-        raise RunError(f"--resume {run} cannot change what the run is: {what}. --resume may change only "
-                       f"{', '.join(flag(n) for n in RESUMABLE)}; for the new settings start a new run with "
-                       f"--out NEW_DIR" + (f" (--model {weights} starts it from this run's weights)" if weights else ""))
+        raise RunError(f"--resume {run} cannot change what the run is: {what}. --resume may change "
+                       f"only {', '.join(flag(n) for n in RESUMABLE)}; for the new settings start "
+                       f"a new run with --out NEW_DIR"
+                       + (f" (--model {weights} starts it from this run's weights)"
+                          if weights else ""))
 
 
 def parse_args(argv):
-    """Config from the flags; with --resume, the run's saved config with only the given flags changed."""
+    """Config from the flags; with --resume, the run's saved config with only the given flags
+    changed."""
     p = argparse.ArgumentParser(prog="sqlm.py",
-                                description="Self-Questioning Language Models: train a model on problems it writes.",
+                                description="Self-Questioning Language Models: train a model on "
+                                            "problems it writes.",
                                 epilog=cli.SANDBOX_HELP)
-    def error(message):  # argparse's usage errors too: one line, exit 2 (main), and checkable by experiments.py
+    # argparse's usage errors too: one line, exit 2 (main), and checkable by experiments.py
+    def error(message):
         raise ValueError(message)
     p.error = error
     for f in dataclasses.fields(Config):
         help_ = f"{f.metadata['help']} (default: {f.default!r})"
-        if f.type is bool or f.type == "bool":  # --cat / --no-cat: a resumed run can switch a flag off
-            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
+        # --cat / --no-cat: a resumed run can switch a flag off
+        if f.type is bool or f.type == "bool":
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=help_)
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
-            p.add_argument(flag(f.name), type=kind, default=argparse.SUPPRESS, help=help_, choices=f.metadata["choices"])
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str)
+                                                            else f.type.__name__]
+            p.add_argument(flag(f.name), type=kind, default=argparse.SUPPRESS, help=help_,
+                           choices=f.metadata["choices"])
     argv = sys.argv[1:] if argv is None else list(argv)
-    argv = argv[1:] if argv[:1] == ["--"] else argv  # `torchrun ... sqlm.py -- --n 4`, where torchrun keeps the --
+    # `torchrun ... sqlm.py -- --n 4`, where torchrun keeps the --
+    argv = argv[1:] if argv[:1] == ["--"] else argv
     given = vars(p.parse_args(cli.negative_values_joined(argv)))
     if "resume" in given:
         if given.get("out") and os.path.abspath(os.path.expanduser(given["out"])) != \
                 os.path.abspath(os.path.expanduser(given["resume"])):
-            raise ValueError(f"--out {given['out']} with --resume: a resumed run stays in its own directory "
-                             f"({given['resume']}); for a copy to go on elsewhere, copy the directory and resume "
-                             f"the copy")
+            raise ValueError(f"--out {given['out']} with --resume: a resumed run stays in its own "
+                             f"directory ({given['resume']}); for a copy to go on elsewhere, copy "
+                             f"the directory and resume the copy")
         given = {**saved_config(given["resume"]), **given}
     cfg = Config(**given)
-    if 0 < cfg.batch < cfg.minibatch:  # on the command line; a Config built in code may shrink a batch for a test
-        raise ValueError(f"--minibatch {cfg.minibatch} is more groups than the proposer's --batch {cfg.batch}: "
-                         f"give --minibatch {cfg.batch} or less")
+    # on the command line; a Config built in code may shrink a batch for a test
+    if 0 < cfg.batch < cfg.minibatch:
+        raise ValueError(f"--minibatch {cfg.minibatch} is more groups than the proposer's --batch "
+                         f"{cfg.batch}: give --minibatch {cfg.batch} or less")
     return cfg
 
 
 def say(line):
-    """An error or interrupt line on stderr, once: from rank 0 of a torchrun launch (every process meets it)."""
+    """An error or interrupt line on stderr, once: from rank 0 of a torchrun launch (every process
+    meets it)."""
     if parallel.rank_from_env() == 0:
         print(line, file=sys.stderr)
 
 
 def main(argv=None):
-    """CLI entry: bad input (flag, value, task, model, run directory) and a failing disk are one line
-    on stderr and exit code 2; Ctrl-C or SIGTERM, at any moment, one line saying how to resume, exit
-    code 130 (Ctrl-C) or 143 (SIGTERM)."""
+    """CLI entry: bad input (flag, value, task, model, run directory) and a failing disk are one
+    line on stderr and exit code 2; Ctrl-C or SIGTERM, at any moment, one line saying how to resume,
+    exit code 130 (Ctrl-C) or 143 (SIGTERM)."""
     with cli.interrupts():
         try:
             try:
                 cfg = parse_args(argv)
                 if cfg.resume and cfg.task in prompts.TASKS:
-                    check_same_run(cfg, cfg.resume)  # first: a changed --task fails check_config otherwise
+                    # first: a changed --task fails check_config otherwise
+                    check_same_run(cfg, cfg.resume)
             except (ValueError, RunError) as e:
                 say(f"sqlm.py: error: {e}")
                 return 2

@@ -49,7 +49,8 @@ class World:
         return items[self.rank * len(items) // self.size:(self.rank + 1) * len(items) // self.size]
 
     def gather(self, items):
-        """Every process's `items`, concatenated in rank order, on every process: gather(share(x)) == x."""
+        """Every process's `items`, concatenated in rank order, on every process:
+        gather(share(x)) == x."""
         if self.size == 1:
             return list(items)
         parts = [None] * self.size
@@ -57,7 +58,8 @@ class World:
         return [x for part in parts for x in part]
 
     def sum(self, values):
-        """A dict of floats summed over processes, in rank order (a key a process lacks counts 0)."""
+        """A dict of floats summed over processes, in rank order (a key a process lacks
+        counts 0)."""
         if self.size == 1:
             return values
         total = {}
@@ -76,9 +78,9 @@ class World:
         return [done.get(p.index, p) for p in batch]
 
     def deal(self, lengths):
-        """A rank for each of a mini-batch's sequences, balanced by tokens: longest first, each to the
-        process with the fewest tokens so far (ties: the fewest sequences, then the lowest rank).
-        The same on every process, from the same gathered records."""
+        """A rank for each of a mini-batch's sequences, balanced by tokens: longest first, each to
+        the process with the fewest tokens so far (ties: the fewest sequences, then the lowest
+        rank). The same on every process, from the same gathered records."""
         if self.size == 1:
             return [0] * len(lengths)
         tokens, counts, ranks = [0] * self.size, [0] * self.size, [0] * len(lengths)
@@ -89,7 +91,8 @@ class World:
         return ranks
 
     def micro_batches(self, minibatch, size):
-        """This process's micro-batches of one mini-batch's sequences (at most `size` each), in order.
+        """This process's micro-batches of one mini-batch's sequences (at most `size` each),
+        in order.
 
         One process: consecutive slices. N processes: the mini-batch is dealt across them by tokens
         (`deal`) and each slices its own; one with fewer slices than the busiest pads with empty
@@ -121,22 +124,25 @@ def launched():
 
 
 def rank_from_env():
-    """This process's rank before the process group exists (0 without torchrun): for who prints an error."""
+    """This process's rank before the process group exists (0 without torchrun): for who prints an
+    error."""
     return int(os.environ.get("RANK", "0"))
 
 
 def setup(device_flag):
     """(World, device): torchrun's processes joined in a process group (NCCL on GPUs, gloo on CPU),
     each GPU process on cuda:LOCAL_RANK; one process: (ONE, the --device). The timeout bounds a wait
-    at a collective: for another process's longer share of a sampling phase or of the eval, or for rank
-    0's checkpoint write. None of these has been timed on GPUs, hence 2 hours (a hang takes as long)."""
+    at a collective: for another process's longer share of a sampling phase or of the eval, or for
+    rank 0's checkpoint write. None of these has been timed on GPUs, hence 2 hours (a hang takes as
+    long)."""
     device = cli.device(device_flag)
     if not launched():
         return ONE, device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(hours=2))
     return World(dist.get_rank(), dist.get_world_size(), device), device
 
 
@@ -146,18 +152,19 @@ def teardown(world):
 
 
 def shard(model, world):
-    """FSDP2 over the processes: `fully_shard` each decoder layer, then a `rollout.TokenLogprobs` around
-    the model as the root, returned. The root holds the embedding, final norm and lm-head, unsharded
-    around its forward: the log-prob computation, which the update calls (calling the decoder from
-    outside a sharded root would meet sharded weights, and leave them without gradients).
+    """FSDP2 over the processes: `fully_shard` each decoder layer, then a `rollout.TokenLogprobs`
+    around the model as the root, returned. The root holds the embedding, final norm and lm-head,
+    unsharded around its forward: the log-prob computation, which the update calls (calling the
+    decoder from outside a sharded root would meet sharded weights, and leave them without
+    gradients).
 
     Weights are gathered in fp32 and computed under the same bf16 autocast as on one GPU (no FSDP2
-    mixed-precision policy), so N processes compute what one does, up to summation order; the cost is
-    autocast's bf16 casts of the whole model on every GPU during the update (memory.memory_plan).
+    mixed-precision policy), so N processes compute what one does, up to summation order; the cost
+    is autocast's bf16 casts of the whole model on every GPU during the update (memory.memory_plan).
 
     A frozen model (no weight requires grad: the KL reference) has its root sharded again after each
-    forward. FSDP2 keeps a root's weights gathered from its forward to the backward that follows, and
-    it has none, so its embedding and lm-head would otherwise stay whole on every process."""
+    forward. FSDP2 keeps a root's weights gathered from its forward to the backward that follows,
+    and it has none, so its embedding and lm-head would otherwise stay whole on every process."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(world.device.type, (world.size,))
@@ -170,7 +177,8 @@ def shard(model, world):
 
 
 def full_tensor(p):
-    """A parameter's whole value: a sharded one is all-gathered (a collective: every process calls it)."""
+    """A parameter's whole value: a sharded one is all-gathered (a collective: every process calls
+    it)."""
     return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
@@ -178,21 +186,26 @@ def full_state_dict(policy):
     """The sharded policy's weights as one Hugging Face state dict on rank 0, on CPU ({} elsewhere).
     A collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    state = {key.removeprefix("model."): value for key, value in state.items()}  # TokenLogprobs.model
+    state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True,
+                                                                  cpu_offload=True))
+    state = {key.removeprefix("model."): value
+             for key, value in state.items()}  # TokenLogprobs.model
     # a tied lm-head comes back as a second copy of the embedding: keep what save_pretrained keeps
-    own = {name for name, _ in policy.model.named_parameters()} | {name for name, _ in policy.model.named_buffers()}
+    own = ({name for name, _ in policy.model.named_parameters()}
+           | {name for name, _ in policy.model.named_buffers()})
     return {key: value for key, value in state.items() if key in own}
 
 
 def cause(e):
-    """What a torch.distributed.checkpoint failure wraps (an OSError for a full disk, KeyboardInterrupt
-    for a signal mid-write), an interrupt first, from any process; any other exception as it is."""
+    """What a torch.distributed.checkpoint failure wraps (an OSError for a full disk,
+    KeyboardInterrupt for a signal mid-write), an interrupt first, from any process; any other
+    exception as it is."""
     from torch.distributed.checkpoint.api import CheckpointException
     if not isinstance(e, CheckpointException):
         return e
     wrapped = [exc for exc, _ in e.failures.values()]
-    return next((x for x in wrapped if isinstance(x, KeyboardInterrupt)), wrapped[0] if wrapped else e)
+    return next((x for x in wrapped if isinstance(x, KeyboardInterrupt)),
+                wrapped[0] if wrapped else e)
 
 
 def save_optimizer(policy, optimizer, path):
@@ -203,9 +216,11 @@ def save_optimizer(policy, optimizer, path):
 
 
 def load_optimizer(policy, optimizer, path):
-    """`save_optimizer`'s state back into `optimizer` (the same number of processes). A collective."""
+    """`save_optimizer`'s state back into `optimizer` (the same number of processes). A
+    collective."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
     state = {"optimizer": get_optimizer_state_dict(policy, optimizer)}
     dcp.load(state, checkpoint_id=path)
     set_optimizer_state_dict(policy, optimizer, state["optimizer"])

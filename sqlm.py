@@ -32,9 +32,11 @@ critic for code; we use this update for all three tasks), no sequence packing, o
     python sqlm.py --task arith --model /tmp/tiny --batch 4 ...   # offline, CPU
     torchrun --nproc-per-node 4 sqlm.py -- --task arith           # 4 GPUs (FSDP2)
 """
-if __name__ == "__main__":  # `python sqlm.py`: harness.main, which imports this file once, as `sqlm`
+# `python sqlm.py`: harness.main, which imports this file once, as `sqlm`
+if __name__ == "__main__":
     import cli
-    cli.exit_on_signals("sqlm.py: interrupted while starting; nothing was written")  # before torch loads
+    # before torch loads
+    cli.exit_on_signals("sqlm.py: interrupted while starting; nothing was written")
     import harness
     raise SystemExit(harness.main())
 
@@ -79,37 +81,49 @@ class Config:
     clip_high: float = opt(0.2, "PPO ratio clip, upper side")
     clip_c: float = opt(3.0, "dual-clip bound for negative advantages; 0 disables")
     kl: float = opt(0.001, "k3 KL-to-initial-model coefficient; 0 drops the reference model")
-    adv_norm: str = opt("std", "std (GRPO) | none (Dr. GRPO: no division by the group std)", ("std", "none"))
+    adv_norm: str = opt("std", "std (GRPO) | none (Dr. GRPO: no division by the group std)",
+                        ("std", "none"))
     proposer_every: int = opt(5, "proposer update period in steps (5, 10, ... from 1); 0 = never")
     proposer_reward: str = opt("sqlm", "sqlm: 1 < m < n | azr | rzero", ("sqlm", "azr", "rzero"))
-    solver_reward: str = opt("", "'' = majority (arith, algebra) / tests (code); format = format-only baseline",
+    solver_reward: str = opt("", "'' = majority (arith, algebra) / tests (code); "
+                                 "format = format-only baseline",
                              ("", "majority", "tests", "format"))
-    judge: str = opt("exact", "code output judge: exact (released: text equal after stripping trailing "
-                              "newlines) | lenient (whitespace, list punctuation, integer spelling)", ("exact", "lenient"))
-    cat: bool = opt(False, "Code-as-Task filter: reference passes every test, wrong solution fails one")
-    arith_check: bool = opt(False, "arith: a proposal must hold one well-formed arithmetic expression")
-    as_released: bool = opt(False, "reproduce the released code where it differs from the paper's text "
-                                   "(README: 'Where this differs from the released code')")
-    max_prompt: int = opt(512, "longer solver prompts invalidate their proposal (released: cut from the left)")
+    judge: str = opt("exact", "code output judge: exact (released: text equal after stripping "
+                              "trailing newlines) | lenient (whitespace, list punctuation, integer "
+                              "spelling)", ("exact", "lenient"))
+    cat: bool = opt(False, "Code-as-Task filter: reference passes every test, wrong solution "
+                           "fails one")
+    arith_check: bool = opt(False, "arith: a proposal must hold one well-formed arithmetic "
+                                   "expression")
+    as_released: bool = opt(False, "reproduce the released code where it differs from the paper's "
+                                   "text (README: 'Where this differs from the released code')")
+    max_prompt: int = opt(512, "longer solver prompts invalidate their proposal (released: cut "
+                               "from the left)")
     max_response: int = opt(0, "0 = per task: 1024 arith, 3072 algebra, 512 code")
     temperature: float = opt(1.0, "sampling temperature (log-probs use the same)")
-    top_p: float = opt(1.0, "nucleus sampling; no top-k anywhere: the sampled policy is the trained one")
-    rollout_rows: int = opt(256, "most sequences per generate call (KV-cache memory only; samples unchanged)")
-    threads: int = opt(0, "torch CPU threads; 0 = torch's default (docs/runs.md: on a shared CPU fewer can be faster)")
+    top_p: float = opt(1.0, "nucleus sampling; no top-k anywhere: the sampled policy is the "
+                            "trained one")
+    rollout_rows: int = opt(256, "most sequences per generate call (KV-cache memory only; samples "
+                                 "unchanged)")
+    threads: int = opt(0, "torch CPU threads; 0 = torch's default (docs/runs.md: on a shared CPU "
+                          "fewer can be faster)")
     seed: int = opt(0, "run seed: sampling streams derive from (seed, step, role, prompt)")
     eval_every: int = opt(5, "greedy eval at step 0 and every k steps; 0 = never")
     eval_limit: int = opt(0, "0 = the whole held-out set")
     eval_data: str = opt("", "JSONL file replacing the built-in held-out set (eval.py's format)")
-    eval_samples: int = opt(0, "also k samples per problem at --temperature: sampled accuracy, pass@k, maj@k")
-    save_every: int = opt(10, "save a checkpoint every k steps and at the end; 0 = at the end only "
-                              "(ours: a kill loses at most k steps)")
-    keep_last: int = opt(2, "complete checkpoints kept: older ones are deleted once a newer one is written; "
-                            "0 = keep all (a 3B one with AdamW state is ~37 GB)")
+    eval_samples: int = opt(0, "also k samples per problem at --temperature: sampled accuracy, "
+                               "pass@k, maj@k")
+    save_every: int = opt(10, "save a checkpoint every k steps and at the end; 0 = at the end "
+                              "only (ours: a kill loses at most k steps)")
+    keep_last: int = opt(2, "complete checkpoints kept: older ones are deleted once a newer one is "
+                            "written; 0 = keep all (a 3B one with AdamW state is ~37 GB)")
     out: str = opt("", "run directory (must not hold a run already); '' = runs/<task>-<time>")
-    resume: str = opt("", "run directory to continue from its last complete checkpoint (none yet: from step 0)")
+    resume: str = opt("", "run directory to continue from its last complete checkpoint (none yet: "
+                          "from step 0)")
     grad_checkpointing: bool = opt(False, "recompute activations in backward (memory for speed)")
-    fit_memory: bool = opt(True, "on a GPU, set --rollout-rows and --microbatch to the largest the memory plan "
-                                 "fits on the card; --no-fit-memory keeps them as given")
+    fit_memory: bool = opt(True, "on a GPU, set --rollout-rows and --microbatch to the largest the "
+                                 "memory plan fits on the card; --no-fit-memory keeps them as "
+                                 "given")
 
     def resolve(self):
         """Fill the task-dependent defaults (model, response limit, solver reward); idempotent.
@@ -141,7 +155,8 @@ def grpo_advantages(rewards_, group_size, norm="std", eps=1e-6):
     return adv.view(-1).float()
 
 
-def clipped_pg_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2, normalizer=None, clip_c=3.0):
+def clipped_pg_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.2, normalizer=None,
+                    clip_c=3.0):
     """PPO-clip policy-gradient loss, token-mean over the mini-batch (Sec. 3, GRPO objective).
 
     per token: l = -min(r*A, clip(r, 1-clip_low, 1+clip_high)*A), r = exp(logp - old_logp);
@@ -171,7 +186,8 @@ def clipped_pg_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.
 
 
 def kl_penalty(logp, ref_logp, mask, normalizer=None):
-    """k3 estimator of KL(pi || pi_ref), token-mean: exp(ref - logp) - (ref - logp) - 1, clamped to [-10, 10]."""
+    """k3 estimator of KL(pi || pi_ref), token-mean: exp(ref - logp) - (ref - logp) - 1, clamped to
+    [-10, 10]."""
     delta = (ref_logp - logp).clamp(-20.0, 20.0)  # exp() stays finite
     k3 = (delta.exp() - delta - 1).clamp(-10.0, 10.0)
     normalizer = mask.sum() if normalizer is None else normalizer
@@ -196,12 +212,12 @@ class Proposal:
     reason: str = "ok"               # "ok", or why the proposal is invalid
     answers: list = field(default_factory=list)         # the n solver Samples
     extracted: list = field(default_factory=list)       # each answer's vote (or program, code)
-    majority: object = None                             # most common extracted answer, None included
+    majority: object = None                             # most common of `extracted`, None included
     majority_count: int = 0
     task_rewards: list = field(default_factory=list)    # majority vote or test pass rates
-    solver_rewards: list = field(default_factory=list)  # what the solver is trained on (task or format)
+    solver_rewards: list = field(default_factory=list)  # what the solver trains on (task or format)
     proposer_reward: float = 0.0
-    truth: str = None                # arith diagnostic only: the problem's true value, never a reward
+    truth: str = None                # arith diagnostic: the problem's true value, never a reward
 
     @property
     def valid(self):
@@ -218,16 +234,19 @@ class Seq:
     prompt_ids: list
     completion_ids: list
     advantage: float
-    group: int                     # proposal index (solver) or prompt index (proposer) in the step's batch
-    on_policy: bool = False        # in the first mini-batch of an update: old log-probs = current, detached
-    old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model before the update
+    # proposal index (solver) or prompt index (proposer) in the step's batch
+    group: int
+    # in the first mini-batch of an update: old log-probs = current, detached
+    on_policy: bool = False
+    old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model pre-update
     ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
 
 
 # --- steps 1-4: rollouts and rewards ---------------------------------------------------
 
 def derive_seed(*keys):
-    """An independent 63-bit seed per (run seed, step, role, prompt): a resumed run samples what it would have."""
+    """An independent 63-bit seed per (run seed, step, role, prompt): a resumed run samples what it
+    would have."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
@@ -240,13 +259,16 @@ def sample(sampler, tokenizer, prompt_ids, keys, cfg, seed, world, label="sample
     across processes.
     """
     seeds = [derive_seed(*seed, key) for key in keys]
-    show = rollout.progress_printer(label, quiet_seconds=10)  # shown only for a phase longer than 10 s
+    # shown only for a phase longer than 10 s
+    show = rollout.progress_printer(label, quiet_seconds=10)
 
     def progress(out):
         if world.main:
-            show(len(out), len(prompt_ids) * cfg.n, {"tokens": sum(len(s.completion_ids) for s in out)})
-    return rollout.generate_many(sampler, tokenizer, prompt_ids, cfg.n, seeds, cfg.rollout_rows, progress,
-                                 max_new_tokens=cfg.max_response, temperature=cfg.temperature, top_p=cfg.top_p)
+            show(len(out), len(prompt_ids) * cfg.n,
+                 {"tokens": sum(len(s.completion_ids) for s in out)})
+    return rollout.generate_many(sampler, tokenizer, prompt_ids, cfg.n, seeds, cfg.rollout_rows,
+                                 progress, max_new_tokens=cfg.max_response,
+                                 temperature=cfg.temperature, top_p=cfg.top_p)
 
 
 def propose(sampler, tokenizer, cfg, seed, world):
@@ -263,27 +285,30 @@ def parse(cfg, samples, first=0):
     invalid (truncated proposals are parsed too, as released). --cat: the problem must carry a
     reference solution that passes its tests and a wrong one that fails one (all checks of a step in
     one sandbox call)."""
-    batch = [Proposal(first + i, s, *rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat, released=cfg.as_released,
+    batch = [Proposal(first + i, s, *rewards.parse_proposal(cfg.task, s.text, cat=cfg.cat,
+                                                             released=cfg.as_released,
                                                              arith_check=cfg.arith_check))
              for i, s in enumerate(samples)]
     if cfg.cat:
         candidates = [p for p in batch if p.valid]
-        for p, (ok, reason) in zip(candidates, rewards.cat_filter([p.problem for p in candidates],
-                                                                  lenient=cfg.judge == "lenient")):
+        for p, (ok, reason) in zip(candidates,
+                                   rewards.cat_filter([p.problem for p in candidates],
+                                                      lenient=cfg.judge == "lenient")):
             p.problem, p.reason = (p.problem if ok else None), reason
     return batch
 
 
 def solve(sampler, tokenizer, cfg, batch, seed, world):
-    """Step 3: n answers to each valid proposal (as released: to every proposal, an invalid one as its
-    raw text). A solver prompt longer than `max_prompt` invalidates its proposal (released: it is cut
-    from the left instead). Each process answers a share of the problems; every process returns
-    every record."""
+    """Step 3: n answers to each valid proposal (as released: to every proposal, an invalid one as
+    its raw text). A solver prompt longer than `max_prompt` invalidates its proposal (released: it
+    is cut from the left instead). Each process answers a share of the problems; every process
+    returns every record."""
     todo, prompt_ids = [], []
     for p in batch:
         if not (p.valid or cfg.as_released):
             continue
-        problem = p.problem or rewards.Problem(p.sample.text)  # released: code gets no tests, so scores 0
+        # released: code gets no tests, so scores 0
+        problem = p.problem or rewards.Problem(p.sample.text)
         ids = rollout.chat_prompt(tokenizer, prompts.solver_prompt(cfg.task, problem.text))
         if len(ids) > cfg.max_prompt and not cfg.as_released:
             p.problem, p.reason = None, "prompt too long"
@@ -292,7 +317,8 @@ def solve(sampler, tokenizer, cfg, batch, seed, world):
         todo.append(p)
         prompt_ids.append(ids[-cfg.max_prompt:])
     todo, prompt_ids = world.share(todo), world.share(prompt_ids)
-    answers = iter(sample(sampler, tokenizer, prompt_ids, [p.index for p in todo], cfg, seed, world, "solve"))
+    answers = iter(sample(sampler, tokenizer, prompt_ids, [p.index for p in todo], cfg, seed, world,
+                          "solve"))
     for p in todo:
         p.answers = [next(answers) for _ in range(cfg.n)]
     return world.merge(batch, todo)
@@ -312,8 +338,8 @@ def score(cfg, batch, world):
     solved = world.share([p for p in batch if p.solved])
     code = cfg.task == "code"
     for p in solved:
-        p.extracted = [rewards.extract_program(s.text) if code else rewards.extract_answer(s.text, cfg.as_released)
-                       for s in p.answers]
+        p.extracted = [rewards.extract_program(s.text) if code
+                       else rewards.extract_answer(s.text, cfg.as_released) for s in p.answers]
         p.majority, p.majority_count = vote = rewards.majority_vote(p.extracted)
         if not code:
             p.task_rewards = rewards.majority_solver_rewards(p.extracted, vote)
@@ -324,7 +350,8 @@ def score(cfg, batch, world):
         for p in solved:
             p.task_rewards = [next(rates) for _ in p.answers]
     for p in solved:
-        p.solver_rewards = (rewards.format_solver_rewards([s.text for s in p.answers], cfg.task, cfg.as_released)
+        p.solver_rewards = (rewards.format_solver_rewards([s.text for s in p.answers],
+                                                          cfg.task, cfg.as_released)
                             if cfg.solver_reward == "format" else p.task_rewards)
         p.proposer_reward = rewards.proposer_reward(p.task_rewards, rule=cfg.proposer_reward,
                                                     kind="tests" if code else "majority")
@@ -345,7 +372,8 @@ def to_sequences(batch, cfg, update_proposer):
     solved = [p for p in batch if p.solved]
     solver_adv = iter(grpo_advantages([r for p in solved for r in p.solver_rewards], cfg.n,
                                       cfg.adv_norm).tolist() if solved else [])
-    solver = [Seq(s.prompt_ids, s.completion_ids, next(solver_adv), group=p.index) for p in solved for s in p.answers]
+    solver = [Seq(s.prompt_ids, s.completion_ids, next(solver_adv), group=p.index)
+              for p in solved for s in p.answers]
     if not update_proposer:
         return solver, []
     proposer_adv = grpo_advantages([p.proposer_reward for p in batch], cfg.n, cfg.adv_norm).tolist()
@@ -365,8 +393,8 @@ def mark_on_policy(seqs, cfg):
 
 def minibatches(seqs, cfg):
     """The update's mini-batches: k holds groups [k*minibatch, (k+1)*minibatch) of the step's batch
-    whatever was dropped (8 solver and 2 proposer steps at the paper's shape, fewer only when a whole
-    mini-batch's proposals were invalid)."""
+    whatever was dropped (8 solver and 2 proposer steps at the paper's shape, fewer only when a
+    whole mini-batch's proposals were invalid)."""
     out = {}
     for s in seqs:
         out.setdefault(s.group // cfg.minibatch, []).append(s)
@@ -374,8 +402,10 @@ def minibatches(seqs, cfg):
 
 
 def micro_logprobs(model, seqs, cfg, device):
-    """(B, T) completion log-probs of a micro-batch under `model` (at the sampling temperature), and its mask."""
-    ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs], pad_id=0, device=device)
+    """(B, T) completion log-probs of a micro-batch under `model` (at the sampling temperature), and
+    its mask."""
+    ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs], pad_id=0,
+                                   device=device)
     with rollout.autocast(device):
         logp = rollout.token_logprobs(model, ids, attn, comp, temperature=cfg.temperature)
     return logp, comp
@@ -388,10 +418,11 @@ def prepare(model, ref_model, seqs, cfg, device, world):
 
     Each micro-batch is the one the update will run (`minibatches`, then `world.micro_batches`): the
     same rows, padding and shapes give the same rounding, so until the policy moves its log-probs
-    equal these bit for bit: the KL term is exactly 0 with exactly 0 gradient, and the ratio exactly 1
-    (another layout would differ by rounding, ~1e-7, which AdamW would scale to a full step in a
-    direction rounding chose). A sequence marked `on_policy` (the first mini-batch of the solver
-    update) skips the old forward: its old log-probs are its current ones, detached, in the update.
+    equal these bit for bit: the KL term is exactly 0 with exactly 0 gradient, and the ratio
+    exactly 1 (another layout would differ by rounding, ~1e-7, which AdamW would scale to a full
+    step in a direction rounding chose). A sequence marked `on_policy` (the first mini-batch of the
+    solver update) skips the old forward: its old log-probs are its current ones, detached, in the
+    update.
     """
     for minibatch in minibatches(seqs, cfg):
         for micro in world.micro_batches(minibatch, cfg.microbatch):
@@ -419,20 +450,24 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device, world):
     count = world.count_micro_batches(minibatch, cfg.microbatch)  # released: every process's
     totals = {}
     for micro in world.micro_batches(minibatch, cfg.microbatch):
-        if not micro:  # N processes: this one has run its share; a zero loss joins the others' collectives
+        # N processes: this one has run its share; a zero loss joins the others' collectives
+        if not micro:
             micro_logprobs(model, minibatch[:1], cfg, device)[0].sum().mul(0.0).backward()
             continue
         logp, comp = micro_logprobs(model, micro, cfg, device)
         mask = comp.bool()
-        old = torch.cat([logp[i][mask[i]].detach() if s.on_policy else s.old_logp for i, s in enumerate(micro)])
+        old = torch.cat([logp[i][mask[i]].detach() if s.on_policy else s.old_logp
+                         for i, s in enumerate(micro)])
         old = torch.zeros_like(logp).masked_scatter(mask, old)
         adv = torch.tensor([s.advantage for s in micro], device=device)
         normalizer = mask.sum().clamp(min=1) * count if cfg.as_released else tokens
-        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, normalizer, cfg.clip_c)
+        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, normalizer,
+                                      cfg.clip_c)
         stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
         stats["pg_loss"] = loss.item() * tokens
         if cfg.kl_coef and ref_model is not None:
-            ref = torch.zeros_like(logp).masked_scatter(mask, torch.cat([s.ref_logp for s in micro]))
+            ref = torch.zeros_like(logp).masked_scatter(mask,
+                                                        torch.cat([s.ref_logp for s in micro]))
             kl = kl_penalty(logp, ref, comp, normalizer)
             loss = loss + cfg.kl_coef * kl
             stats["kl"] = kl.item() * tokens
@@ -443,7 +478,8 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device, world):
 
 
 def policy_update(model, ref_model, optimizer, seqs, cfg, device, world):
-    """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of `minibatch` groups (x n sequences).
+    """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of `minibatch` groups
+    (x n sequences).
 
     loss = clipped_pg_loss + kl * kl_penalty, AdamW after a global grad-norm clip.
     Returns the mean of each statistic over the mini-batches.
@@ -454,11 +490,13 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device, world):
     for minibatch in batches:
         optimizer.zero_grad(set_to_none=True)
         stats = accumulate_gradients(model, ref_model, minibatch, cfg, device, world)
-        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                            cfg.grad_clip).item()
         optimizer.step()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / len(batches)
-    optimizer.zero_grad(set_to_none=True)  # no gradients held through the next rollout (12 GB at 3B)
+    # no gradients held through the next rollout (12 GB at 3B)
+    optimizer.zero_grad(set_to_none=True)
     model.eval()
     return totals
 
@@ -468,19 +506,21 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device, world):
 @dataclass
 class Models:
     """What a step trains and samples with (`build_models`)."""
-    policy: torch.nn.Module         # trained (fp32); on N processes the FSDP2 root around `model`
-    model: torch.nn.Module          # the Hugging Face model inside the policy: what a checkpoint saves
-    sampler: torch.nn.Module        # the sampling copy: bf16 on a GPU; on one CPU process the model itself
-    reference: torch.nn.Module      # the frozen initial model of the KL term (None when kl = 0)
+    policy: torch.nn.Module     # trained (fp32); on N processes the FSDP2 root around `model`
+    model: torch.nn.Module      # the Hugging Face model inside the policy: what a checkpoint saves
+    sampler: torch.nn.Module    # sampling copy: bf16 on a GPU; on one CPU process the model itself
+    reference: torch.nn.Module  # the frozen initial model of the KL term (None when kl = 0)
     optimizer: torch.optim.Optimizer
 
 
 def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float32):
-    """The models of a run, from the loaded policy `model` (fp32, on `device`; on N processes on the CPU).
+    """The models of a run, from the loaded policy `model` (fp32, on `device`; on N processes on
+    the CPU).
 
-    - KL reference: the frozen *initial* model (after a resume, `cfg.model` loaded again), fp32 and run
-      under the policy's own autocast, so that KL = 0 exactly while the policy is unchanged (a bf16
-      copy differs by ~0.006 per token); bf16 only where the memory plan fits nothing else (`kl_dtype`).
+    - KL reference: the frozen *initial* model (after a resume, `cfg.model` loaded again), fp32 and
+      run under the policy's own autocast, so that KL = 0 exactly while the policy is unchanged (a
+      bf16 copy differs by ~0.006 per token); bf16 only where the memory plan fits nothing else
+      (`kl_dtype`).
     - Sampling copy: at lr 1e-6 a bf16 weight would not move, so the trained weights stay fp32 and a
       GPU samples from a bf16 copy; N CPU processes from a whole fp32 copy (the trained weights are
       sharded); one CPU process from the model itself.
@@ -489,7 +529,8 @@ def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float3
     """
     reference = None
     if cfg.kl_coef:
-        reference = rollout.load(cfg.model, device=model.device)[0] if resumed else copy.deepcopy(model)
+        reference = (rollout.load(cfg.model, device=model.device)[0] if resumed
+                     else copy.deepcopy(model))
         reference.requires_grad_(False)
         for p in reference.parameters():  # parameters only: the fp32 RoPE buffers stay fp32
             p.data = p.data.to(kl_dtype)
@@ -506,9 +547,9 @@ def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float3
 
 
 def bf16_copy(model):
-    """A bf16 copy of the weights for sampling. Parameters only: `.to(bfloat16)` would also round the
-    fp32 RoPE buffers (inv_freq), shifting positions by radians at long range, so the sampled policy
-    would not be the trained one (from_pretrained(dtype=bfloat16) keeps them fp32 too)."""
+    """A bf16 copy of the weights for sampling. Parameters only: `.to(bfloat16)` would also round
+    the fp32 RoPE buffers (inv_freq), shifting positions by radians at long range, so the sampled
+    policy would not be the trained one (from_pretrained(dtype=bfloat16) keeps them fp32 too)."""
     sampler = copy.deepcopy(model)
     for p in sampler.parameters():
         p.data = p.data.to(torch.bfloat16)
@@ -517,9 +558,10 @@ def bf16_copy(model):
 
 @torch.no_grad()
 def release_sampler(sampler, model):
-    """Before step 6: a separate sampling copy gives its memory to the update (2 bytes per weight on a
-    GPU: 6 GB at 3B, what lets the paper's step with its KL term fit one 80 GB card, docs/memory.md);
-    `refresh_sampler` rebuilds it from the updated weights, so the samples do not change."""
+    """Before step 6: a separate sampling copy gives its memory to the update (2 bytes per weight on
+    a GPU: 6 GB at 3B, what lets the paper's step with its KL term fit one 80 GB card,
+    docs/memory.md); `refresh_sampler` rebuilds it from the updated weights, so the samples do not
+    change."""
     if sampler is not model:
         for p in sampler.parameters():
             p.data = p.data.new_empty(0)
@@ -527,19 +569,23 @@ def release_sampler(sampler, model):
 
 @torch.no_grad()
 def refresh_sampler(sampler, model):
-    """Step 8: the sampling copy (bf16 on GPU; on N processes a whole copy on each) is rebuilt from the
-    updated weights; on one CPU process it is the model itself."""
+    """Step 8: the sampling copy (bf16 on GPU; on N processes a whole copy on each) is rebuilt from
+    the updated weights; on one CPU process it is the model itself."""
     if sampler is not model:
         for p_sample, p_train in zip(sampler.parameters(), model.parameters()):
-            p_sample.data = parallel.full_tensor(p_train).to(p_sample.dtype, copy=True)  # a shard is gathered first
+            # a shard is gathered first
+            p_sample.data = parallel.full_tensor(p_train).to(p_sample.dtype, copy=True)
 
 
 # --- one step, and the loop -------------------------------------------------------------
 
 def train_step(step, models, tokenizer, cfg, device, world):
-    """Steps 1-8 of the module docstring; returns the step's metrics and its records (one per proposal)."""
-    update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0  # released: step 5, 10, ...
-    policy, sampler, reference, optimizer = models.policy, models.sampler, models.reference, models.optimizer
+    """Steps 1-8 of the module docstring; returns the step's metrics and its records (one per
+    proposal)."""
+    # released: step 5, 10, ...
+    update_proposer = cfg.proposer_every > 0 and (step + 1) % cfg.proposer_every == 0
+    policy, sampler, reference, optimizer = (models.policy, models.sampler, models.reference,
+                                             models.optimizer)
     t0 = time.perf_counter()
     batch = propose(sampler, tokenizer, cfg, (cfg.seed, step, 0), world)
     t1 = time.perf_counter()
@@ -553,12 +599,14 @@ def train_step(step, models, tokenizer, cfg, device, world):
     # the proposer's old log-probs are taken before the solver update changes the weights
     prepare(policy, reference, solver_seqs, cfg, device, world)
     prepare(policy, reference, proposer_seqs, cfg, device, world)
-    solver_stats = policy_update(policy, reference, optimizer, solver_seqs, cfg, device, world) if solver_seqs else {}
+    solver_stats = (policy_update(policy, reference, optimizer, solver_seqs, cfg, device, world)
+                    if solver_seqs else {})
     proposer_stats = (policy_update(policy, reference, optimizer, proposer_seqs, cfg, device, world)
                       if proposer_seqs else {})
     refresh_sampler(sampler, policy)
     t4 = time.perf_counter()
-    metrics = {"step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2, "t_update": t4 - t3,
+    metrics = {"step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2,
+               "t_update": t4 - t3,
                **step_metrics(batch, cfg),
                **{f"solver_{k}": v for k, v in solver_stats.items()},
                **{f"proposer_{k}": v for k, v in proposer_stats.items()}}
@@ -594,25 +642,34 @@ def step_metrics(batch, cfg):
     metrics = {
         "valid_rate": float(np.mean([p.valid for p in batch])),
         "proposer_reward": float(np.mean([p.proposer_reward for p in solved])) if solved else 0.0,
-        "solver_reward": float(np.mean([r for p in solved for r in p.solver_rewards])) if solved else 0.0,
-        "majority_share": float(np.mean([p.majority_count / cfg.n for p in solved])) if solved else 0.0,
-        "zero_signal": float(np.mean([len(set(p.solver_rewards)) == 1 for p in solved])) if solved else 1.0,
-        "zero_signal_proposer": float(np.mean([len({p.proposer_reward for p in g}) == 1 for g in prompt_groups])),
-        "response_len": float(np.mean([len(s.completion_ids) for s in answers])) if answers else 0.0,
+        "solver_reward": float(np.mean([r for p in solved for r in p.solver_rewards]))
+                         if solved else 0.0,
+        "majority_share": float(np.mean([p.majority_count / cfg.n for p in solved]))
+                          if solved else 0.0,
+        "zero_signal": float(np.mean([len(set(p.solver_rewards)) == 1 for p in solved]))
+                       if solved else 1.0,
+        "zero_signal_proposer": float(np.mean([len({p.proposer_reward for p in g}) == 1
+                                               for g in prompt_groups])),
+        "response_len": float(np.mean([len(s.completion_ids) for s in answers]))
+                        if answers else 0.0,
         "proposal_len": float(np.mean([len(p.sample.completion_ids) for p in batch])),
-        "solver_entropy": token_mean_entropy(answers), "proposer_entropy": token_mean_entropy([p.sample for p in batch]),
+        "solver_entropy": token_mean_entropy(answers),
+        "proposer_entropy": token_mean_entropy([p.sample for p in batch]),
     }
-    if cfg.task == "arith":  # label quality: how often the vote is right, on problems with a true value and a vote
+    # label quality: how often the vote is right, on problems with a true value and a vote
+    if cfg.task == "arith":
         checked = [p for p in solved if p.truth is not None and p.majority is not None]
         metrics["majority_checked"] = len(checked)
-        metrics["majority_correct"] = (float(np.mean([rewards.normalize_answer(p.majority) == p.truth
-                                                      for p in checked])) if checked else None)
+        metrics["majority_correct"] = (float(np.mean([rewards.normalize_answer(p.majority)
+                                                      == p.truth for p in checked]))
+                                       if checked else None)
         shapes = [rewards.arith_shape(p.problem.text) for p in batch if p.valid]
         metrics["proposal_mix"] = {s: shapes.count(s) / len(shapes) for s in sorted(set(shapes))}
     return metrics
 
 
 def token_mean_entropy(samples):
-    """Mean entropy (nats) of the sampling distribution per sampled token: falling to ~0 is collapse."""
+    """Mean entropy (nats) of the sampling distribution per sampled token: falling to ~0 is
+    collapse."""
     tokens = sum(len(s.completion_ids) for s in samples)
     return sum(s.entropy * len(s.completion_ids) for s in samples) / tokens if tokens else 0.0
