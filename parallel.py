@@ -151,12 +151,12 @@ def teardown(world):
         dist.destroy_process_group()
 
 
-def shard(model, world):
+def shard(model, world, root=None):
     """FSDP2 over the processes: `fully_shard` each decoder layer, then a `rollout.TokenLogprobs`
-    around the model as the root, returned. The root holds the embedding, final norm and lm-head,
-    unsharded around its forward: the log-prob computation, which the update calls (calling the
-    decoder from outside a sharded root would meet sharded weights, and leave them without
-    gradients).
+    around the model as the root, returned (`root`: the module to use instead, e.g. the critic,
+    whose forward is its values). The root holds the embedding, final norm and lm-head (the
+    critic's scalar head), unsharded around its forward: what the update calls (calling the decoder
+    from outside a sharded root would meet sharded weights, and leave them without gradients).
 
     Weights are gathered in fp32 and computed under the same bf16 autocast as on one GPU (no FSDP2
     mixed-precision policy), so N processes compute what one does, up to summation order; the cost
@@ -170,7 +170,7 @@ def shard(model, world):
     mesh = init_device_mesh(world.device.type, (world.size,))
     for layer in model.get_decoder().layers:
         fully_shard(layer, mesh=mesh)
-    root = fully_shard(rollout.TokenLogprobs(model), mesh=mesh)
+    root = fully_shard(rollout.TokenLogprobs(model) if root is None else root, mesh=mesh)
     if not any(p.requires_grad for p in model.parameters()):
         root.register_forward_hook(lambda module, args, output: module.reshard())
     return root

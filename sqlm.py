@@ -120,6 +120,12 @@ class Config:
     out: str = opt("", "run directory (must not hold a run already); '' = runs/<task>-<time>")
     resume: str = opt("", "run directory to continue from its last complete checkpoint (none yet: "
                           "from step 0)")
+    critic: bool = opt(False, "PPO's learned value baseline (GAE) instead of GRPO's group baseline; "
+                              "on with --as-released --task code (a second model and its AdamW)")
+    critic_lr: float = opt(1e-5, "the critic's AdamW learning rate (released)")
+    value_clip: float = opt(0.5, "clip of the critic's prediction around its old value (released)")
+    gamma: float = opt(1.0, "GAE discount (released: 1)")
+    lam: float = opt(1.0, "GAE lambda (released: 1); at gamma = lambda = 1, A_t = r - V_t")
     grad_checkpointing: bool = opt(False, "recompute activations in backward (memory for speed)")
     fit_memory: bool = opt(True, "on a GPU, set --rollout-rows and --microbatch to the largest the "
                                  "memory plan fits on the card; --no-fit-memory keeps them as "
@@ -137,6 +143,11 @@ class Config:
     def kl_coef(self):
         """The KL coefficient in force: the released code-task config has no KL term."""
         return 0.0 if self.as_released and self.task == "code" else self.kl
+
+    @property
+    def use_critic(self):
+        """A learned critic in force: --critic, or the released code-task config (PPO with GAE)."""
+        return self.critic or (self.as_released and self.task == "code")
 
 
 # --- the method, one function per equation -------------------------------------------
@@ -194,6 +205,57 @@ def kl_penalty(logp, ref_logp, mask, normalizer=None):
     return (k3 * mask).sum() / normalizer
 
 
+def gae_advantages(rewards_, values, mask, gamma=1.0, lam=1.0):
+    """Generalised advantage estimation (PPO's learned baseline; the released code task).
+
+    The task reward r sits on each sequence's last completion token, and the value after it is 0:
+        delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lam * A_{t+1},
+        returns R_t = A_t + V_t   (targets of the critic).
+    At gamma = lam = 1 (released) this is A_t = r - V_t and R_t = r. rewards_: (B,); values, mask:
+    (B, T), each row's completion tokens first (right-padded). Returns (A, R), (B, T), 0 on padding.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    token_rewards = torch.zeros_like(values)
+    last = mask.sum(1).long() - 1
+    token_rewards[torch.arange(len(last)), last] = torch.as_tensor(rewards_, dtype=values.dtype)
+    advantages, running = torch.zeros_like(values), torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else 0.0
+        running = token_rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * running
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+def whiten(advantages, world):
+    """A_t -> (A_t - mean) / sqrt(var + 1e-8), mean and unbiased variance over every completion
+    token of one role's batch (on N processes, of all of them), as released (`masked_whiten`).
+    advantages: a list of (T_i,) tensors, one per sequence."""
+    flat = torch.cat(advantages).double()
+    count = world.sum({"n": float(flat.numel())})["n"]
+    mean = world.sum({"sum": flat.sum().item()})["sum"] / count
+    var = world.sum({"sq": ((flat - mean) ** 2).sum().item()})["sq"] / (count - 1)
+    return [((a.double() - mean) * (var + 1e-8) ** -0.5).to(a.dtype) for a in advantages]
+
+
+def clipped_value_loss(values, old_values, returns, mask, clip=0.5, normalizer=None):
+    """PPO's clipped value loss, token-mean: per token max((V - R)^2, (V_clip - R)^2) with
+    V_clip = clamp(V, V_old - clip, V_old + clip), so one update cannot move a value far from the
+    one its advantage was computed with. Returns (loss, stats: clip fraction, mean value)."""
+    mask = mask.to(values.dtype)
+    clipped = torch.clamp(values, old_values - clip, old_values + clip)
+    unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped - returns) ** 2
+    normalizer = mask.sum() if normalizer is None else normalizer
+    loss = (torch.maximum(unclipped_loss, clipped_loss) * mask).sum() / normalizer
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1).item()
+        stats = {"value_clip_frac": ((clipped_loss > unclipped_loss).float() * mask).sum().item()
+                 / tokens,
+                 "value_mean": (values * mask).sum().item() / tokens}
+    return loss, stats
+
+
 # --- one record per proposal ----------------------------------------------------------
 
 @dataclass
@@ -233,13 +295,16 @@ class Seq:
     """One trained sequence: a prompt, its sampled completion, and the completion's advantage."""
     prompt_ids: list
     completion_ids: list
-    advantage: float
+    advantage: object              # GRPO: one float; with a critic: (len(completion_ids),) GAE
     # proposal index (solver) or prompt index (proposer) in the step's batch
     group: int
+    reward: float = 0.0            # the reward its advantage came from
     # in the first mini-batch of an update: old log-probs = current, detached
     on_policy: bool = False
     old_logp: torch.Tensor = None  # (len(completion_ids),) under the training model pre-update
     ref_logp: torch.Tensor = None  # same, under the frozen initial model (KL term)
+    old_value: torch.Tensor = None  # same, the critic's values before its update
+    returns: torch.Tensor = None   # same, the critic's targets (GAE)
 
 
 # --- steps 1-4: rollouts and rewards ---------------------------------------------------
@@ -362,22 +427,27 @@ def score(cfg, batch, world):
 
 # --- steps 5-8: advantages, log-probs, the update, the sampling copy -------------------
 
-def to_sequences(batch, cfg, update_proposer):
-    """Step 5: GRPO advantages per group and the sequences each update trains on.
+def to_sequences(batch, cfg, proposer_too):
+    """Step 5: GRPO advantages per group and the sequences each update trains on (with a critic
+    the advantages are GAE's, from `value_baseline`).
 
-    Solver: every solved proposal's n answers, one group each. Proposer (when it updates):
-    the n proposals of a prompt form a group, an unsolved proposal counting as reward 0;
-    invalid proposals are then masked out of the update (released: all are trained).
+    Solver: every solved proposal's n answers, one group each. Proposer (when it updates, or
+    every step with a critic, which learns from both roles): the n proposals of a prompt form a
+    group, an unsolved proposal counting as reward 0; invalid proposals are then masked out of
+    the update (released: all are trained).
     """
     solved = [p for p in batch if p.solved]
-    solver_adv = iter(grpo_advantages([r for p in solved for r in p.solver_rewards], cfg.n,
-                                      cfg.adv_norm).tolist() if solved else [])
-    solver = [Seq(s.prompt_ids, s.completion_ids, next(solver_adv), group=p.index)
-              for p in solved for s in p.answers]
-    if not update_proposer:
+    solver_rewards = [r for p in solved for r in p.solver_rewards]
+    solver_adv = iter(grpo_advantages(solver_rewards, cfg.n, cfg.adv_norm).tolist()
+                      if solved else [])
+    rewards_ = iter(solver_rewards)
+    solver = [Seq(s.prompt_ids, s.completion_ids, next(solver_adv), group=p.index,
+                  reward=next(rewards_)) for p in solved for s in p.answers]
+    if not proposer_too:
         return solver, []
     proposer_adv = grpo_advantages([p.proposer_reward for p in batch], cfg.n, cfg.adv_norm).tolist()
-    proposer = [Seq(p.sample.prompt_ids, p.sample.completion_ids, a, group=p.index // cfg.n)
+    proposer = [Seq(p.sample.prompt_ids, p.sample.completion_ids, a, group=p.index // cfg.n,
+                    reward=p.proposer_reward)
                 for p, a in zip(batch, proposer_adv) if p.valid or cfg.as_released]
     return solver, proposer
 
@@ -436,8 +506,53 @@ def prepare(model, ref_model, seqs, cfg, device, world):
                     setattr(s, name, row[m])
 
 
-def accumulate_gradients(model, ref_model, minibatch, cfg, device, world):
-    """Backward of one mini-batch's loss in micro-batches; returns token-weighted stats.
+def micro_values(critic, seqs, cfg, device):
+    """(B, T) the critic's value of each completion token of a micro-batch, and its mask."""
+    ids, attn, comp = rollout.pack([(s.prompt_ids, s.completion_ids) for s in seqs], pad_id=0,
+                                   device=device)
+    with rollout.autocast(device):
+        values = critic(ids, attn, comp)
+    return values, comp
+
+
+@torch.no_grad()
+def value_baseline(critic, seqs, cfg, device, world):
+    """Step 6 with a critic: each sequence's old values (the critic before its update, in the
+    update's micro-batches), then its GAE advantages, whitened over the role's batch, and returns.
+    The GRPO advantage of `to_sequences` is replaced."""
+    for minibatch in minibatches(seqs, cfg):
+        for micro in world.micro_batches(minibatch, cfg.microbatch):
+            values, comp = micro_values(critic, micro or minibatch[:1], cfg, device)
+            for s, row, m in zip(micro, values, comp.bool()):
+                s.old_value = row[m].float()
+    if not seqs:
+        return
+    mine = [s for s in seqs if s.old_value is not None]  # N processes: the ones dealt to this one
+    if not mine:  # fewer sequences than processes: join the others' collectives
+        whiten([torch.zeros(0)], world)
+        return
+    values = torch.nn.utils.rnn.pad_sequence([s.old_value for s in mine], batch_first=True)
+    mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(s.old_value) for s in mine],
+                                           batch_first=True)
+    advantages, returns = gae_advantages([s.reward for s in mine], values.double(), mask, cfg.gamma,
+                                         cfg.lam)
+    lengths = [len(s.old_value) for s in mine]
+    advantages = whiten([row[:n] for row, n in zip(advantages, lengths)], world)
+    for s, a, row, n in zip(mine, advantages, returns, lengths):
+        s.advantage, s.returns = a.float(), row[:n].float()
+
+
+def per_token(mask, rows):
+    """(B, T) from one (T_i,) tensor per row, placed at the row's completion tokens (mask)."""
+    return torch.zeros(mask.shape, dtype=rows[0].dtype, device=mask.device).masked_scatter(
+        mask, torch.cat(rows).to(mask.device))
+
+
+def backward_in_micro_batches(model, minibatch, cfg, device, world, forward, micro_loss):
+    """Backward of one mini-batch's loss (the policy's or the critic's) in micro-batches; returns
+    its token-weighted statistics. `forward(model, micro, cfg, device)` gives (B, T) outputs and
+    the completion mask; `micro_loss(outputs, mask, micro, normalizer, tokens)` the micro-batch's
+    loss and its statistics as token-weighted sums.
 
     Ours: every micro-batch divides by the token count of the whole mini-batch (over all
     processes), so the summed gradient is the same however the mini-batch is split (a
@@ -452,44 +567,62 @@ def accumulate_gradients(model, ref_model, minibatch, cfg, device, world):
     for micro in world.micro_batches(minibatch, cfg.microbatch):
         # N processes: this one has run its share; a zero loss joins the others' collectives
         if not micro:
-            micro_logprobs(model, minibatch[:1], cfg, device)[0].sum().mul(0.0).backward()
+            forward(model, minibatch[:1], cfg, device)[0].sum().mul(0.0).backward()
             continue
-        logp, comp = micro_logprobs(model, micro, cfg, device)
+        outputs, comp = forward(model, micro, cfg, device)
         mask = comp.bool()
-        old = torch.cat([logp[i][mask[i]].detach() if s.on_policy else s.old_logp
-                         for i, s in enumerate(micro)])
-        old = torch.zeros_like(logp).masked_scatter(mask, old)
-        adv = torch.tensor([s.advantage for s in micro], device=device)
         normalizer = mask.sum().clamp(min=1) * count if cfg.as_released else tokens
-        loss, stats = clipped_pg_loss(logp, old, adv, comp, cfg.clip_low, cfg.clip_high, normalizer,
-                                      cfg.clip_c)
-        stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
-        stats["pg_loss"] = loss.item() * tokens
-        if cfg.kl_coef and ref_model is not None:
-            ref = torch.zeros_like(logp).masked_scatter(mask,
-                                                        torch.cat([s.ref_logp for s in micro]))
-            kl = kl_penalty(logp, ref, comp, normalizer)
-            loss = loss + cfg.kl_coef * kl
-            stats["kl"] = kl.item() * tokens
+        loss, stats = micro_loss(outputs, mask, micro, normalizer, tokens)
         (loss * world.size).backward()
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / tokens
     return world.sum(totals)
 
 
-def policy_update(model, ref_model, optimizer, seqs, cfg, device, world):
-    """Step 7: one epoch over `seqs`, one optimizer step per mini-batch of `minibatch` groups
-    (x n sequences).
+def accumulate_gradients(model, ref_model, minibatch, cfg, device, world):
+    """The policy's gradient of one mini-batch: clipped_pg_loss + kl * kl_penalty."""
+    def micro_loss(logp, mask, micro, normalizer, tokens):
+        old = per_token(mask, [row[m].detach() if s.on_policy else s.old_logp
+                               for s, row, m in zip(micro, logp, mask)])
+        adv = per_token(mask, [s.advantage if torch.is_tensor(s.advantage) else
+                               torch.full((len(s.completion_ids),), float(s.advantage))
+                               for s in micro])
+        loss, stats = clipped_pg_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high,
+                                      normalizer, cfg.clip_c)
+        stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
+        stats["pg_loss"] = loss.item() * tokens
+        if cfg.kl_coef and ref_model is not None:
+            kl = kl_penalty(logp, per_token(mask, [s.ref_logp for s in micro]), mask, normalizer)
+            loss = loss + cfg.kl_coef * kl
+            stats["kl"] = kl.item() * tokens
+        return loss, stats
+    return backward_in_micro_batches(model, minibatch, cfg, device, world, micro_logprobs,
+                                     micro_loss)
 
-    loss = clipped_pg_loss + kl * kl_penalty, AdamW after a global grad-norm clip.
-    Returns the mean of each statistic over the mini-batches.
-    """
+
+def value_gradients(critic, minibatch, cfg, device, world):
+    """The critic's gradient of one mini-batch: clipped_value_loss against the GAE returns."""
+    def micro_loss(values, mask, micro, normalizer, tokens):
+        old, returns = (per_token(mask, [getattr(s, name) for s in micro])
+                        for name in ("old_value", "returns"))
+        loss, stats = clipped_value_loss(values, old, returns, mask, cfg.value_clip, normalizer)
+        stats = {k: v * mask.sum().item() for k, v in stats.items()}  # token-weighted sums
+        stats["value_loss"] = loss.item() * tokens
+        return loss, stats
+    return backward_in_micro_batches(critic, minibatch, cfg, device, world, micro_values,
+                                     micro_loss)
+
+
+def optimizer_steps(model, optimizer, seqs, cfg, gradients):
+    """One epoch over `seqs`, one optimizer step per mini-batch of `minibatch` groups (x n
+    sequences): `gradients(minibatch)` accumulates its gradient and returns its statistics, then
+    AdamW steps after a global grad-norm clip. Returns the mean of each statistic."""
     model.train()
     batches = minibatches(seqs, cfg)
     totals = {}
     for minibatch in batches:
         optimizer.zero_grad(set_to_none=True)
-        stats = accumulate_gradients(model, ref_model, minibatch, cfg, device, world)
+        stats = gradients(minibatch)
         stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(model.parameters(),
                                                             cfg.grad_clip).item()
         optimizer.step()
@@ -499,6 +632,30 @@ def policy_update(model, ref_model, optimizer, seqs, cfg, device, world):
     optimizer.zero_grad(set_to_none=True)
     model.eval()
     return totals
+
+
+def policy_update(model, ref_model, optimizer, seqs, cfg, device, world):
+    """Step 7: the policy's epoch over `seqs` (loss = clipped_pg_loss + kl * kl_penalty)."""
+    return optimizer_steps(model, optimizer, seqs, cfg, lambda minibatch: accumulate_gradients(
+        model, ref_model, minibatch, cfg, device, world))
+
+
+def value_update(critic, optimizer, seqs, cfg, device, world):
+    """Step 7 with a critic: its epoch over `seqs` (clipped_value_loss), before the policy's.
+    Adds how much of the returns the old values explain, as released (`vf_explained_var`):
+    1 - Var(R - V) / (Var(R) + 1e-5), unbiased variances over every completion token."""
+    stats = optimizer_steps(critic, optimizer, seqs, cfg, lambda minibatch: value_gradients(
+        critic, minibatch, cfg, device, world))
+    mine = [s for s in seqs if s.old_value is not None]
+    returns = torch.cat([s.returns for s in mine]).double() if mine else torch.zeros(0)
+    residual = returns - (torch.cat([s.old_value for s in mine]).double() if mine else returns)
+    sums = world.sum({"n": float(len(returns)), "r": returns.sum().item(),
+                      "r2": (returns ** 2).sum().item(), "e": residual.sum().item(),
+                      "e2": (residual ** 2).sum().item()})
+    n = sums["n"]
+    var = {k: (sums[k + "2"] - sums[k] ** 2 / n) / (n - 1) for k in ("r", "e")} if n > 1 else None
+    stats["explained_variance"] = 1.0 - var["e"] / (var["r"] + 1e-5) if var else 0.0
+    return stats
 
 
 # --- the models a step uses -------------------------------------------------------------
@@ -511,9 +668,38 @@ class Models:
     sampler: torch.nn.Module    # sampling copy: bf16 on a GPU; on one CPU process the model itself
     reference: torch.nn.Module  # the frozen initial model of the KL term (None when kl = 0)
     optimizer: torch.optim.Optimizer
+    critic: torch.nn.Module = None  # the learned value baseline (--critic), FSDP2-sharded alike
+    critic_optimizer: torch.optim.Optimizer = None
 
 
-def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float32):
+class Critic(torch.nn.Module):
+    """PPO's value model, as released: the initial policy's decoder with a scalar head in place of
+    its lm-head (verl: AutoModelForTokenClassification, one label, dropout 0; the head initialised
+    as transformers does, normal(0, initializer_range), bias 0). Its forward gives each completion
+    token's value V(s_t), read off the hidden state before the token, where its log-prob is read."""
+
+    def __init__(self, model, seed=0):
+        super().__init__()
+        self.decoder = copy.deepcopy(model.get_decoder())
+        self.head = torch.nn.Linear(model.config.hidden_size, 1, device=model.device)
+        weight = torch.randn(self.head.weight.shape, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            self.head.weight.copy_(weight * model.config.initializer_range)
+            self.head.bias.zero_()
+
+    def get_decoder(self):
+        return self.decoder
+
+    def forward(self, input_ids, attention_mask, completion_mask):
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=positions, use_cache=False).last_hidden_state
+        values = self.head(hidden).squeeze(-1).float()  # (B, T): the state ending at token t
+        return torch.nn.functional.pad(values[:, :-1], (1, 0)) * completion_mask
+
+
+def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float32,
+                 critic_state=None):
     """The models of a run, from the loaded policy `model` (fp32, on `device`; on N processes on
     the CPU).
 
@@ -524,7 +710,9 @@ def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float3
     - Sampling copy: at lr 1e-6 a bf16 weight would not move, so the trained weights stay fp32 and a
       GPU samples from a bf16 copy; N CPU processes from a whole fp32 copy (the trained weights are
       sharded); one CPU process from the model itself.
-    - N processes: FSDP2 shards the policy and the reference alike (parallel.shard).
+    - Critic (--critic): `Critic` from the initial weights, or a resumed run's `critic_state`, fp32
+      like the policy, with its own AdamW at --critic-lr.
+    - N processes: FSDP2 shards the policy, the reference and the critic alike (parallel.shard).
     - AdamW over the policy's (sharded) weights.
     """
     reference = None
@@ -534,16 +722,24 @@ def build_models(cfg, model, device, world, resumed=False, kl_dtype=torch.float3
         reference.requires_grad_(False)
         for p in reference.parameters():  # parameters only: the fp32 RoPE buffers stay fp32
             p.data = p.data.to(kl_dtype)
+    critic = Critic(model, seed=cfg.seed) if cfg.use_critic else None
+    if critic is not None and critic_state is not None:
+        critic.load_state_dict(critic_state)
     if cfg.grad_checkpointing:
         model.activation_checkpointing_enable()
+        if critic is not None:
+            critic.decoder.activation_checkpointing_enable()
     sampler = (bf16_copy(model).to(device) if device.type == "cuda" else
                copy.deepcopy(model) if world.size > 1 else model)
     policy = model
     if world.size > 1:
         policy = parallel.shard(model, world)
         reference = parallel.shard(reference, world) if reference is not None else None
+        critic = parallel.shard(critic, world, root=critic) if critic is not None else None
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return Models(policy, model, sampler, reference, optimizer)
+    critic_optimizer = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr,
+                                          weight_decay=cfg.weight_decay) if critic else None)
+    return Models(policy, model, sampler, reference, optimizer, critic, critic_optimizer)
 
 
 def bf16_copy(model):
@@ -593,23 +789,33 @@ def train_step(step, models, tokenizer, cfg, device, world):
     t2 = time.perf_counter()
     batch = score(cfg, batch, world)
     t3 = time.perf_counter()
-    solver_seqs, proposer_seqs = to_sequences(batch, cfg, update_proposer)
+    critic = models.critic
+    solver_seqs, proposer_seqs = to_sequences(batch, cfg, update_proposer or critic is not None)
     mark_on_policy(solver_seqs, cfg)
     release_sampler(sampler, policy)
     # the proposer's old log-probs are taken before the solver update changes the weights
     prepare(policy, reference, solver_seqs, cfg, device, world)
-    prepare(policy, reference, proposer_seqs, cfg, device, world)
+    if update_proposer:
+        prepare(policy, reference, proposer_seqs, cfg, device, world)
+    critic_stats = {}
+    if critic is not None:  # as released: values of both roles, then the critic learns from both
+        for seqs in (proposer_seqs, solver_seqs):
+            value_baseline(critic, seqs, cfg, device, world)
+        for role, seqs in (("proposer", proposer_seqs), ("solver", solver_seqs)):
+            stats = value_update(critic, models.critic_optimizer, seqs, cfg, device, world)
+            critic_stats.update({f"{role}_value_grad_norm" if k == "grad_norm" else f"{role}_{k}": v
+                                 for k, v in (stats.items() if seqs else ())})
     solver_stats = (policy_update(policy, reference, optimizer, solver_seqs, cfg, device, world)
                     if solver_seqs else {})
     proposer_stats = (policy_update(policy, reference, optimizer, proposer_seqs, cfg, device, world)
-                      if proposer_seqs else {})
+                      if update_proposer and proposer_seqs else {})
     refresh_sampler(sampler, policy)
     t4 = time.perf_counter()
     metrics = {"step": step, "t_propose": t1 - t0, "t_solve": t2 - t1, "t_rewards": t3 - t2,
                "t_update": t4 - t3,
                **step_metrics(batch, cfg),
                **{f"solver_{k}": v for k, v in solver_stats.items()},
-               **{f"proposer_{k}": v for k, v in proposer_stats.items()}}
+               **{f"proposer_{k}": v for k, v in proposer_stats.items()}, **critic_stats}
     return metrics, batch
 
 
