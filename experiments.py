@@ -26,7 +26,8 @@ Arms: sqlm (proposer updated every 5 steps, the paper's setting), format (the fo
 solver reward, the paper's baseline), never (proposer never updated), every (every step),
 azr and rzero (the proposer paid 1 - p, Absolute Zero, 0 when p is 1, or 1 - 2|p - 1/2|,
 R-Zero, where p is the share of the solver's samples that agree with the vote; updated every 5
-steps as sqlm).
+steps as sqlm), critic (sqlm with PPO's learned value baseline and GAE in place of the group
+baseline, the released code task's algorithm; the critic's lr 3e-4, 10x the policy's as released).
 
 Worlds and bases: one base model per (world, base seed), each in its own directory with its
 runs, so results of two bases never mix: `--out` itself for the tiny world's seed-0 base,
@@ -73,7 +74,9 @@ WORLD = ["--task", "arith", "--batch", "16", "--n", "4", "--minibatch", "8", "--
          "--eval-samples", "8", "--rollout-rows", "512"]
 ARMS = {"sqlm": [], "format": ["--solver-reward", "format"], "never": ["--proposer-every", "0"],
         "every": ["--proposer-every", "1"], "azr": ["--proposer-reward", "azr"],
-        "rzero": ["--proposer-reward", "rzero"]}
+        "rzero": ["--proposer-reward", "rzero"],
+        # PPO's learned baseline in place of the group's, its lr 10x the policy's as released
+        "critic": ["--critic", "--critic-lr", "3e-4"]}
 # Each world's pretrain flags beyond BASE_FLAGS
 WORLDS = {"tiny": [], "curriculum": ["--proposer-mix", "curriculum"]}
 WINDOW = 10  # steps per window of the proposer's mix over time
