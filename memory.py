@@ -26,6 +26,13 @@ def parameter_count(config):
     return root_weights(config) + layers * per_layer
 
 
+def critic_parameter_count(config):
+    """Weights of the critic (sqlm.Critic): the decoder with its embedding, no lm-head, and a
+    scalar head (hidden + 1)."""
+    lm_head = 0 if config.tie_word_embeddings else config.vocab_size * config.hidden_size
+    return parameter_count(config) - lm_head + config.hidden_size + 1
+
+
 def root_weights(config):
     """Weights outside the decoder layers: embedding, lm-head unless tied, final norm."""
     heads = 1 if config.tie_word_embeddings else 2  # the embedding, and an untied lm-head
@@ -34,7 +41,7 @@ def root_weights(config):
 
 def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n=4, kl=True,
                 grad_checkpointing=False, gpu=True, fused_adamw=False, chunk_tokens=4096, world=1,
-                kl_bytes=4):
+                kl_bytes=4, critic=False):
     """Predicted peak memory (bytes) of each phase of an SQLM step, per process, from the model
     config and the run's settings.
 
@@ -53,6 +60,11 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
       optimizer   + 4N gradients + 4N (AdamW's default foreach step holds sqrt(v) for every weight
                   at once; fused_adamw=True, AdamW(fused=True) on CUDA, has no such copy)
 
+    critic=True (--critic, C = `critic_parameter_count` weights): resident + 4C fp32 weights + 8C
+    AdamW moments; its value pass is smaller than the log-prob pass (no vocabulary-wide chunk), and
+    its own update and AdamW step (value_update, value_optimizer) are the policy's phases with C
+    weights and no lm-head chunk (they run before the policy's update, its gradients freed).
+
     Counted from Qwen2's decoder layer and checked against allocations measured on CPU
     (tests/test_memory.py); on a GPU the attention kernel's own workspace, the CUDA context
     (~0.5 GB) and allocator fragmentation are not counted: `fit_memory` leaves headroom for them.
@@ -65,8 +77,9 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
     tokens, scored = microbatch * (max_prompt + max_response), microbatch * max_response
 
     shard = weights / world
+    critic_weights = critic_parameter_count(config) if critic else 0
     resident = {"weights": 4 * shard, "adamw": 8 * shard,
-                "kl_reference": kl_bytes * shard if kl else 0}
+                "kl_reference": kl_bytes * shard if kl else 0, "critic": 12 * critic_weights / world}
     sampler_copy = 2 * weights if gpu else 4 * weights if world > 1 else 0  # 1 CPU process: no copy
     kv_cache, decoding = rollout_bytes(config, rollout_rows, n, max_prompt, max_response, e)
     chunk = min(chunk_tokens, scored) * config.vocab_size * 4  # the fp32 logits of an lm-head chunk
@@ -80,6 +93,11 @@ def memory_plan(config, *, rollout_rows, microbatch, max_prompt, max_response, n
         "update": grads + casts + saved + backward,
         "optimizer": 4 * shard * (1 if fused_adamw else 2),
     }
+    if critic:
+        critic_grads, critic_casts = update_weight_bytes(config, critic_weights, gpu, world)
+        critic_saved, critic_backward = activation_bytes(config, tokens, 0, e, grad_checkpointing)
+        phases["value_update"] = critic_grads + critic_casts + critic_saved + critic_backward
+        phases["value_optimizer"] = 4 * critic_weights / world * (1 if fused_adamw else 2)
     plan = dict(resident, resident=sum(resident.values()), sampler_copy=sampler_copy,
                 kv_cache=kv_cache, activations=saved, logprob_chunk=chunk, grads=4 * shard)
     plan.update({f"{name}_peak": plan["resident"] + extra for name, extra in phases.items()})
@@ -145,7 +163,7 @@ def fit_memory(config, device_bytes, *, max_rows=1024, max_microbatch=128, **set
     """(rollout_rows, microbatch): the largest powers of two up to the step's sizes whose planned
     peaks fit USABLE x device_bytes, or None when even one row and one sequence do not fit.
     settings: memory_plan's (max_prompt, max_response, n, kl, grad_checkpointing, gpu, fused_adamw,
-    chunk_tokens, world, kl_bytes). Rows only touch the rollout phase, the micro-batch only the
+    chunk_tokens, world, kl_bytes, critic). Rows only touch the rollout phase, the micro-batch only the
     log-prob and update phases, so each is the largest that fits on its own."""
     budget = USABLE * device_bytes
 
@@ -157,7 +175,10 @@ def fit_memory(config, device_bytes, *, max_rows=1024, max_microbatch=128, **set
 
     rows = largest(max_rows, lambda r: memory_plan(config, rollout_rows=r, microbatch=1,
                                                    **settings)["rollout_peak"] <= budget)
-    micro = largest(max_microbatch, lambda m: max(
-        memory_plan(config, rollout_rows=1, microbatch=m, **settings)[f"{phase}_peak"]
-        for phase in ("logprobs", "update", "optimizer")) <= budget)
+    def micro_peak(m):
+        plan = memory_plan(config, rollout_rows=1, microbatch=m, **settings)
+        return max(plan[f"{phase}_peak"] for phase in ("logprobs", "update", "optimizer",
+                                                       "value_update", "value_optimizer")
+                   if f"{phase}_peak" in plan)
+    micro = largest(max_microbatch, lambda m: micro_peak(m) <= budget)
     return (rows, micro) if rows and micro else None

@@ -282,3 +282,63 @@ def test_value_clip_reaches_the_loss_and_the_critic_learns(tiny_dir):
         if clip == 100.0:
             assert losses[-1] < losses[0]
     assert fractions[1e-4] > 0 and fractions[100.0] == 0
+
+
+# --- the memory plan with a critic ----------------------------------------------------------------
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_plan_counts_the_critics_weights(tied):
+    """memory.critic_parameter_count is sqlm.Critic's own count (the decoder with its embedding, no
+    lm-head, a scalar head), tied head or not; the plan keeps 12 bytes of each resident (fp32
+    weights and AdamW's two moments) and adds the critic's update phases. Guards: the lm-head
+    counted twice or the critic left out of the plan."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import memory
+    config = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=80, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    critic = sqlm.Critic(Qwen2ForCausalLM(config))
+    count = memory.critic_parameter_count(config)
+    assert count == sum(p.numel() for p in critic.parameters())
+    settings = dict(rollout_rows=4, microbatch=2, max_prompt=16, max_response=16, kl=False)
+    without = memory.memory_plan(config, **settings)
+    with_critic = memory.memory_plan(config, critic=True, **settings)
+    assert with_critic["resident"] - without["resident"] == 12 * count
+    assert "value_update_peak" in with_critic and "value_update_peak" not in without
+
+
+def test_the_critics_update_peak_is_predicted():
+    """The critic's forward + backward on one micro-batch, measured on CPU (fp32 and bf16 autocast),
+    against the plan's value_update phase: within the bounds the policy's phases keep (never more
+    than 10% under, at most 30% over)."""
+    import json
+    import tempfile
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import memory
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=1024, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    critic = sqlm.Critic(Qwen2ForCausalLM(config)).train()
+    ids = torch.randint(1024, (4, 128), generator=torch.Generator().manual_seed(0))
+    attn, comp = torch.ones_like(ids), torch.zeros_like(ids)
+    comp[:, 48:] = 1
+    for autocast in (False, True):
+        def job():
+            critic.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                values = critic(ids, attn, comp)
+            values.sum().backward()
+        job()
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            job()
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            prof.export_chrome_trace(f.name)
+            events = [e["args"] for e in json.load(open(f.name))["traceEvents"]
+                      if e.get("name") == "[memory]"]
+        measured = (max(e["Total Allocated"] for e in events)
+                    - (events[0]["Total Allocated"] - events[0]["Bytes"]))
+        plan = memory.memory_plan(config, rollout_rows=1, microbatch=4, max_prompt=48,
+                                  max_response=80, kl=False, gpu=autocast, critic=True)
+        ratio = (plan["value_update_peak"] - plan["resident"]) / measured
+        assert 0.9 < ratio < 1.3, (autocast, ratio, measured)
+        critic.zero_grad(set_to_none=True)
