@@ -168,9 +168,10 @@ def shard(model, world, root=None):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(world.device.type, (world.size,))
+    root = rollout.TokenLogprobs(model) if root is None else root  # it checks the head: unsharded
     for layer in model.get_decoder().layers:
         fully_shard(layer, mesh=mesh)
-    root = fully_shard(rollout.TokenLogprobs(model) if root is None else root, mesh=mesh)
+    root = fully_shard(root, mesh=mesh)
     if not any(p.requires_grad for p in model.parameters()):
         root.register_forward_hook(lambda module, args, output: module.reshard())
     return root

@@ -5,7 +5,8 @@ solver it answers each problem n times. With no labels, the solver's reward is a
 with the majority of its own answers (arith, algebra) or the share of the proposer's unit
 tests its program passes (code); the proposer is rewarded when its problem is neither
 trivial nor impossible for the current solver (Sec. 3). Both roles are trained with the
-same critic-free clipped policy gradient and GRPO group advantages.
+same clipped policy gradient and GRPO group advantages; with --critic (as released for code)
+the advantages come from a learned value model instead (PPO with GAE).
 
 One step (`train_step`), in the order the functions below run:
   1. proposer rollout: batch x n proposals from the topic prompt     (propose)
@@ -14,10 +15,12 @@ One step (`train_step`), in the order the functions below run:
   4. rewards: majority vote or unit tests; proposer reward            (score)
   5. GRPO advantages per group, the sequences each role trains on     (to_sequences)
   6. old log-probs (training model) and KL-reference log-probs        (prepare)
-  7. solver update; proposer update every `proposer_every` steps     (policy_update)
+     --critic: old values, GAE advantages and returns                 (value_baseline)
+  7. --critic: the critic's update on both roles                      (value_update)
+     solver update; proposer update every `proposer_every` steps     (policy_update)
   8. rebuild the bf16 sampling copy (GPU), freed during 6-7           (refresh_sampler)
 `train` is the loop around it, and `build_models` makes what a step trains and samples with (the
-policy, its sampling copy, the frozen KL reference, AdamW). `world` (parallel.py) is this process
+policy, its sampling copy, the frozen KL reference, AdamW, the critic). `world` (parallel.py) is this process
 among the run's: for one process `parallel.ONE`, whose methods hand back their input (its share is
 everything, its micro-batches are consecutive slices); under torchrun each process works on a share
 of steps 1, 3 and 4, every process then holds every record, and each trains on the sequences a
@@ -25,8 +28,8 @@ mini-batch deals it. What a reader skips on first reading (flag checks, the CLI,
 checkpoints and resume, logging, interrupts, memory fitting) is in harness.py, which imports this
 module and never the reverse.
 
-Simplifications, stated up front: no learned critic (the released code used PPO with a
-critic for code; we use this update for all three tasks), no sequence packing, one epoch per batch.
+Simplifications, stated up front: no sequence packing, one epoch per batch, and the code task's
+released batch shape (1,024 prompts, mini-batch 256) is not the default even with --critic.
 
     python sqlm.py --task arith                                   # Qwen2.5-3B-Instruct, one GPU
     python sqlm.py --task arith --model /tmp/tiny --batch 4 ...   # offline, CPU

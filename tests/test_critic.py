@@ -342,3 +342,41 @@ def test_the_critics_update_peak_is_predicted():
         ratio = (plan["value_update_peak"] - plan["resident"]) / measured
         assert 0.9 < ratio < 1.3, (autocast, ratio, measured)
         critic.zero_grad(set_to_none=True)
+
+
+# --- N processes ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
+    """The same 2-step --critic run on one process and under torchrun on two (FSDP2 shards the
+    critic like the policy): every critic and policy statistic within 1e-6 (1e-5 relative: a grad
+    norm of ~7 is summed in another order) and the policy's weights within 1e-5. Guards: whitening over one process's tokens, the critic's loss not scaled by the
+    process count (FSDP2 averages gradients), an idle process missing the critic's collectives."""
+    import os
+    import subprocess
+    import sys
+    from conftest import jsonl, weights
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4",
+            "--n", "4", "--minibatch", "2", "--microbatch", "2", "--max-response", "16",
+            "--lr", "1e-4", "--critic", "--critic-lr", "1e-3", "--proposer-every", "1",
+            "--eval-every", "0", "--save-every", "2", "--model", tiny_dir]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for processes in (1, 2):
+        runs[processes] = str(tmp_path / f"run{processes}")
+        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     "--nproc-per-node", "2", os.path.join(repo, "sqlm.py"), "--"]
+                    if processes > 1 else [sys.executable, os.path.join(repo, "sqlm.py")])
+        done = subprocess.run(launcher + args + ["--out", runs[processes]], capture_output=True,
+                              text=True, timeout=900, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    m1, m2 = (jsonl(os.path.join(runs[p], "metrics.jsonl")) for p in (1, 2))
+    assert m1[0]["solver_value_loss"] > 0 and "proposer_explained_variance" in m1[1]
+    for a, b in zip(m1, m2):
+        assert a.keys() == b.keys()
+        for key, value in a.items():
+            if isinstance(value, float) and not key.startswith("t_"):
+                assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (a["step"], key)
+    w1, w2 = weights(runs[1], 2), weights(runs[2], 2)
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
