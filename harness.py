@@ -5,12 +5,14 @@ resume, interrupts, and fitting the memory knobs to a GPU.
 `sqlm.train` with a `Run` that evaluates, logs and saves. This module imports the method
 (sqlm.py), never the reverse.
 
-A run directory holds config.json, metrics.jsonl (one line per step), samples.jsonl (one line
-per proposal) and step-NNNNNN/ checkpoints (save_pretrained model and tokenizer plus
-trainer_state.pt: step, config, AdamW state). A checkpoint is written under a temporary name
-and renamed, so a kill mid-save never leaves a broken one; `--resume` continues from the last
-complete one with the saved config, changing only the flags given, and only those that do not
-change what the run is (`RESUMABLE`: length, eval, checkpoints, device and memory knobs).
+A run directory holds one run: rank 0 holds an flock on it for the run's life (a second process
+that wants it is refused in one line; a crash releases it). It holds config.json, metrics.jsonl
+(one line per step), samples.jsonl (one line per proposal) and step-NNNNNN/ checkpoints
+(save_pretrained model and tokenizer plus trainer_state.pt: step, config, AdamW state). A
+checkpoint is written under a temporary name and renamed, so a kill mid-save never leaves a
+broken one; `--resume` continues from the last complete one with the saved config, changing
+only the flags given, and only those that do not change what the run is (`RESUMABLE`: length,
+eval, checkpoints, device and memory knobs).
 
 Failures of the machine (no space, a read-only directory, permissions) and interrupts (Ctrl-C,
 SIGTERM) at any point are one line that says where the run stands and how to continue it; every
@@ -23,10 +25,14 @@ resumes on as many processes as wrote it. A write that fails on rank 0 ends it w
 and torchrun stops the others.
 """
 import argparse
+import contextlib
 import dataclasses
+import fcntl
+import itertools
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -119,11 +125,11 @@ def resolved(cfg):
 
 def check_config(cfg):
     """Fill the task defaults, make paths absolute (a run resumes from any directory) and check
-    every value; ValueError is one line naming the flag. Idempotent."""
+    every value; ValueError is one line naming the flag. Idempotent. A new run without --out is
+    named when its directory is made (`claim_new_run_dir`)."""
     if cfg.task not in prompts.TASKS:
         raise ValueError(f"unknown task '{cfg.task}' ({', '.join(prompts.TASKS)})")
     resolved(cfg)
-    cfg.out = cfg.out or os.path.join("runs", f"{cfg.task}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg.out, cfg.resume, cfg.eval_data = (os.path.abspath(os.path.expanduser(p)) if p else p
                                           for p in (cfg.out, cfg.resume, cfg.eval_data))
     for f in dataclasses.fields(cfg):
@@ -148,13 +154,21 @@ def check_config(cfg):
               (cfg.clip_c == 0 or cfg.clip_c > 1,
                f"--clip-c must be > 1 (or 0 to disable), not {cfg.clip_c}"),
               (cfg.seed <= 2**32 - 1,
-               f"--seed must be at most 2**32-1 = {2**32 - 1}, not {cfg.seed}")]
+               f"--seed must be at most 2**32-1 = {2**32 - 1}, not {cfg.seed}"),
+              (cfg.threads <= cores(),  # torch would fail to start them, then crash
+               f"--threads {cfg.threads} is more than the {cores()} CPU cores this process may "
+               f"use: give at most {cores()} (0: torch's default)")]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
     prompts.check_task(cfg.task, cfg.cat)
     cli.device(cfg.device)
     return cfg
+
+
+def cores():
+    """The CPU cores this process may run on (its affinity, as taskset or a container sets it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def check_prompts(cfg, tokenizer):
@@ -323,7 +337,172 @@ def check_world_size(state, checkpoint, world, run):
                        f"{launch_command(wrote)} --resume {run}")
 
 
-# --- logs ----------------------------------------------------------------------------
+# --- the run directory: one run at a time --------------------------------------------
+
+class RunDir:
+    """The run directory as this run holds it (`claimed`): `path`; `made`, the directories this
+    run created for it (the run directory first, then parents it needed), removed again if the run
+    ends before its first step; `started`, set once the first step begins."""
+
+    def __init__(self, path, made=()):
+        self.path, self.made, self.started = path, list(made), False
+
+
+@contextlib.contextmanager
+def claimed(cfg, world):
+    """The run directory (a RunDir), held by this run from before its first write to its end.
+
+    Rank 0, the process that writes it, holds an exclusive flock on the directory itself: the
+    kernel drops it when the process ends, by kill -9 too, so a crash never leaves a directory
+    locked, and no file is added to the run. Another process that wants the directory (a run
+    started into the same --out, a second --resume) is refused in one line before it writes
+    anything. Every process learns rank 0's verdict and the directory's name (a collective). A
+    start that fails, or is interrupted, before the first step removes the directories it made.
+    """
+    run_dir, lock, verdict = None, None, None
+    if world.main:
+        try:
+            run_dir, lock = (claim_resumed_run_dir(cfg.resume) if cfg.resume
+                             else claim_new_run_dir(cfg.out, cfg.task))
+        except RunError as e:
+            verdict = str(e)
+    path, verdict = world.gather([(run_dir and run_dir.path, verdict)])[0]
+    if verdict:
+        raise RunError(verdict)
+    run_dir = run_dir or RunDir(path)
+    cfg.out = path
+    try:
+        yield run_dir
+    except BaseException:
+        if not run_dir.started:
+            remove_made(run_dir.made)
+        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def claim_new_run_dir(out, task):
+    """(RunDir, lock) for a new run: `out`, or without one runs/<task>-<time>, with -2, -3, ...
+    where that name is taken (mkdir is atomic: runs started within one second get a directory
+    each). RunError if `out` is a file, not creatable, held by a running run or a run already."""
+    base = os.path.abspath(out or os.path.join("runs", f"{task}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    for suffix in itertools.count(1):
+        path = base if suffix == 1 else f"{base}-{suffix}"
+        if out or not os.path.lexists(path):
+            claim = claim_dir(path, given=bool(out))
+            if claim:
+                return claim
+
+
+def claim_dir(path, given):
+    """`claim_new_run_dir` for one name: (RunDir, lock), or None for a default name another run
+    took meanwhile."""
+    while True:  # again where the directory was removed or replaced while it was being locked
+        made = []
+        if not os.path.isdir(path):
+            check_new_run_dir(path)  # a file, no permission: refused before anything is made
+            made = make_run_dir(path)
+            if not made and not given:
+                return None
+        lock = lock_run_dir(path)
+        if lock == "held" and not given:
+            return None
+        if lock == "held":
+            raise RunError(f"--out {path} is in use by a run still running{holder(path)}: choose "
+                           f"another --out")
+        if lock != "moved":
+            break
+    try:
+        check_new_run_dir(path)  # under the lock: no run ended in it meanwhile
+    except RunError:
+        if lock is not None:
+            os.close(lock)
+        raise
+    return RunDir(path, made), lock
+
+
+def claim_resumed_run_dir(path):
+    """(RunDir, lock) for a resumed run's directory; RunError if a running process holds it."""
+    try:
+        lock = lock_run_dir(path)
+    except OSError as e:
+        raise RunError(f"--resume {path}: {cli.os_reason(e)}") from None
+    if lock in ("held", "moved"):
+        raise RunError(f"--resume {path}: the run is still running{holder(path)}; stop it before "
+                       f"resuming it")
+    return RunDir(path), lock
+
+
+def make_run_dir(path):
+    """Create the directory `path` and any missing parents: those made, `path` first (a start that
+    fails removes them), or [] if another process made `path` first."""
+    missing, parent = [], os.path.dirname(path)
+    while not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.mkdir(path)
+    except FileExistsError:
+        return []
+    except OSError as e:
+        remove_made(missing)
+        raise RunError(f"cannot write the run directory {path}: {cli.os_reason(e)}") from None
+    return [path] + missing
+
+
+def remove_made(made):
+    """Undo make_run_dir: the run directory with what it holds, then each parent it made while it
+    is empty (another run may have made its own directory in it meanwhile)."""
+    if made:
+        shutil.rmtree(made[0], ignore_errors=True)
+    for parent in made[1:]:
+        try:
+            os.rmdir(parent)
+        except OSError:
+            break
+
+
+def lock_run_dir(path):
+    """An exclusive, non-blocking flock on the directory `path`: its descriptor; "held" where
+    another process holds it; "moved" where `path` was removed or replaced while it was being
+    locked; None, with a line said, where the file system has no such locks (NFS refuses them on
+    a directory), so the run goes on unguarded."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return "held"
+    except OSError as e:
+        os.close(fd)
+        print(f"cannot lock the run directory {path} ({cli.os_reason(e)}): another run started "
+              f"into it would not be refused", flush=True)
+        return None
+    try:
+        same = os.path.samestat(os.stat(path), os.fstat(fd))
+    except OSError:
+        same = False
+    if not same:
+        os.close(fd)
+        return "moved"
+    return fd
+
+
+def holder(path):
+    """" (pid N)" for the process holding the flock on `path` (/proc/locks, Linux), else ""."""
+    try:
+        st = os.stat(path)
+        key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            for fields in map(str.split, f):
+                if "FLOCK" in fields and key in fields:
+                    return f" (pid {fields[fields.index(key) - 1]})"
+    except (OSError, IndexError):
+        pass
+    return ""
+
 
 def check_new_run_dir(out):
     """A new run's --out: not a file, not a run already (its logs would be appended to),
@@ -339,21 +518,48 @@ def check_new_run_dir(out):
         raise RunError(str(e)) from None
 
 
+# --- logs ----------------------------------------------------------------------------
+
 def truncate_logs(run, step):
-    """Keep only the records of steps before `step` in the run's jsonl logs (and no line a kill cut
-    short)."""
+    """Keep only the records of steps before `step` in the run's jsonl logs, and no line a kill or a
+    full disk cut short. Returns each line so dropped, said: "metrics.jsonl line 3 (step 2: run
+    again)", its step read from the line's start (every record begins with it); a step before
+    `step` is not run again, so its record is "lost"."""
     def before(line):
         try:
             return json.loads(line)["step"] < step
         except (ValueError, KeyError, TypeError):
             return False
 
+    dropped = []
     for name in ("metrics.jsonl", "samples.jsonl"):
         path = os.path.join(run, name)
         if os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if before(line)]
+                lines = f.readlines()
+            kept = [line for line in lines if before(line)]
+            dropped += [f"{name} line {number} ({cut_step(line, step)})"
+                        for number, line in enumerate(lines, 1) if not whole_record(line)]
             cli.write_atomic(path, "".join(kept))
+    return dropped
+
+
+def whole_record(line):
+    """A log line that reads as a record (a JSON object with its step)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "step" in record
+
+
+def cut_step(line, step):
+    """What a cut line held, for `truncate_logs`: its step and whether a resume from `step` runs it
+    again."""
+    found = re.match(r'\{"step": (\d+)', line)
+    if not found:
+        return "step unknown"
+    return f"step {found[1]}: {'run again' if int(found[1]) >= step else 'lost'}"
 
 
 def append_jsonl(path, records):
@@ -464,18 +670,18 @@ def train(cfg):
         sandbox.isolation()
     world, device = parallel.setup(cfg.device)
     try:
-        return train_on(cfg, world, device)
+        with claimed(cfg, world) as run_dir:  # rank 0 holds the directory until the run ends
+            return train_on(cfg, world, device, run_dir)
     finally:
         parallel.teardown(world)
 
 
 def start_point(cfg, world):
-    """(run directory, checkpoint to resume from or None, its trainer state or None), checked: a new
-    run's directory holds no run; a resumed run's checkpoint is before --steps and from as many
-    processes as this run has."""
-    path, checkpoint, state = cfg.resume or cfg.out, None, None
+    """(run directory, checkpoint to resume from or None, its trainer state or None), checked: a
+    resumed run's checkpoint is before --steps and from as many processes as this run has (a new
+    run's directory was checked as it was claimed)."""
+    path, checkpoint, state = cfg.out, None, None
     if cfg.resume:  # from its last complete checkpoint, or from step 0 if it has none yet
-        cfg.out = path
         checkpoint = last_checkpoint(path)
         state = read_trainer_state(checkpoint) if checkpoint else None
         if state and cfg.steps <= state["step"]:
@@ -483,8 +689,6 @@ def start_point(cfg, world):
                            f"step {state['step']}): give --steps above {state['step']} to train on")
         if state:
             check_world_size(state, checkpoint, world, path)
-    else:
-        check_new_run_dir(path)
     return path, checkpoint, state
 
 
@@ -521,12 +725,12 @@ def restore_optimizer(models, checkpoint, state, world):
                        f"{checkpoint} to resume from the checkpoint before it") from None
 
 
-def train_on(cfg, world, device):
-    """`train` in this process, a member of `world`, on `device`."""
+def train_on(cfg, world, device, run_dir):
+    """`train` in this process, a member of `world`, on `device`, in the claimed `run_dir`."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path, checkpoint, state = start_point(cfg, world)
-    world.barrier()  # every process has checked the directory before rank 0 writes in it
+    world.barrier()  # every process has read the checkpoint before rank 0 writes in the directory
     if cfg.eval_data:  # read now, not at the first eval
         try:
             heldout.read_jsonl(cfg.eval_data, cfg.task)
@@ -541,15 +745,16 @@ def train_on(cfg, world, device):
         restore_optimizer(models, checkpoint, state, world)
         start = state["step"]
     run = Run(path, cfg, models, tokenizer, start, world)
-    if world.main:
-        prepare_run_dir(path, cfg, start)
+    dropped = prepare_run_dir(path, cfg, start) if world.main else []
     world.barrier()
     if world.main:
         if cfg.resume:
-            print(f"resumed from {checkpoint} at step {start}" if checkpoint else
-                  f"no checkpoint in {path} yet: running it again from step 0", flush=True)
-        print("config " + json.dumps(dataclasses.asdict(cfg))
-              + (f" on {world.size} processes" if world.size > 1 else ""), flush=True)
+            print((f"resumed from {checkpoint} at step {start}" if checkpoint else
+                   f"no checkpoint in {path} yet: running it again from step 0")
+                  + (f"; dropped lines cut short: {', '.join(dropped)}" if dropped else ""),
+                  flush=True)
+        print(config_line(cfg, world), flush=True)
+    run_dir.started = True
     try:
         sqlm.train(cfg, models, tokenizer, device, run, start, world)
     except KeyboardInterrupt as e:
@@ -560,25 +765,43 @@ def train_on(cfg, world, device):
 
 
 def prepare_run_dir(path, cfg, start):
-    """Create the run directory (a resumed run's: its logs cut back to `start`) and write
-    config.json."""
-    created = not os.path.isdir(path)
-    try:  # only now: a start that fails leaves no directory behind
-        os.makedirs(path, exist_ok=True)
+    """Write config.json in the claimed run directory (a resumed run's logs cut back to `start`
+    first). Returns the log lines dropped as cut short (truncate_logs)."""
+    dropped = []
+    try:
         if cfg.resume:
-            truncate_logs(path, start)  # steps after the checkpoint are run again
+            dropped = truncate_logs(path, start)  # steps after the checkpoint are run again
         cli.write_atomic(os.path.join(path, "config.json"),
                          json.dumps(dataclasses.asdict(cfg), indent=2))
     except OSError as e:
-        if created:
-            shutil.rmtree(path, ignore_errors=True)
         raise RunError(f"cannot write the run directory {path}: {cli.os_reason(e)}") from None
     except KeyboardInterrupt as e:
-        # a new run's directory, its config not yet (or just) written: as if never started
-        if created:
-            shutil.rmtree(path, ignore_errors=True)
-            raise
-        raise Interrupted(path, start, e) from None
+        if cfg.resume:
+            raise Interrupted(path, start, e) from None
+        # a new run, its config not yet (or just) written: as if never started (`claimed` removes
+        # a directory it made; an --out that existed keeps no config.json)
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(path, "config.json"))
+        raise
+    return dropped
+
+
+def config_line(cfg, world):
+    """The start-up line: the flags whose values differ from the task's defaults, in the config
+    block's order (--task always); config.json keeps every field."""
+    defaults = resolved(Config(task=cfg.task))
+    given = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "resume" or (f.name != "task" and value == getattr(defaults, f.name)):
+            continue
+        if isinstance(value, bool):
+            given.append(flag(f.name) if value else "--no-" + flag(f.name)[2:])
+        else:
+            given.append(f"{flag(f.name)} {shlex.quote(str(value))}")
+    processes = f" ({world.size} processes)" if world.size > 1 else ""
+    return (f"config{processes}: {' '.join(given)} (the rest as default; every field: "
+            f"{os.path.join(cfg.out, 'config.json')})")
 
 
 def run_summary(run):
@@ -668,8 +891,11 @@ def parse_args(argv):
         else:
             kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str)
                                                             else f.type.__name__]
+            choices = f.metadata["choices"]
+            # '' (per task, the help says) is no choice a reader would type: {majority,tests,...}
+            shown = "{" + ",".join(c for c in choices if c) + "}" if choices else None
             p.add_argument(flag(f.name), type=kind, default=argparse.SUPPRESS, help=help_,
-                           choices=f.metadata["choices"])
+                           choices=choices, metavar=shown)
     argv = sys.argv[1:] if argv is None else list(argv)
     # `torchrun ... sqlm.py -- --n 4`, where torchrun keeps the --
     argv = argv[1:] if argv[:1] == ["--"] else argv

@@ -74,7 +74,8 @@ def parse_proposal(task, text, cat=False, released=False, arith_check=False):
     `Test Cases:`, then up to 10 valid `INPUT ||| OUTPUT` lines (malformed lines ignored,
     none valid: invalid); with `cat` also a `Reference Solution:` and at least one
     `Wrong Solution:` python block. released: every `|||` line is a test, unchecked, and a
-    problem with none is still valid (the released reward manager reads them so).
+    problem with none is still valid (the released reward manager reads them so). A task of
+    prompts.TASKS with no branch here is a ValueError, never read as code.
     """
     prompts.check_task(task, cat)
     body = strip_think(text)
@@ -91,7 +92,9 @@ def parse_proposal(task, text, cat=False, released=False, arith_check=False):
         # "**Selected Question:** ..." in markdown
         question = body[marks[-1].end():].strip(" \t\r\n*")
         return (Problem(question), "ok") if question else (None, "empty")
-    return _parse_code(body, cat, released)
+    if task == "code":
+        return _parse_code(body, cat, released)
+    raise ValueError(f"no proposal parser for task {task!r}: add one to rewards.parse_proposal")
 
 
 def _parse_code(body, cat, released):
