@@ -1,4 +1,5 @@
-"""Throughput benchmarks; each prints one JSON line (machine included) to stdout.
+"""Throughput benchmarks; each prints one JSON line (machine included) to stdout, but `memory`,
+which prints a table (`--json`: its JSON line).
 
     python bench.py rollout  [--model tiny|qwen2.5-3b|DIR --prompts 8 --n 4 --new 128 --repeat 3]
     python bench.py update   [--model tiny|qwen2.5-3b|DIR --seqs 16 --prompt 64 --len 256]
@@ -147,6 +148,11 @@ def bench_rollout(a):
     prompt_ids = make_prompts(tokenizer, a.prompts)
 
     agreement = greedy_agreement(model, tokenizer, prompt_ids[:4], min(32, a.new))  # correct first
+    try:
+        rollout.check_plain_head(model)
+        trains = True
+    except ValueError as e:  # served, but not trained: why, in the row
+        trains = str(e)
 
     def ours():
         return sum(len(s.completion_ids) for s in rollout.generate(
@@ -160,6 +166,7 @@ def bench_rollout(a):
     return {"bench": "rollout", "model": a.model, "device": machine(),
             "dtype": str(dtype).split(".")[-1], "prompts": a.prompts, "n": a.n, "repeat": a.repeat,
             "prompt_tokens": len(prompt_ids[0]), "max_new_tokens": a.new, **agreement,
+            "trains": trains,
             "ours_tokens_per_s": rates["ours"], "hf_tokens_per_s": rates["hf"],
             "speedup": round(rates["ours"] / rates["hf"], 2), "ours_tokens": tokens["ours"],
             "hf_tokens": tokens["hf"]}
@@ -342,6 +349,12 @@ def bench_memory(a):
     rows = []
     for name in a.model.split(","):
         config = model_config(name)
+        missing = [f for f in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                               "num_attention_heads", "num_key_value_heads", "vocab_size")
+                   if not hasattr(config, f)]
+        if missing:  # memory.py counts a Qwen2/Llama-style decoder from these
+            raise BenchError(f"cannot plan {name}: memory.py reads a Qwen2/Llama-style config and "
+                             f"its {config.model_type} config has no {', '.join(missing)}")
         for gpus in a.gpus:
             sizes = dict(max_rows=-(-64 * a.n * a.n // gpus), max_microbatch=-(-32 * a.n // gpus),
                          world=gpus)
@@ -353,6 +366,30 @@ def bench_memory(a):
                         config, card, sizes, settings, checkpointing)
                 rows.append(row)
     return {"bench": "memory", "predicted_not_measured": True, **settings, "rows": rows}
+
+
+def memory_table(result):
+    """bench_memory's result as a table: a row per model, GPU count and card; each plan as rollout
+    rows / micro-batch per GPU and its largest planned peak, without and with checkpointing."""
+    def plan(p):
+        if p is None:
+            return "no", "-"
+        peak = max((k for k in p if k.endswith("_peak")), key=p.get)
+        ref = " (bf16 ref)" if p.get("kl_reference") == "bf16" else ""
+        return f"{p['rollout_rows']}/{p['microbatch']}{ref}", f"{p[peak]} {peak[:-5]}"
+    header = ("model", "params", "GPUs", "card GB", "rows/micro", "peak GB (phase)",
+              "checkpointing: rows/micro", "peak GB (phase)")
+    lines = [header] + [(r["model"], f"{r['params_b']}B", str(r["gpus"]), f"{r['card_gb']:g}",
+                         *plan(r["plain"]), *plan(r["checkpointing"])) for r in result["rows"]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    on = {True: "on", False: "off"}
+    settings = (f"prompt {result['max_prompt']} + response {result['max_response']}, "
+                f"n {result['n']}, KL reference {on[result['kl']]}, "
+                f"chunk {result['chunk_tokens']}, fused AdamW {on[result['fused_adamw']]}")
+    return "\n".join([f"predicted, not measured ({settings}); per GPU; no: nothing fits"] +
+                     ["  ".join(cell.ljust(w) if i < 2 else cell.rjust(w)
+                                for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+                      for line in lines])
 
 
 def fitted_plan(config, card, sizes, settings, checkpointing):
@@ -1003,7 +1040,13 @@ def main(argv=None):
     except (rollout.LoadError, BenchError) as e:
         print(f"bench.py: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    print(memory_table(result) if a.which == "memory" and not a.json else json.dumps(result))
+    if result.get("greedy_agrees_with_hf") is False:  # figures printed, then the verdict
+        print(f"bench.py: our greedy tokens differ from Hugging Face generate's on the same rows "
+              f"({result['greedy_tokens_agreeing']:.0%} of tokens before each row's first "
+              f"difference; in bf16 a near-tie can part them, in fp32 (--device cpu) they must "
+              f"agree): this model is not served exactly", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -1079,6 +1122,7 @@ def memory_flags(sub):
     m.add_argument("--kl", type=float, default=0.001, help="0: no reference model")
     m.add_argument("--fused-adamw", action=argparse.BooleanOptionalAction, default=False)
     m.add_argument("--chunk-tokens", type=int, default=4096)
+    m.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     return m
 
 

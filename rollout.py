@@ -9,6 +9,8 @@ model's forward pass (no `model.generate`):
   one forward per new token; stop tokens are checked every few steps (no host sync per
   token) and finished rows leave the batch and the cache in a few large compactions.
   Each sample draws from its own counter-based random stream (prompt seed, sample, step).
+  Sliding-window attention (Mistral, Gemma2/3, Qwen2 with use_sliding_window) is exact: the
+  cache keeps every position and the model's own mask applies each layer's window.
 - `token_logprobs` computes log pi(token | prefix) in fp32 with logits divided by the
   sampling temperature, in chunks of completion tokens, so a long batch never holds
   B x T x vocab logits at once (Qwen's vocabulary is 151,936 wide).
@@ -24,6 +26,7 @@ import os
 import socket
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -289,7 +292,8 @@ class _PreallocatedLayer(CacheLayerMixin):
     (B, kv_heads, max_len, head_dim).
 
     `update` writes the new keys/values at the current length and returns views of the filled part,
-    so attention reads only what exists; `keep` compacts the batch to the rows still running.
+    so attention reads only what exists; `keep` compacts the batch to the rows still running. A
+    sliding-window layer keeps every position too: the model's mask applies the window.
     """
     is_sliding = False
     is_compileable = False
@@ -372,7 +376,10 @@ def prefill(model, ids, mask, positions, n, max_new_tokens):
     at its final width (B*n, width + max_new_tokens), and each row's next position (B*n, 1).
     Each distinct prompt runs through the model once; only its last position's logits are kept."""
     from transformers import DynamicCache
-    prompt_cache = DynamicCache(config=model.config)
+    # every position of every layer, sliding-window layers too: the model's own mask hides keys
+    # outside a layer's window (cache positions count the left padding, which shifts a row's
+    # positions alike); a sliding cache layer would drop keys the preallocated cache still indexes
+    prompt_cache = DynamicCache()
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
                 past_key_values=prompt_cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[:, -1].float().repeat_interleave(n, 0)  # (B*n, V)
@@ -519,30 +526,77 @@ def _chunk_logprobs(hidden, weight, targets, temperature):
         return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
-# logits = decoder(x) @ lm_head.weight.T, nothing else
-PLAIN_HEAD_FAMILIES = ("qwen2", "qwen3", "llama", "mistral")
+PROBE_TOKENS = 8  # positions the head check runs the model on
+PROBE_LOGIT = 100.0  # the largest logit of the check: a soft-cap of 30 or 50 bends it by >50
+_head_problems = weakref.WeakKeyDictionary()  # model -> head_problem's answer, checked once
 
 
 def check_plain_head(model):
     """Raise ValueError (one line) unless the model's logits are exactly
-    decoder output @ lm-head weight.T.
+    decoder output @ lm-head weight.T; checked once per model object (head_problem).
 
     token_logprobs reads those two directly (the model's own forward would build full-vocabulary
     logits); a head with a bias, a logit scale or a final-logit soft-cap would give wrong numbers.
     """
+    if model not in _head_problems:
+        _head_problems[model] = head_problem(model)
+    if _head_problems[model]:
+        raise ValueError(f"{type(model).__name__} cannot be trained here: its logits are not "
+                         f"hidden @ W of its lm-head ({_head_problems[model]}), so token_logprobs "
+                         f"would compute different numbers from the model's (eval.py serves it)")
+
+
+@torch.no_grad()
+def head_problem(model):
+    """None if the model's forward gives logits == decoder output @ lm-head weight.T on a few
+    tokens, else what differs, in words. A hook scales the decoder's output so that the largest
+    logit is PROBE_LOGIT: a soft-cap, a logit scale or a bias then shows far above rounding (on a
+    random model's small logits tanh is nearly the identity). The tolerance is rounding's: 1e-4 of
+    the largest logit in fp32, 8 ulps in bf16/fp16."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        return "it has no lm-head weight"
+    weight = head.weight  # (V, H)
+    seen = []
+
+    def scale(module, args, output):
+        if getattr(output, "last_hidden_state", None) is None:
+            return None  # not a decoder's output: nothing seen, refused below
+        hidden = output["last_hidden_state"]  # (1, PROBE_TOKENS, H)
+        largest = F.linear(hidden, weight).abs().max().float()
+        output["last_hidden_state"] = hidden * (PROBE_LOGIT / largest.clamp(min=1e-6)).to(hidden)
+        seen.append(output["last_hidden_state"])
+        return output
+
+    vocab = weight.shape[0]
+    ids = torch.arange(PROBE_TOKENS, device=weight.device) * (vocab // PROBE_TOKENS)  # (T,)
+    hook = decoder.register_forward_hook(scale)
+    try:  # autocast off: the model's own precision, which the tolerance assumes
+        with torch.autocast(weight.device.type, enabled=False):
+            logits = model(input_ids=ids[None], use_cache=False).logits.float()  # (1, T, V)
+    finally:
+        hook.remove()
+    if len(seen) != 1:
+        return "its forward does not apply the lm-head to its decoder's output"
+    expected = F.linear(seen[0], weight).float()
+    diff = float((logits - expected).abs().max())
+    tolerance = max(1e-4, 8 * torch.finfo(weight.dtype).eps) * float(expected.abs().max())
+    if diff <= tolerance:
+        return None
+    return "; ".join(head_causes(model, head) or [f"off by up to {diff:.3g} on logits of "
+                                                  f"{PROBE_LOGIT:g}"])
+
+
+def head_causes(model, head):
+    """What in the config or the head explains a head that is not plain: soft-cap, scale, bias."""
     config = model.config.get_text_config(decoder=True)
-    problem = None
-    if getattr(model.get_output_embeddings(), "bias", None) is not None:
-        problem = "its lm-head has a bias"
-    else:
-        for name in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-            if getattr(config, name, None) not in (None, 1, 1.0):
-                problem = f"its config sets {name}={getattr(config, name)}"
-        if problem is None and config.model_type not in PLAIN_HEAD_FAMILIES:
-            problem = f"model type '{config.model_type}' is not one whose head is known to be plain"
-    if problem:
-        raise ValueError(f"token_logprobs reads the lm-head weight directly, exact only for plain "
-                         f"heads ({', '.join(PLAIN_HEAD_FAMILIES)}): {problem}")
+    said = {"final_logit_softcapping": "soft-capped at {}", "logit_scale": "multiplied by {}",
+            "logits_scaling": "divided by {}"}
+    causes = [text.format(getattr(config, name)) for name, text in said.items()
+              if getattr(config, name, None) not in (None, 1, 1.0)]
+    if getattr(head, "bias", None) is not None and bool(head.bias.any()):
+        causes.append("its lm-head adds a bias")
+    return causes
 
 
 def token_logprobs(model, input_ids, attention_mask, completion_mask, temperature=1.0,

@@ -25,8 +25,27 @@ def test_rollout_bench_checks_greedy_agreement_first(capsys):
     """The rollout row means something only if our greedy tokens equal Hugging Face's on a job."""
     row = run_bench(["rollout", "--device", "cpu", "--prompts", "2", "--n", "2", "--new", "8",
                      "--repeat", "1"], capsys)
-    assert row["greedy_agrees_with_hf"] is True
+    assert row["greedy_agrees_with_hf"] is True and row["trains"] is True
     assert row["ours_tokens"] > 0 and row["hf_tokens"] > 0
+
+
+def test_a_model_served_wrongly_is_one_line_and_exit_1_after_its_figures(capsys, monkeypatch):
+    """Greedy tokens that differ from Hugging Face's: the row is printed, then one line saying the
+    model is not served exactly, and exit code 1 (not 0, which a script would read as a pass)."""
+    real = bench.rollout.generate
+
+    def one_token_off(*args, **kwargs):  # greedy row 0 decodes a different third token
+        samples = real(*args, **kwargs)
+        if kwargs.get("temperature") == 0 and len(samples[0].completion_ids) > 2:
+            samples[0].completion_ids[2] = (samples[0].completion_ids[2] + 1) % 1024
+        return samples
+    monkeypatch.setattr(bench.rollout, "generate", one_token_off)
+    assert bench.main(["rollout", "--device", "cpu", "--prompts", "2", "--n", "2", "--new", "8",
+                       "--repeat", "1"]) == 1
+    out, err = capsys.readouterr()
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["greedy_agrees_with_hf"] is False and row["ours_tokens_per_s"] > 0
+    assert len(err.strip().splitlines()) == 1 and "not served exactly" in err
 
 
 def test_update_bench_matches_the_full_vocabulary_reference(capsys):
@@ -50,7 +69,8 @@ def test_decode_bench_checks_greedy_agreement_and_reports_bandwidth(capsys):
 
 def test_memory_bench_prints_the_plan_that_fit_memory_chose(capsys):
     """Each row's sizes are fit_memory's, its peaks memory_plan's at those sizes, said predicted."""
-    row = run_bench(["memory", "--model", "qwen2.5-0.5b,qwen2.5-7b", "--cards", "24,141"], capsys)
+    row = run_bench(["memory", "--model", "qwen2.5-0.5b,qwen2.5-7b", "--cards", "24,141",
+                     "--json"], capsys)
     assert row["predicted_not_measured"] is True and len(row["rows"]) == 4
     small, big = row["rows"][1], row["rows"][2]  # 0.5B on 141 GB; 7B on 24 GB
     assert small["checkpointing"]["rollout_rows"] == 1024
@@ -62,13 +82,40 @@ def test_memory_bench_plans_per_gpu_and_falls_back_to_a_bf16_reference_as_a_run_
     """--gpus: the plan per GPU of an FSDP2 run. The paper's 3B step fits one 80 GB card only with
     its KL reference in bf16 (said in the row), and two cards with the fp32 one; each row's sizes
     fit 90% of its card."""
-    row = run_bench(["memory", "--model", "qwen2.5-3b", "--cards", "80", "--gpus", "1,2"], capsys)
+    row = run_bench(["memory", "--model", "qwen2.5-3b", "--cards", "80", "--gpus", "1,2",
+                     "--json"], capsys)
     one, two = row["rows"]
     assert (one["gpus"], two["gpus"]) == (1, 2)
     assert one["plain"]["kl_reference"] == "bf16" and "kl_reference" not in two["plain"]
     assert two["plain"]["microbatch"] > one["plain"]["microbatch"]
     assert all(v <= 0.9 * 80 for r in (one, two) for k, v in r["plain"].items()
                if k.endswith("_peak"))
+
+
+def test_memory_bench_prints_a_table_a_reader_can_scan(capsys):
+    """Without --json, `memory` prints one line of settings, a header and one row per model and
+    card, in aligned columns, with the figures of the JSON row. Guards: the plan as one long JSON
+    line."""
+    assert bench.main(["memory", "--model", "qwen2.5-0.5b,qwen2.5-7b", "--cards", "24,141"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 + 4 and "predicted, not measured" in lines[0]
+    header, rows = lines[1], lines[2:]
+    assert header.split()[:4] == ["model", "params", "GPUs", "card"]
+    assert len({len(line) for line in rows}) == 1  # aligned: every row ends at the same column
+    small, big = rows[1].split(), rows[2].split()  # 0.5B on 141 GB; 7B on 24 GB
+    assert small[:4] == ["qwen2.5-0.5b", "0.49B", "1", "141"] and small[7] == "1024/128"
+    assert big[4] == "no" and big[6] == "no"
+
+
+def test_memory_bench_refuses_a_config_it_cannot_count_in_one_line(tmp_path, capsys):
+    """A GPT-2 config has no intermediate_size (its n_inner) and no num_key_value_heads: the plan
+    is refused in one line naming the missing fields (exit 2), not an AttributeError traceback."""
+    from transformers import AutoConfig
+    AutoConfig.for_model("gpt2").save_pretrained(tmp_path)
+    assert bench.main(["memory", "--model", str(tmp_path), "--cards", "24"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "gpt2 config has no intermediate_size, num_key_value_heads" in err
 
 
 @pytest.mark.parametrize("argv, message", [
