@@ -40,6 +40,7 @@ import time
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 import cli
 import eval as heldout
@@ -52,11 +53,12 @@ import sqlm
 from sqlm import Config
 
 POSITIVE = ("batch", "minibatch", "microbatch", "steps", "rollout_rows", "max_prompt",
-            "max_response", "lr", "temperature", "top_p", "grad_clip")
+            "max_response", "lr", "temperature", "top_p", "grad_clip", "critic_lr", "value_clip")
 NON_NEGATIVE = ("clip_low", "clip_high", "clip_c", "kl", "weight_decay", "proposer_every",
                 "eval_every", "eval_limit", "eval_samples", "save_every", "keep_last", "seed",
-                "threads")
+                "threads", "gamma", "lam")
 RUN_FILES = ("config.json", "metrics.jsonl", "samples.jsonl")  # and step-* directories
+CRITIC_FILE = "critic.safetensors"  # a --critic run's checkpoint: the value model's weights
 # What --resume may change: how long and on what the run goes on, how it is watched and saved.
 # Every other field (task, model, seed, batch shape, rewards, loss, sampling) is what the run *is*.
 RESUMABLE = ("steps", "device", "eval_every", "eval_limit", "eval_data", "eval_samples",
@@ -153,6 +155,8 @@ def check_config(cfg):
               (cfg.clip_low < 1, f"--clip-low must be in [0, 1), not {cfg.clip_low}"),
               (cfg.clip_c == 0 or cfg.clip_c > 1,
                f"--clip-c must be > 1 (or 0 to disable), not {cfg.clip_c}"),
+              (cfg.gamma <= 1 and cfg.lam <= 1,
+               f"--gamma and --lam must be in [0, 1], not {cfg.gamma} and {cfg.lam}"),
               (cfg.seed <= 2**32 - 1,
                f"--seed must be at most 2**32-1 = {2**32 - 1}, not {cfg.seed}"),
               (cfg.threads <= cores(),  # torch would fail to start them, then crash
@@ -207,7 +211,7 @@ def fit_to_memory(cfg, model_config, device, world=1):
                     max_microbatch=-(-cfg.minibatch * cfg.n // world),
                     max_prompt=cfg.max_prompt, max_response=cfg.max_response, n=cfg.n,
                     kl=bool(cfg.kl_coef), grad_checkpointing=cfg.grad_checkpointing, gpu=True,
-                    world=world)  # sizes per process
+                    world=world, critic=cfg.use_critic)  # sizes per process
     card = torch.cuda.get_device_properties(device).total_memory
     fit, kl_dtype = memory.fit_memory(model_config, card, **settings), torch.float32
     if fit is None and cfg.kl_coef:
@@ -237,7 +241,8 @@ def save_checkpoint(run, step, models, tokenizer, cfg, world):
     failing disk raises MachineError with the temporary directory removed (a full disk is not made
     fuller, and a later save or prune finds nothing half-written). On N processes: the whole weights
     gathered to rank 0, which writes them, and each process's AdamW shard in optimizer/;
-    trainer_state.pt is written last.
+    trainer_state.pt is written last. With a critic: its weights in critic.safetensors and its
+    AdamW state beside the policy's (critic_optimizer/ on N processes).
     """
     final = os.path.join(run, f"step-{step:06d}")
     tmp = final + ".tmp"
@@ -245,20 +250,31 @@ def save_checkpoint(run, step, models, tokenizer, cfg, world):
     try:
         # a collective, before rank 0 writes
         weights = parallel.full_state_dict(models.policy) if sharded else None
+        critic = models.critic
+        critic_weights = (None if critic is None else parallel.whole_state_dict(critic) if sharded
+                          else critic.state_dict())
         if world.main:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         world.barrier()
         if sharded:
             parallel.save_optimizer(models.policy, models.optimizer, os.path.join(tmp, "optimizer"))
+            if critic is not None:
+                parallel.save_optimizer(critic, models.critic_optimizer,
+                                        os.path.join(tmp, "critic_optimizer"))
         if world.main:
             models.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
-            write_trainer_state({"step": step, "world_size": world.size,
-                                 "config": dataclasses.asdict(cfg),
-                                 "optimizer": "optimizer/ (sharded)" if sharded
-                                              else models.optimizer.state_dict()},
-                                os.path.join(tmp, "trainer_state.pt"))
+            if critic is not None:
+                save_file({k: v.contiguous() for k, v in critic_weights.items()},
+                          os.path.join(tmp, CRITIC_FILE))
+            state = {"step": step, "world_size": world.size, "config": dataclasses.asdict(cfg),
+                     "optimizer": ("optimizer/ (sharded)" if sharded
+                                   else models.optimizer.state_dict())}
+            if critic is not None:
+                state["critic_optimizer"] = ("critic_optimizer/ (sharded)" if sharded
+                                             else models.critic_optimizer.state_dict())
+            write_trainer_state(state, os.path.join(tmp, "trainer_state.pt"))
     except BaseException as e:  # no space, Ctrl-C: no half-written .tmp left to fill the disk
         e = parallel.cause(e)  # the sharded optimizer's save wraps what failed in every process
         # safetensors reports a failed write as its own
@@ -594,6 +610,9 @@ def format_line(m):
               f"maj {m['majority_share']:.2f}", f"zero {m['zero_signal']:.2f}",
               f"clip {m.get('solver_clip_frac', 0):.3f}", f"kl {m.get('solver_kl', 0):.2e}",
               f"ent {m['solver_entropy']:.2f}", f"len {m['response_len']:.0f}"]
+    if "solver_value_loss" in m:
+        fields.append(f"vloss {m['solver_value_loss']:.3f}")
+        fields.append(f"ev {m['solver_explained_variance']:.2f}")
     if m.get("majority_correct") is not None:
         fields.append(f"maj_ok {m['majority_correct']:.2f}/{m['majority_checked']}")
     if "eval_accuracy" in m:
@@ -709,19 +728,35 @@ def load_policy(cfg, checkpoint, device, world):
 
 
 def restore_optimizer(models, checkpoint, state, world):
-    """A checkpoint's AdamW state into the run's optimizer (on N processes, each its own shard)."""
-    if world.size == 1:
-        models.optimizer.load_state_dict(state["optimizer"])
-        return
+    """A checkpoint's AdamW states into the run's optimizers (the policy's, and the critic's if it
+    has one; on N processes, each its own shard)."""
+    pairs = [("optimizer", models.policy, models.optimizer)]
+    if models.critic is not None:
+        pairs.append(("critic_optimizer", models.critic, models.critic_optimizer))
+    for name, module, optimizer in pairs:
+        if world.size == 1:
+            optimizer.load_state_dict(state[name])
+            continue
+        try:
+            parallel.load_optimizer(module, optimizer, os.path.join(checkpoint, name))
+        except BaseException as e:
+            # a missing or damaged shard, in any process: one line, not a traceback
+            e = parallel.cause(e)
+            if isinstance(e, KeyboardInterrupt):
+                raise e from None
+            raise RunError(f"cannot read {checkpoint}/{name} ({cli.first_line(e)}): delete "
+                           f"{checkpoint} to resume from the checkpoint before it") from None
+
+
+def read_critic(checkpoint, cfg):
+    """A resumed run's critic weights (its checkpoint's critic.safetensors), or None: a new run, or
+    no critic. RunError if a critic run's checkpoint has none."""
+    if checkpoint is None or not cfg.use_critic:
+        return None
     try:
-        parallel.load_optimizer(models.policy, models.optimizer,
-                                os.path.join(checkpoint, "optimizer"))
-    except BaseException as e:
-        # a missing or damaged shard, in any process: one line, not a traceback
-        e = parallel.cause(e)
-        if isinstance(e, KeyboardInterrupt):
-            raise e from None
-        raise RunError(f"cannot read {checkpoint}/optimizer ({cli.first_line(e)}): delete "
+        return load_file(os.path.join(checkpoint, CRITIC_FILE))
+    except (OSError, SafetensorError) as e:
+        raise RunError(f"cannot read {checkpoint}/{CRITIC_FILE} ({cli.first_line(e)}): delete "
                        f"{checkpoint} to resume from the checkpoint before it") from None
 
 
@@ -739,7 +774,7 @@ def train_on(cfg, world, device, run_dir):
     model, tokenizer = load_policy(cfg, checkpoint, device, world)
     kl_dtype = fit_to_memory(cfg, model.config, device, world.size)
     models = sqlm.build_models(cfg, model, device, world, resumed=checkpoint is not None,
-                               kl_dtype=kl_dtype)
+                               kl_dtype=kl_dtype, critic_state=read_critic(checkpoint, cfg))
     start = 0
     if state:
         restore_optimizer(models, checkpoint, state, world)

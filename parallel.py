@@ -183,6 +183,14 @@ def full_tensor(p):
     return p.full_tensor() if hasattr(p, "full_tensor") else p
 
 
+def whole_state_dict(module):
+    """A sharded module's (the critic's) whole state dict on rank 0, on CPU ({} elsewhere). A
+    collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+
+
 def full_state_dict(policy):
     """The sharded policy's weights as one Hugging Face state dict on rank 0, on CPU ({} elsewhere).
     A collective."""

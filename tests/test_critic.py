@@ -350,7 +350,8 @@ def test_the_critics_update_peak_is_predicted():
 def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
     """The same 2-step --critic run on one process and under torchrun on two (FSDP2 shards the
     critic like the policy): every critic and policy statistic within 1e-6 (1e-5 relative: a grad
-    norm of ~7 is summed in another order) and the policy's weights within 1e-5. Guards: whitening over one process's tokens, the critic's loss not scaled by the
+    norm of ~7 is summed in another order), the policy's and the critic's saved weights within 1e-5
+    (the critic gathered whole to rank 0), and the critic's AdamW saved sharded. Guards: whitening over one process's tokens, the critic's loss not scaled by the
     process count (FSDP2 averages gradients), an idle process missing the critic's collectives."""
     import os
     import subprocess
@@ -359,7 +360,7 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4",
             "--n", "4", "--minibatch", "2", "--microbatch", "2", "--max-response", "16",
-            "--lr", "1e-4", "--critic", "--critic-lr", "1e-3", "--proposer-every", "1",
+            "--lr", "1e-4", "--critic", "--critic-lr", "1e-4", "--proposer-every", "1",
             "--eval-every", "0", "--save-every", "2", "--model", tiny_dir]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     runs = {}
@@ -380,3 +381,32 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
                 assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-6), (a["step"], key)
     w1, w2 = weights(runs[1], 2), weights(runs[2], 2)
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) <= 1e-5
+    from safetensors.torch import load_file
+    c1, c2 = (load_file(os.path.join(runs[p], "step-000002", "critic.safetensors")) for p in (1, 2))
+    assert c1.keys() == c2.keys() and max((c1[k] - c2[k]).abs().max().item() for k in c1) <= 1e-5
+    assert os.path.isdir(os.path.join(runs[2], "step-000002", "critic_optimizer"))
+
+
+# --- checkpoints and resume -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_resumed_critic_run_equals_the_uninterrupted_one(tiny_dir, tmp_path):
+    """A --critic run stopped after step 1 and resumed to step 2 ends with the same policy and critic
+    weights as one run of 2 steps, bit for bit: the checkpoint holds the critic
+    (critic.safetensors) and its AdamW state. Guards: the critic rebuilt from the initial model on
+    resume, its AdamW moments dropped."""
+    import os
+    import harness
+    from conftest import FAST
+    from safetensors.torch import load_file
+    args = FAST + ["--model", tiny_dir, "--critic", "--critic-lr", "1e-2", "--lr", "1e-3",
+                   "--kl", "0", "--save-every", "1"]
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    assert harness.main(args + ["--steps", "2", "--out", whole]) == 0
+    assert harness.main(args + ["--steps", "1", "--out", parts]) == 0
+    assert harness.main(["--resume", parts, "--steps", "2"]) == 0
+    for name in ("model.safetensors", harness.CRITIC_FILE):
+        a, b = (load_file(os.path.join(run, "step-000002", name)) for run in (whole, parts))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    first = load_file(os.path.join(whole, "step-000001", harness.CRITIC_FILE))
+    assert any(not torch.equal(first[k], a[k]) for k in a)  # the critic moved in step 2
