@@ -15,6 +15,9 @@ Left out: few-shot prompts, answer checking by a model, third-party benchmark fi
 with the rest of that experiment in experiments.py.
 
     python eval.py --task arith --model DIR [--data F] [--limit N] [--samples K] [--out F]
+
+A problem whose solver prompt does not fit the model's context beside --max-new-tokens, or a data
+line over MAX_LINE_CHARS, is refused in one line before any generation.
 """
 import argparse
 import json
@@ -40,6 +43,11 @@ ARITH_SIZE = 4096      # TinyZero's multiplication test-set size
 ARITH_DRAWS = 100_000  # draws before de-duplication, as TinyZero
 ALGEBRA_SIZE = 100
 CODE_FILE = Path(__file__).resolve().parent / "data" / "code.jsonl"
+# The longest JSONL line read, in characters: a problem's prompt plus its answer (code: its tests).
+# No prompt is longer than a model's context (32,768 tokens for Qwen2.5) and text runs a few
+# characters a token, so a real problem is some 100,000 characters at most; the rest is room for
+# code tests. A longer line (a whole file on one line) is refused before it is parsed or tokenized.
+MAX_LINE_CHARS = 1_000_000
 
 
 # --- arith ---------------------------------------------------------------------------
@@ -178,28 +186,37 @@ def read_jsonl(path, task):
     arith/algebra: {"problem": str, "answer": str | int}; the answer (integer, decimal or
     fraction) is stored in canonical form (`rewards.normalize_answer`). code: {"problem": str,
     "inputs": [str], "outputs": [str], "reference": str (optional)}. Other fields are kept.
-    Raises ValueError "PATH:LINE: what is wrong" on the first bad line.
+    Raises ValueError "PATH:LINE: what is wrong" on the first bad line, and on a line longer than
+    MAX_LINE_CHARS before it is read whole.
     """
+    problems = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        with open(path, encoding="utf-8") as f:
+            lines = iter(lambda: f.readline(MAX_LINE_CHARS + 1), "")  # never more than the cap
+            for number, line in enumerate(lines, 1):
+                if len(line.rstrip("\r\n")) > MAX_LINE_CHARS:
+                    raise ValueError(f"{path}:{number}: line longer than {MAX_LINE_CHARS:,} "
+                                     f"characters (the most a held-out problem takes: eval.py, "
+                                     f"MAX_LINE_CHARS)")
+                if line.strip():
+                    problems.append(_parsed(line, task, f"{path}:{number}"))
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or e
         raise ValueError(f"cannot read data file {path}: {reason}") from None
-    problems = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            problems.append(_checked(json.loads(line), task))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        except RecursionError:
-            raise ValueError(f"{path}:{number}: JSON nested too deeply") from None
-        except ValueError as e:
-            raise ValueError(f"{path}:{number}: {e}") from None
     if not problems:
         raise ValueError(f"{path}: no problems in file")
     return problems
+
+
+def _parsed(line, task, where):
+    try:
+        return _checked(json.loads(line), task)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
 
 
 def _checked(row, task):
@@ -296,8 +313,41 @@ def summarize(records, samples=1):
 
 # --- evaluation ----------------------------------------------------------------------
 
+class PromptTooLong(ValueError):
+    """A problem whose solver prompt is over the token limit (`solver_prompt_ids`)."""
+
+
+def solver_prompt_ids(tokenizer, task, problems, max_tokens, limit=None):
+    """Each problem's solver prompt in the chat template, as token ids; PromptTooLong, one line
+    naming how many problems are over `max_tokens` tokens and the first of them (`limit` says
+    what the limit is), so that none is generated on.
+
+    A problem of more characters than max_tokens x the longest vocabulary entry cannot fit and is
+    refused untokenized: a native tokenizer call on 300,000 characters can run for minutes, deaf
+    to SIGTERM. The bound holds where every byte of the text is in some token (byte-level BPE, as
+    Qwen's; SentencePiece), not where a normalizer drops characters.
+    """
+    longest = max(map(len, tokenizer.get_vocab()), default=1)  # characters of one token, at most
+    ids, over = [], []
+    for i, p in enumerate(problems):
+        if len(p["problem"]) > max_tokens * longest:
+            over.append((i, f"{len(p['problem']):,} characters"))
+            continue
+        ids.append(rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"])))
+        if len(ids[-1]) > max_tokens:
+            over.append((i, f"{len(ids[-1]):,} tokens"))
+    if over:
+        first, size = over[0]
+        raise PromptTooLong(f"{len(over)} of {len(problems)} problems have a solver prompt over "
+                            f"{limit or f'{max_tokens:,} tokens'}: the first, problem {first + 1} "
+                            f"({problems[first]['problem'][:20]!r}...), is {size}; shorten or "
+                            f"drop them")
+    return ids
+
+
 def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, temperature=None,
-             max_new_tokens=None, batch_size=64, progress=None, world=parallel.ONE):
+             max_new_tokens=None, batch_size=64, progress=None, world=parallel.ONE,
+             max_prompt=None):
     """Answer `problems` (default: the built-in set) `samples` times each and score them.
 
     temperature: 0 (greedy) for one sample, 1.0 for several, unless given; each problem's samples
@@ -305,7 +355,9 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
     batch_size: sequences per `rollout.generate` call. progress(done, total, figures) is called
     after each call (done and total: problems of this process's share). world (parallel.World):
     each process answers and scores a contiguous share of the problems, and every process returns
-    the records and figures of all of them, those of one process.
+    the records and figures of all of them, those of one process. max_prompt: the longest solver
+    prompt, in tokens (default: what the model's context leaves beside max_new_tokens); a longer
+    one is refused before any generation (PromptTooLong).
     Returns the figures, the settings and "records" (see `score_responses`, plus "length").
     """
     problems = (load_problems(task) if problems is None else problems)[:limit]
@@ -323,8 +375,12 @@ def evaluate(model, tokenizer, task, problems=None, limit=None, samples=1, tempe
         if progress:
             progress(len(outs) // samples, len(share), summarize(records, samples))
 
-    prompt_ids = [rollout.chat_prompt(tokenizer, prompts.solver_prompt(task, p["problem"]))
-                  for p in share]
+    context, limit = getattr(getattr(model, "config", None), "max_position_embeddings", None), None
+    if max_prompt is None and context:
+        max_prompt = context - max_new_tokens
+        limit = (f"the {max_prompt:,} tokens the model's context ({context:,}) leaves beside "
+                 f"{max_new_tokens:,} new tokens")
+    prompt_ids = solver_prompt_ids(tokenizer, task, share, max_prompt or float("inf"), limit)
     rollout.generate_many(model, tokenizer, prompt_ids, samples,
                           list(mine) if temperature > 0 else None, batch_size, progress=scored,
                           max_new_tokens=max_new_tokens, temperature=temperature)
@@ -388,8 +444,9 @@ def parse_cli(argv):
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per generate call")
     parser.add_argument("--device", help="cpu, or cuda[:N] on a GPU machine "
                                          "(default: cuda if available, else cpu)")
-    parser.add_argument("--out", help="result JSON with per-problem records "
-                                      "(default runs/eval-TASK.json)")
+    parser.add_argument("--out", help="result JSON with per-problem records (default: "
+                                      "eval/TASK-MODEL.json, MODEL the model directory's name "
+                                      "or the hub id with / as --)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.error = fail  # usage errors too: one line, exit code 2
     args = parser.parse_args(cli.negative_values_joined(sys.argv[1:] if argv is None else argv))
@@ -409,9 +466,20 @@ def parse_cli(argv):
     return args
 
 
+def default_out(task, model):
+    """eval/TASK-NAME.json, NAME the model's last path component (a checkpoint step-NNNNNN: its
+    run's name before it) or its hub id with / as --: eval/arith-Qwen--Qwen2.5-3B-Instruct.json."""
+    if Path(model).expanduser().is_dir():
+        path = Path(model).expanduser().resolve()
+        name = (f"{path.parent.name}-{path.name}" if path.name.startswith("step-") else path.name)
+    else:
+        name = model.strip("/").replace("/", "--")
+    return Path("eval") / f"{task}-{name}.json"
+
+
 def run_cli(argv):
     args = parse_cli(argv)
-    out = Path(args.out or f"runs/eval-{args.task}.json")
+    out = Path(args.out or default_out(args.task, args.model))
     check_out(out, args.overwrite)
     try:
         if args.task == "code":  # a sandbox that cannot isolate refuses here, before a model loads
@@ -423,10 +491,19 @@ def run_cli(argv):
         model, tokenizer = rollout.load(args.model, device=args.device)
     except (ValueError, OSError, rollout.LoadError) as e:
         fail(str(e))
-    result = evaluate(model, tokenizer, args.task, problems, samples=args.samples,
-                      temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size,
-                      progress=rollout.progress_printer(f"eval {args.task}", args.samples))
+    context = getattr(model.config, "max_position_embeddings", None)
+    max_new_tokens = args.max_new_tokens or prompts.MAX_RESPONSE[args.task]
+    if context and max_new_tokens >= context:
+        fail(f"--max-new-tokens {max_new_tokens} leaves no room for a prompt in the model's "
+             f"context of {context:,} tokens (max_position_embeddings): give at most "
+             f"{context - 1}")
+    try:
+        result = evaluate(model, tokenizer, args.task, problems, samples=args.samples,
+                          temperature=args.temperature, max_new_tokens=max_new_tokens,
+                          batch_size=args.batch_size,
+                          progress=rollout.progress_printer(f"eval {args.task}", args.samples))
+    except PromptTooLong as e:  # found before any generation
+        fail(f"{args.data or f'the built-in {args.task} set'}: {e}")
     write_result(out, result)
     for key, value in result.items():
         if key != "records":

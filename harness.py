@@ -197,6 +197,25 @@ def check_prompts(cfg, tokenizer):
                        f"{cfg.task} solver prompt alone is {frame} tokens with this tokenizer")
 
 
+def check_lengths(cfg, model_config, tokenizer, eval_problems):
+    """--max-prompt + --max-response within the model's context (max_position_embeddings, the
+    positions it was trained on), and each --eval-data problem's solver prompt within --max-prompt
+    (the memory plan assumes it), before anything is generated."""
+    context, total = (getattr(model_config, "max_position_embeddings", None),
+                      cfg.max_prompt + cfg.max_response)
+    if context and total > context:
+        raise RunError(f"--max-prompt {cfg.max_prompt} + --max-response {cfg.max_response} is "
+                       f"{total:,} tokens, more than the model's context of {context:,} "
+                       f"(max_position_embeddings in its config.json): give a --max-prompt and "
+                       f"--max-response that sum to at most {context}")
+    if eval_problems:
+        try:
+            heldout.solver_prompt_ids(tokenizer, cfg.task, eval_problems, cfg.max_prompt,
+                                      f"--max-prompt {cfg.max_prompt} tokens")
+        except heldout.PromptTooLong as e:
+            raise RunError(f"--eval-data {cfg.eval_data}: {e}") from None
+
+
 # --- precision and memory --------------------------------------------------------------
 
 def fit_to_memory(cfg, model_config, device, world=1):
@@ -766,12 +785,14 @@ def train_on(cfg, world, device, run_dir):
         torch.set_num_threads(cfg.threads)
     path, checkpoint, state = start_point(cfg, world)
     world.barrier()  # every process has read the checkpoint before rank 0 writes in the directory
+    eval_problems = None
     if cfg.eval_data:  # read now, not at the first eval
         try:
-            heldout.read_jsonl(cfg.eval_data, cfg.task)
+            eval_problems = heldout.read_jsonl(cfg.eval_data, cfg.task)
         except ValueError as e:
             raise RunError(f"--eval-data: {e}") from None
     model, tokenizer = load_policy(cfg, checkpoint, device, world)
+    check_lengths(cfg, model.config, tokenizer, eval_problems)
     kl_dtype = fit_to_memory(cfg, model.config, device, world.size)
     models = sqlm.build_models(cfg, model, device, world, resumed=checkpoint is not None,
                                kl_dtype=kl_dtype, critic_state=read_critic(checkpoint, cfg))

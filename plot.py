@@ -5,7 +5,9 @@ and the tiny world's report, its tables and figure, drawn for `experiments.py re
 
 Panels against step (`PANELS`): held-out accuracy (greedy, solid; sampled, dashed, when logged),
 solver and proposer reward, the solver's KL to the initial model, solver entropy, solver
-response length and the valid-proposal rate. Runs are overlaid, one colour each.
+response length and the valid-proposal rate. Runs are overlaid, one colour each. A panel whose
+curves are one constant gets a fixed range (`y_limits`: shares in [0, 1]), so a flat line reads
+as flat.
 
 The tiny world's report (`world_tables`, `world_figure`) renders result.json records that
 experiments.py collects; which runs exist, and how they are run, is experiments.py's business.
@@ -27,6 +29,8 @@ PANELS = [  # (title, [(metrics.jsonl key, line style)])
     ("solver response length (tokens)", [("response_len", "-")]),
     ("valid proposals", [("valid_rate", "-")]),
 ]
+SHARES = {"eval_accuracy", "eval_sampled_accuracy", "solver_reward", "proposer_reward",
+          "valid_rate"}  # in [0, 1]; the rest (KL, entropy, length) >= 0
 
 
 def fail(message):
@@ -63,6 +67,20 @@ def curves(run):
     return out
 
 
+def y_limits(keys, values):
+    """A panel's fixed y range where its curves (`values`, one list per curve, of the panel's
+    `keys`) are all one constant v, else None (matplotlib's own): [0, 1] with a margin for
+    shares (SHARES), [0, 2v] (v > 0) or [0, 1] for the rest. matplotlib would draw v +- 0.04,
+    where a flat line looks like noise."""
+    flat = {v for curve in values for v in curve}
+    if len(flat) != 1:
+        return None
+    if set(keys) <= SHARES:
+        return (-0.05, 1.05)
+    v = flat.pop()
+    return (min(0.0, 2.0 * v), max(0.0, 2.0 * v)) if v else (0.0, 1.0)
+
+
 def draw(runs, out):
     """One figure, a panel per PANELS row, every run's curves overlaid; saved as a PNG at `out`."""
     import matplotlib
@@ -77,6 +95,10 @@ def draw(runs, out):
                     ax.plot(steps, values, style, color=f"C{i}",
                             marker="." if len(steps) < 30 else None,
                             label=name if (key, style) == keys[0] else None)
+        limits = y_limits([k for k, _ in keys],
+                          [data[k][1] for _, data in runs for k, _ in keys if k in data])
+        if limits:
+            ax.set_ylim(*limits)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
     axes.flat[0].legend(fontsize=8)

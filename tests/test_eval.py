@@ -1,6 +1,7 @@
 """eval.py: the held-out sets, the JSONL reader, the scorer, `evaluate` and the CLI."""
 import hashlib
 import json
+import os
 import random
 import re
 from fractions import Fraction
@@ -22,6 +23,7 @@ def write_jsonl(path, rows):
 
 # --- built-in sets ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_arith_set_is_deterministic_sized_and_distinct():
     """The held-out set must be the same 4,096 distinct problems on every call."""
     problems = heldout.arith_set()
@@ -58,6 +60,7 @@ def test_arith_set_is_the_released_file():
     assert sum(min(a, b) < 10 for a, b, _ in triples) == 1008
 
 
+@pytest.mark.slow
 def test_arith_operands_follow_tinyzero_draw():
     """Operands are drawn as TinyZero's 3-digit generator draws them (bound 9, 99 or 999 with
     probability 1/4, 1/4, 1/2, a before b), then de-duplicated through a set and the tail kept;
@@ -171,6 +174,7 @@ def test_code_set_shape():
         assert p["reference"].strip()
 
 
+@pytest.mark.slow
 def test_code_references_pass_every_test_in_the_sandbox():
     """Every shipped reference, scored as a solver reply would be, passes all of its tests."""
     problems = heldout.load_problems("code")
@@ -368,6 +372,7 @@ def test_evaluate_samples_at_temperature_one_in_batches(scripted):
 
 # --- evaluate and the CLI on the tiny model ---------------------------------------------
 
+@pytest.mark.slow
 def test_evaluate_tiny_model_plumbing(tiny_model):
     """Random weights: figures are garbage but must be in range, one record per sample."""
     model, tokenizer = tiny_model
@@ -382,6 +387,7 @@ def test_evaluate_tiny_model_plumbing(tiny_model):
     assert greedy[0] == greedy[1]
 
 
+@pytest.mark.slow
 def test_sampled_evaluation_repeats(tiny_model):
     """pass@k and maj@k must be reproducible: sampled batches are seeded, so two runs give the
     same responses."""
@@ -436,3 +442,39 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_dir, tmp_path, capsys, args, 
     err = capsys.readouterr().err
     assert exit_.value.code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_sampled_eval_streams_are_per_problem(tiny_model):
+    """Sampled eval: problem i draws from its own stream (seed i), so the samples do not depend on
+    the batch size, and two copies of one problem draw differently. Guards: one seed per call."""
+    model, tok = tiny_model
+    problems = [{"problem": "What is 2 * 3?", "answer": "6"}] * 2 + [{"problem": "What is 4 * 5?", "answer": "20"}]
+    runs = [[r["response"] for r in heldout.evaluate(model, tok, "arith", problems, samples=2, temperature=1.0,
+                                                     max_new_tokens=6, batch_size=rows)["records"]]
+            for rows in (2, 6)]
+    assert runs[0] == runs[1] and runs[0][:2] != runs[0][2:4]
+
+
+def test_default_out_is_named_after_task_and_model(tmp_path):
+    """eval.py's default result file is eval/TASK-MODEL.json: a directory's name (a checkpoint's
+    with its run's name), a hub id with / as --. Guards: every model's result landing on the same
+    runs/eval-TASK.json among the run directories."""
+    run = tmp_path / "arith-1" / "step-000100"
+    run.mkdir(parents=True)
+    assert heldout.default_out("arith", str(tmp_path / "arith-1")).as_posix() == \
+        "eval/arith-arith-1.json"
+    assert heldout.default_out("code", str(run) + "/").as_posix() == \
+        "eval/code-arith-1-step-000100.json"
+    assert heldout.default_out("algebra", "Qwen/Qwen2.5-3B-Instruct").as_posix() == \
+        "eval/algebra-Qwen--Qwen2.5-3B-Instruct.json"
+
+
+def test_cli_writes_to_the_default_out(tiny_dir, tmp_path, monkeypatch):
+    """Without --out the result is written to eval/TASK-MODEL.json under the working directory,
+    and nothing else is made there."""
+    monkeypatch.chdir(tmp_path)
+    heldout.main(["--task", "arith", "--model", tiny_dir, "--limit", "1", "--max-new-tokens", "2",
+                  "--device", "cpu"])
+    name = f"arith-{os.path.basename(tiny_dir.rstrip('/'))}.json"
+    assert os.listdir(tmp_path) == ["eval"] and os.listdir(tmp_path / "eval") == [name]
+    assert json.loads((tmp_path / "eval" / name).read_text())["n_problems"] == 1
