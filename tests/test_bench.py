@@ -21,6 +21,7 @@ def run_bench(argv, capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_rollout_bench_checks_greedy_agreement_first(capsys):
     """The rollout row means something only if our greedy tokens equal Hugging Face's on a job."""
     row = run_bench(["rollout", "--device", "cpu", "--prompts", "2", "--n", "2", "--new", "8",
@@ -29,6 +30,7 @@ def test_rollout_bench_checks_greedy_agreement_first(capsys):
     assert row["ours_tokens"] > 0 and row["hf_tokens"] > 0
 
 
+@pytest.mark.slow
 def test_a_model_served_wrongly_is_one_line_and_exit_1_after_its_figures(capsys, monkeypatch):
     """Greedy tokens that differ from Hugging Face's: the row is printed, then one line saying the
     model is not served exactly, and exit code 1 (not 0, which a script would read as a pass)."""
@@ -48,6 +50,7 @@ def test_a_model_served_wrongly_is_one_line_and_exit_1_after_its_figures(capsys,
     assert len(err.strip().splitlines()) == 1 and "not served exactly" in err
 
 
+@pytest.mark.slow
 def test_update_bench_matches_the_full_vocabulary_reference(capsys):
     """The update row times chunked log-probs against full-vocabulary logits: values and
     gradients must agree."""
@@ -57,6 +60,7 @@ def test_update_bench_matches_the_full_vocabulary_reference(capsys):
     assert row["update_tokens_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_decode_bench_checks_greedy_agreement_and_reports_bandwidth(capsys):
     """The decode row (ours vs Hugging Face per batch, achieved bandwidth) runs on CPU, small."""
     row = run_bench(["decode", "--device", "cpu", "--batches", "2,3", "--prompt", "6", "--new", "5",
@@ -141,6 +145,7 @@ def test_bad_bench_flags_are_one_line_and_exit_2(argv, message, capsys):
     assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_bench_leaves_no_temporary_model_behind(monkeypatch, tmp_path):
     """Loading the tiny model writes it to a temporary directory, removed once it is loaded."""
     monkeypatch.setattr(bench.tempfile, "tempdir", str(tmp_path))
@@ -158,6 +163,7 @@ def gpu_lines(out, capsys):
     return {row["part"]: row for row in printed}
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_writes_every_parts_line(tmp_path, capsys):
     """`bench.py gpu --device cpu --model tiny` runs every part with tiny shapes, each one JSON line
     printed and appended to the results file, none failed. Guards: a part dropped, renamed or
@@ -192,6 +198,7 @@ def test_gpu_check_dry_run_writes_every_parts_line(tmp_path, capsys):
     assert rows["torchrun"]["ran"] is False and "two GPUs" in rows["torchrun"]["reason"]
 
 
+@pytest.mark.slow
 def test_a_failing_part_is_its_one_line_error_and_the_next_part_runs(tmp_path, capsys, monkeypatch):
     """A part that raises records its one-line error; the parts after it still run and the exit code
     says one failed. Guards: one broken part losing the whole GPU call."""
@@ -208,6 +215,7 @@ def test_a_failing_part_is_its_one_line_error_and_the_next_part_runs(tmp_path, c
     assert rows["step"]["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
+@pytest.mark.slow
 def test_the_budget_cuts_a_part_that_runs_over_and_skips_parts_with_too_little_left(
         tmp_path, capsys, monkeypatch):
     """--budget-s: a part still running when its share is spent is cut, keeping what it had
@@ -307,6 +315,7 @@ def test_junit_outcomes_reads_pass_fail_skip_and_error(tmp_path):
         "test_off": "skipped: needs a CUDA device"}
 
 
+@pytest.mark.slow
 def test_cuda_tests_still_running_at_their_limit_leave_their_output_and_one_line(
         tmp_path, monkeypatch):
     """The CUDA tests' pytest is stopped at the part's limit; its output so far is kept in the log
@@ -323,6 +332,7 @@ def test_cuda_tests_still_running_at_their_limit_leave_their_output_and_one_line
     assert "test_one PASSED" in (tmp_path / "cuda_tests.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_step_that_trains_nothing_is_a_failed_part(tmp_path, capsys, monkeypatch):
     """A step whose proposals are all invalid samples and stops: it measured no update, so its line
     says so and fails. Guards: random weights whose ids have no text (every proposal empty, so

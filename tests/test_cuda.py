@@ -26,7 +26,8 @@ TIE = 0.125  # two bf16 steps at a logit of 8-16: two tokens closer than this ar
 
 
 def bf16_sampler(tiny_dir):
-    """(fp32 model, its bf16 sampling copy, tokenizer) on the GPU, as harness.train_on builds them."""
+    """(fp32 model, its bf16 sampling copy, tokenizer) on the GPU, as harness.train_on builds
+    them."""
     model, tok = rollout.load(tiny_dir, device="cuda")
     return model, sqlm.bf16_copy(model), tok
 
@@ -39,9 +40,10 @@ def sampled_seqs(sampler, tok, advantages):
 
 
 def test_greedy_equals_hf_generate_in_bf16(tiny_dir):
-    """test_rollout.py::test_greedy_equals_hf_generate on the bf16 sampling copy: our preallocated-cache
-    decoder and Hugging Face `generate` on the identical left-padded batch agree token for token; a row may
-    part only at a tie under bf16 rounding (the two tokens' logits within TIE), never at a clear choice."""
+    """test_rollout.py::test_greedy_equals_hf_generate on the bf16 sampling copy: our
+    preallocated-cache decoder and Hugging Face `generate` on the identical left-padded batch agree
+    token for token; a row may part only at a tie under bf16 rounding (the two tokens' logits within
+    TIE), never at a clear choice."""
     _, sampler, tok = bf16_sampler(tiny_dir)
     prompts = [rollout.chat_prompt(tok, p) for p in PROMPTS]
     ours = rollout.generate(sampler, tok, prompts, max_new_tokens=32, temperature=0)
@@ -64,11 +66,11 @@ def test_greedy_equals_hf_generate_in_bf16(tiny_dir):
 
 
 def test_sampling_copy_is_bf16_keeps_fp32_rope_and_gives_its_memory_back(tiny_dir):
-    """test_sqlm.py::test_sampling_copy_keeps_fp32_rope_buffers and test_knobs.py::
-    test_train_step_refreshes_a_separate_sampling_copy on the GPU: the copy's weights are bf16 on the card,
-    its RoPE buffers fp32 and equal to the model's, its head tied; release_sampler gives the card back at
-    least its weights' bytes; refresh_sampler rebuilds it from the updated weights, in bf16, and it then
-    decodes as a fresh copy of those weights does."""
+    """test_update.py::test_sampling_copy_keeps_fp32_rope_buffers and test_update.py::
+    test_train_step_refreshes_a_separate_sampling_copy on the GPU: the copy's weights are bf16 on
+    the card, its RoPE buffers fp32 and equal to the model's, its head tied; release_sampler gives
+    the card back at least its weights' bytes; refresh_sampler rebuilds it from the updated weights,
+    in bf16, and it then decodes as a fresh copy of those weights does."""
     model, sampler, tok = bf16_sampler(tiny_dir)
     assert all(p.dtype == torch.bfloat16 and p.device.type == "cuda" for p in sampler.parameters())
     buffers = dict(model.named_buffers())
@@ -94,12 +96,13 @@ def test_sampling_copy_is_bf16_keeps_fp32_rope_and_gives_its_memory_back(tiny_di
 
 
 def test_kl_reference_is_fp32_and_kl_is_zero_before_the_policy_moves(tiny_dir, tmp_path, monkeypatch):
-    """test_knobs.py::test_kl_reference_takes_the_dtype_the_memory_plan_chose and test_sqlm.py::
-    test_kl_zero_when_policy_is_reference_and_positive_otherwise on the GPU, with the models harness.train
-    builds there (its memory plan fits the tiny model's fp32 reference): policy fp32, reference fp32 with fp32
-    RoPE buffers and frozen, sampling copy bf16; under bf16 autocast the reference's log-probs equal the
-    policy's bit for bit, so the KL term and its gradient are exactly 0 (README: "exactly 0 until the policy
-    moves"; a bf16 reference starts near 0.006 per token)."""
+    """test_runs.py::test_kl_reference_takes_the_dtype_the_memory_plan_chose and test_equations.py::
+    test_kl_zero_when_policy_is_reference_and_positive_otherwise on the GPU, with the models
+    harness.train builds there (its memory plan fits the tiny model's fp32 reference): policy fp32,
+    reference fp32 with fp32 RoPE buffers and frozen, sampling copy bf16; under bf16 autocast the
+    reference's log-probs equal the policy's bit for bit, so the KL term and its gradient are
+    exactly 0 (docs/memory.md, "Precision": the logged KL "is exactly 0 until the policy moves"; a
+    bf16 reference starts near 0.006 per token)."""
     class Stop(Exception):
         pass
 
@@ -125,9 +128,10 @@ def test_kl_reference_is_fp32_and_kl_is_zero_before_the_policy_moves(tiny_dir, t
 
 
 def test_gradient_checkpointing_gives_the_same_gradient_under_autocast(tiny_dir):
-    """test_sqlm.py::test_gradient_checkpointing_changes_no_gradient on the GPU under bf16 autocast: with
-    --grad-checkpointing the gradient is the one without, within the spread of two runs without it (CUDA's
-    atomic adds order sums differently from run to run) or 1e-3 of its norm, whichever is larger."""
+    """test_update.py::test_gradient_checkpointing_changes_no_gradient on the GPU under bf16
+    autocast: with --grad-checkpointing the gradient is the one without, within the spread of two
+    runs without it (CUDA's atomic adds order sums differently from run to run) or 1e-3 of its norm,
+    whichever is larger."""
     model, sampler, tok = bf16_sampler(tiny_dir)
     seqs = sampled_seqs(sampler, tok, [1.0, -1.0, 0.5, -0.5, 2.0, -2.0])
     cfg = sqlm.Config(kl=0, microbatch=4)
@@ -147,9 +151,10 @@ def test_gradient_checkpointing_gives_the_same_gradient_under_autocast(tiny_dir)
 
 
 def test_a_checkpoint_written_on_the_gpu_loads_with_from_pretrained_on_the_cpu(tiny_dir, tmp_path):
-    """test_train.py::test_main_writes_metrics_samples_and_loadable_checkpoint with --device cuda: the step's
-    checkpoint holds the fp32 trained weights (not the bf16 sampling copy), moved by the update, and loads
-    on the CPU with from_pretrained, as does its trainer state (AdamW moments saved from the card)."""
+    """test_runs.py::test_main_writes_metrics_samples_and_loadable_checkpoint with --device cuda:
+    the step's checkpoint holds the fp32 trained weights (not the bf16 sampling copy), moved by the
+    update, and loads on the CPU with from_pretrained, as does its trainer state (AdamW moments
+    saved from the card)."""
     run = tmp_path / "run"
     assert harness.main(["--task", "arith", "--model", tiny_dir, "--steps", "1", "--out", str(run), "--device", "cuda",
                       "--batch", "2", "--n", "2", "--minibatch", "1", "--max-response", "8", "--eval-every", "0",

@@ -18,9 +18,7 @@ import harness
 import parallel
 import rollout
 import sqlm
-from conftest import FAST, grads, jsonl, weights
-
-CPU = torch.device("cpu")
+from conftest import CPU, FAST, grads, jsonl, weights
 
 
 def seqs_of_two_minibatches(model, tok, n=2, minibatch=2):
@@ -33,10 +31,10 @@ def seqs_of_two_minibatches(model, tok, n=2, minibatch=2):
 
 @pytest.mark.parametrize("microbatch", [1, 2, 3, 8])
 def test_kl_and_its_gradient_are_exactly_zero_before_the_policy_moves(tiny_model, microbatch):
-    """Reference = a copy of the policy, every advantage 0: both mini-batches' loss, KL statistic and
-    gradient are exactly 0, and the second mini-batch's ratio (old log-probs from `prepare`) exactly 1.
-    Guards: reference or old log-probs computed over all sequences at once (or any layout other than
-    the update's), which leaves a rounding-sized KL whose gradient is noise."""
+    """Reference = a copy of the policy, every advantage 0: both mini-batches' loss, KL statistic
+    and gradient are exactly 0, and the second mini-batch's ratio (old log-probs from `prepare`)
+    exactly 1. Guards: reference or old log-probs computed over all sequences at once (or any layout
+    other than the update's), which leaves a rounding-sized KL whose gradient is noise."""
     model, tok = tiny_model
     ref = copy.deepcopy(model)
     cfg = sqlm.Config(kl=0.001, n=2, minibatch=2, microbatch=microbatch)
@@ -53,9 +51,12 @@ def test_kl_and_its_gradient_are_exactly_zero_before_the_policy_moves(tiny_model
     model.zero_grad()
 
 
-def test_second_minibatch_ratio_is_exactly_one_with_signal(tiny_model):
-    """With advantages that carry signal, the second mini-batch's old log-probs (taken by `prepare`
-    before any update) still equal the policy's bit for bit: no ratio is clipped and none is off 1."""
+def test_old_log_probs_give_a_ratio_of_exactly_one_before_the_policy_moves(tiny_model):
+    """With advantages that carry signal, every mini-batch's old log-probs (taken by `prepare` from
+    the training model before any update, none on-policy) equal the policy's bit for bit, in
+    micro-batches of 3 over completions of unequal lengths: every ratio is exactly 1, none clipped.
+    Guards: old log-probs from another model or another batch layout (a ratio 1 only up to
+    rounding)."""
     model, tok = tiny_model
     cfg = sqlm.Config(kl=0.0, n=2, minibatch=2, microbatch=3)
     seqs = seqs_of_two_minibatches(model, tok)
@@ -65,6 +66,7 @@ def test_second_minibatch_ratio_is_exactly_one_with_signal(tiny_model):
     for minibatch in sqlm.minibatches(seqs, cfg):
         stats = sqlm.accumulate_gradients(model, None, minibatch, cfg, CPU, parallel.ONE)
         assert stats["approx_kl"] == 0.0 and stats["clip_frac"] == 0.0
+        assert stats["ratio"] == pytest.approx(1.0, abs=1e-12)  # token-weighted over micro-batches
     model.zero_grad()
 
 
@@ -73,13 +75,14 @@ def max_diff(a, b):
 
 
 def zero_signal_args(tiny_dir, out, *extra):
-    """3 steps of the random tiny model, whose answers never vote: every group agrees, every advantage
-    is 0. Mini-batches of 2 groups x 2 answers, so --microbatch 8 runs each as one micro-batch and 3
-    as 3 + 1; KL at its default 0.001."""
+    """3 steps of the random tiny model, whose answers never vote: every group agrees, every
+    advantage is 0. Mini-batches of 2 groups x 2 answers, so --microbatch 8 runs each as one
+    micro-batch and 3 as 3 + 1; KL at its default 0.001."""
     return FAST + ["--model", tiny_dir, "--steps", "3", "--batch", "4", "--minibatch", "2", "--lr", "1e-3",
                    "--save-every", "3", "--out", out, *extra]
 
 
+@pytest.mark.slow
 def test_a_run_without_signal_and_without_weight_decay_never_moves(tiny_dir, tmp_path):
     """No advantage and no weight decay: nothing may move the weights, at any --microbatch. The KL
     term is exactly 0 at every mini-batch, so AdamW sees exact zeros and steps by 0; the three steps

@@ -158,6 +158,7 @@ def test_proposer_mix_flag_reads_shapes_and_weights_and_refuses_anything_else(tm
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_arith_tokenizer_gives_each_digit_its_own_token_the_default_does_not():
     """The tiny world's tokenizer splits every digit (a product is written digit by digit); the
     test model's default BPE has multi-digit tokens."""
@@ -173,6 +174,7 @@ def test_arith_tokenizer_gives_each_digit_its_own_token_the_default_does_not():
 
 # --- the base model: `experiments.py pretrain` -----------------------------------------
 
+@pytest.mark.slow
 def test_a_base_pretrained_on_the_curriculum_corpus_proposes_its_mix(tmp_path):
     """The curriculum world's construction, measured where it matters: on the proposals a base
     pre-trained on it writes (a fast 2 x 64 base, half its turns the proposer's, 120 steps; the
@@ -209,6 +211,7 @@ def role_rates(out_dir, n=16):
             sum(rewards.arith_value(s.text) is not None for s in proposed) / n)
 
 
+@pytest.mark.slow
 def test_arith_pretraining_teaches_both_roles_their_formats(tmp_path):
     """A short run (a 2 x 64 model, 120 steps, more proposer turns than the default so both
     roles are seen often) already answers in <answer> tags and proposes parseable problems
@@ -245,6 +248,7 @@ def test_bad_pretrain_flags_are_one_line_and_exit_2(tmp_path, capsys, argv, mess
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_an_interrupted_pretraining_leaves_out_as_it_was(tmp_path, monkeypatch):
     """The base model is built beside --out and moved there only once complete: Ctrl-C during
     pre-training leaves no half-written model, and over an existing one (--overwrite) keeps it."""
@@ -267,6 +271,7 @@ def fake_result(out, arm, seed, greedy, sampled, split="heldout", extra=(),
                    "proposal_mix_last10": {"2x1": 0.75, "1x1": 0.25}}, f)
 
 
+@pytest.mark.slow
 def test_report_gives_mean_and_range_over_seeds_and_keeps_dev_variants_apart(tmp_path, capsys):
     """The main table holds the reported runs only (mean ± se (range) over seeds); shorter runs
     and dev-split variants each get a table of their own."""
@@ -388,6 +393,7 @@ def full_result(out, arm, seed, sampled, zero, mix):
         json.dump(r, f)
 
 
+@pytest.mark.slow
 def test_report_pools_bases_shows_each_apart_and_rebuilds_from_the_exported_results(tmp_path):
     """Runs on two base models: the table pools them (mean ± se (range), and how many bases),
     a second table keeps each base apart, and `export` copies only result.json and base.json,

@@ -5,8 +5,6 @@ leaves the last complete checkpoint and every earlier file intact.
 
 The disk tests mount small tmpfs file systems (a real ENOSPC, a real read-only directory); where
 mounting is not allowed they are skipped with that reason, and a simulated ENOSPC still runs."""
-import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -14,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -27,37 +24,7 @@ import experiments
 import harness
 import sqlm
 import tiny
-from conftest import FAST, jsonl
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def exit_code(main, argv):
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
-
-
-def one_line(err, progress=""):
-    """The one line on stderr (besides progress lines that start with `progress`), no traceback."""
-    lines = [line for line in err.strip().splitlines() if not (progress and line.startswith(progress))]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
-def tree(root):
-    """Every path under root with its bytes (files) or None (directories)."""
-    found = {}
-    for here, dirs, files in os.walk(root):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(here, name), root)] = None
-        for name in files:
-            with open(os.path.join(here, name), "rb") as f:
-                found[os.path.relpath(os.path.join(here, name), root)] = f.read()
-    return found
-
-
+from conftest import FAST, REPO, exit_code, fill, jsonl, one_line, tmpfs, tree
 
 
 # --- 1. a model whose tokenizer cannot encode a chat prompt is refused at load --------------------
@@ -87,11 +54,14 @@ ENTRY_POINTS = {  # each loads the model: argv with MODEL and OUT filled in
 
 
 @pytest.mark.parametrize("case", TOKENIZER_CASES)
-@pytest.mark.parametrize("entry", ENTRY_POINTS)
+@pytest.mark.parametrize("entry", [pytest.param(e, marks=pytest.mark.slow) if e == "eval.py" else e
+                                   for e in ENTRY_POINTS])  # eval.py's cases take ~1 s each
 def test_a_model_without_a_usable_tokenizer_is_refused_at_load(entry, case, tiny_dir, tmp_path, capsys):
-    """A model directory without tokenizer.json loaded a tokenizer of two special tokens: sqlm.py trained
-    on prompts of one token (every step `valid 0.00`), and a chat template that encodes to nothing failed
-    minutes later inside generate. Now every entry point stops at load with one line, exit code 2."""
+    """A model directory without a usable tokenizer (no tokenizer files, no tokenizer.json, a chat
+    template that encodes to nothing) stops every entry point at load, with one line naming what is
+    missing and exit code 2, and nothing written. Guards: a fallback tokenizer of two special tokens
+    (training on prompts of one token, every step `valid 0.00`), a failure minutes later inside
+    generate."""
     model = broken_tokenizer(tiny_dir, str(tmp_path / "model"), case)
     main, argv = ENTRY_POINTS[entry]
     argv = [{"MODEL": model, "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
@@ -104,6 +74,8 @@ def test_a_model_without_a_usable_tokenizer_is_refused_at_load(entry, case, tiny
 
 
 def test_experiments_refuses_a_base_model_without_a_usable_tokenizer(tiny_dir, tmp_path, capsys):
+    """experiments.py tiny-world over a base whose tokenizer cannot build a chat prompt stops at
+    once in one line, exit 2, as sqlm.py does."""
     out = tmp_path / "world"
     broken_tokenizer(tiny_dir, str(out / "base"), "no tokenizer.json")
     assert exit_code(experiments.main, ["tiny-world", "--quick", "--out", str(out)]) == 2
@@ -111,30 +83,6 @@ def test_experiments_refuses_a_base_model_without_a_usable_tokenizer(tiny_dir, t
 
 
 # --- 2. --resume keeps what the run is ----------------------------------------------------
-
-def other_value(f, value):
-    """A valid value of Config field `f` different from `value`."""
-    if f.metadata["choices"]:
-        return next(c for c in f.metadata["choices"] if c and c != value)
-    kind = {"bool": bool, "int": int, "float": float, "str": str}.get(f.type, f.type)
-    return {bool: lambda: not value, int: lambda: value + 1, float: lambda: value / 2 if value else 0.5,
-            str: lambda: value + "-other"}[kind]()
-
-
-def test_every_field_outside_resumable_is_refused_and_every_resumable_one_allowed(trained_run):
-    """The identity rule field by field: a field not in RESUMABLE changed on --resume is refused and
-    named; a RESUMABLE one passes. A new Config field is identity until it is listed."""
-    saved = sqlm.Config(**harness.saved_config(str(trained_run)))
-    for f in dataclasses.fields(sqlm.Config):
-        if f.name in ("out", "resume", "eval_data"):  # paths: where, not what
-            continue
-        cfg = dataclasses.replace(saved, **{f.name: other_value(f, getattr(saved, f.name))})
-        if f.name in harness.RESUMABLE:
-            harness.check_same_run(cfg, str(trained_run))
-        else:
-            with pytest.raises(harness.RunError, match=f"--{f.name.replace('_', '-')} "):
-                harness.check_same_run(cfg, str(trained_run))
-
 
 @pytest.mark.parametrize("argv, message", [
     (["--task", "algebra"], "cannot change what the run is: --task 'algebra' (the run's: 'arith')"),
@@ -144,8 +92,11 @@ def test_every_field_outside_resumable_is_refused_and_every_resumable_one_allowe
     (["--out", "OTHER"], "with --resume: a resumed run stays in its own directory"),
 ])
 def test_resume_refuses_to_change_what_the_run_is(argv, message, trained_run, tiny_dir, tmp_path, capsys):
-    """`--resume RUN --task algebra` continued an arith run as an algebra run in the same directory, and
-    `--resume RUN --out OTHER` wrote into RUN: one line now, the run untouched, nothing created."""
+    """A --resume that would change what the run is (its task, model, n or seed) or where it is
+    written (--out OTHER) is refused in one line that names each change and how to start a new run
+    instead; the run is untouched and nothing is created. Guards: an arith run continued as an
+    algebra run in its own directory, a resumed run writing into its directory under another
+    --out."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     other = tmp_path / "other"
@@ -160,6 +111,7 @@ def test_resume_refuses_to_change_what_the_run_is(argv, message, trained_run, ti
     assert tree(run) == before and not other.exists()
 
 
+@pytest.mark.slow
 def test_resume_may_change_the_run_knobs(trained_run, tmp_path):
     """What only changes how long, how watched, how saved or how fast: accepted, and saved."""
     run = tmp_path / "run"
@@ -176,51 +128,32 @@ def test_resume_may_change_the_run_knobs(trained_run, tmp_path):
     assert [m["step"] for m in jsonl(run / "metrics.jsonl")] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_threads_sets_torchs_cpu_threads_for_the_run(tiny_dir, tmp_path, monkeypatch):
-    """--threads N is torch.set_num_threads(N) for the run (0 leaves torch's default)."""
+    """--threads N is torch.set_num_threads(N) for the run (0 leaves the process's setting: the
+    suite's, conftest.py). Guards: the flag ignored, or 0 taken for a number of threads."""
     seen = []
     real = sqlm.train_step
     monkeypatch.setattr(sqlm, "train_step", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     threads = torch.get_num_threads()
+    chosen = 2 if threads != 2 else 1  # another number than the process's
+    if chosen > len(os.sched_getaffinity(0)):
+        pytest.skip("one CPU core: no number of threads other than the process's is allowed")
     try:
-        assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "a"), "--threads", "1"]
-                         + FAST) == 0
+        assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "a"),
+                             "--threads", str(chosen)] + FAST) == 0
         torch.set_num_threads(threads)
         assert harness.main(["--model", tiny_dir, "--steps", "1", "--out", str(tmp_path / "b")] + FAST) == 0
     finally:
         torch.set_num_threads(threads)
-    assert seen == [1, threads]
+    assert seen == [chosen, threads]
 
 
 # --- 3. a failing disk: one line, exit 2, the last complete checkpoint intact ----------------------
 
-@contextlib.contextmanager
-def tmpfs(size, readonly=False):
-    """A tmpfs of `size` mounted on a fresh directory (root only); skips the test where mount is refused."""
-    where = tempfile.mkdtemp(prefix="sqlm-tmpfs-")
-    options = f"size={size}" + (",ro" if readonly else "")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", where], capture_output=True, text=True)
-    if result.returncode:
-        os.rmdir(where)
-        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'mount failed'}): needs root "
-                    f"with CAP_SYS_ADMIN; the simulated ENOSPC test still runs")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", where], check=False)
-        os.rmdir(where)
-
-
-def fill(where):
-    """Fill a file system until a write fails with ENOSPC."""
-    with open(os.path.join(where, "filler"), "wb", buffering=0) as f:  # unbuffered: close has nothing to flush
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 4096)
-
-
 def checkpoint_bytes(tiny_dir):
-    """About what one checkpoint of the tiny model takes: weights, AdamW's two moments, the tokenizer."""
+    """About what one checkpoint of the tiny model takes: weights, AdamW's two moments, the
+    tokenizer."""
     return 3 * os.path.getsize(os.path.join(tiny_dir, "model.safetensors")) + 100_000
 
 
@@ -234,9 +167,12 @@ def assert_stopped_at_checkpoint_2(run, err):
     assert [m["step"] for m in jsonl(os.path.join(run, "metrics.jsonl"))] == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes_once_space_is_back(tiny_dir, capsys):
-    """A real ENOSPC: room for one checkpoint, not two. It gave a traceback from safetensors and left
-    step-000002.tmp/ behind with no resume hint."""
+    """A real ENOSPC, room for one checkpoint and not two: one line naming the checkpoint, the last
+    complete one and the resume command, exit 2, no step-000002.tmp/ left; the resume is refused the
+    same way while the disk is full and completes the run once space is back. Guards: a traceback
+    from safetensors, a half-written checkpoint left behind, no resume hint."""
     size = int(1.5 * checkpoint_bytes(tiny_dir))
     with tmpfs(size) as disk:
         run = os.path.join(disk, "run")
@@ -251,8 +187,10 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_run_resumes_once_space_
         assert harness.last_checkpoint(run) == os.path.join(run, "step-000003")
 
 
+@pytest.mark.slow
 def test_a_simulated_full_disk_at_a_checkpoint_is_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
-    """The same property where no tmpfs can be mounted: the trainer state's write fails with ENOSPC."""
+    """The same property where no tmpfs can be mounted: the trainer state's write fails with
+    ENOSPC."""
     real = torch.save
 
     def save(obj, path, *a, **kw):
@@ -268,7 +206,10 @@ def test_a_simulated_full_disk_at_a_checkpoint_is_one_line(tiny_dir, tmp_path, m
     assert_stopped_at_checkpoint_2(run, capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_the_start_leaves_no_run_directory(tiny_dir, capsys):
+    """A disk full before the run directory is written: one line, exit 2, nothing left on the disk
+    but what was there."""
     with tmpfs("64k") as disk:
         fill(disk)
         run = os.path.join(disk, "run")
@@ -277,9 +218,12 @@ def test_a_full_disk_at_the_start_leaves_no_run_directory(tiny_dir, capsys):
         assert os.listdir(disk) == ["filler"]
 
 
+@pytest.mark.slow
 def test_a_full_disk_when_a_resume_rewrites_the_logs_leaves_them_whole(trained_run, capsys):
-    """A resume rewrites metrics.jsonl and samples.jsonl without the steps it runs again: on a full
-    disk that used to empty them. Now they are written under a temporary name and renamed."""
+    """A resume rewrites metrics.jsonl and samples.jsonl without the steps it runs again; on a
+    full disk that fails in one line and leaves the logs (every file of the run) as they were.
+    Guards: logs rewritten in place (a full disk empties them) rather than under a temporary name
+    renamed."""
     with tmpfs("16m") as disk:
         run = os.path.join(disk, "run")
         shutil.copytree(trained_run, run)
@@ -292,7 +236,11 @@ def test_a_full_disk_when_a_resume_rewrites_the_logs_leaves_them_whole(trained_r
         assert tree(run) == before
 
 
+@pytest.mark.slow
 def test_eval_on_a_full_disk_is_one_line_and_keeps_the_earlier_result(tiny_dir, capsys):
+    """eval.py --overwrite on a full disk: one line naming the file and ENOSPC, exit 2, the earlier
+    result as it was and no other file left. Guards: the result written over in place (a full disk
+    empties it)."""
     with tmpfs("64k") as disk:
         out = os.path.join(disk, "result.json")
         with open(out, "w") as f:
@@ -306,9 +254,11 @@ def test_eval_on_a_full_disk_is_one_line_and_keeps_the_earlier_result(tiny_dir, 
         assert sorted(os.listdir(disk)) == ["filler", "result.json"] and json.load(open(out)) == {"earlier": "result"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["read-only", "full"])
 def test_tiny_on_a_read_only_or_full_disk_is_one_line(where, capsys):
-    """`tiny.py --out` in a read-only directory gave a traceback from os.makedirs."""
+    """`tiny.py --out` on a read-only or a full disk: one line (no permission to write / no space),
+    exit 2, nothing left on the disk. Guards: a traceback from os.makedirs."""
     with tmpfs("64k", readonly=where == "read-only") as disk:
         if where == "full":
             fill(disk)
@@ -346,9 +296,11 @@ def importing_torch(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc to see the imports under way")
 def test_ctrl_c_while_torch_is_imported_is_one_line(tiny_dir, tmp_path):
-    """Ctrl-C during start-up printed a traceback from inside `import torch`."""
+    """Ctrl-C while sqlm.py is still importing torch: one line, exit 130, nothing written. Guards: a
+    traceback from inside `import torch` (a handler installed only after the imports)."""
     proc, run = start_sqlm(tiny_dir, tmp_path)
     wait_for(proc, lambda: importing_torch(proc.pid))
     proc.send_signal(signal.SIGINT)
@@ -358,13 +310,15 @@ def test_ctrl_c_while_torch_is_imported_is_one_line(tiny_dir, tmp_path):
     assert not run.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs /proc to see the imports under way")
 @pytest.mark.parametrize("script, args", [("eval.py", ["--task", "arith", "--limit", "1"]), ("tiny.py", []),
                                           ("bench.py", ["memory"]), ("experiments.py", ["report"])])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_every_entry_point_stops_in_one_line_while_starting(script, args, signum, tmp_path):
-    """Ctrl-C or SIGTERM while an entry point imports torch printed a traceback (only sqlm.py had a
-    start-up handler); now each says it was interrupted, in one line, exit 128 + the signal."""
+    """Ctrl-C or SIGTERM while an entry point imports torch: each entry point, not only sqlm.py,
+    says it was interrupted while starting, in one line, exit 128 + the signal, nothing written.
+    Guards: an entry point without the start-up handler (a traceback)."""
     out = str(tmp_path / "out")
     argv = {"eval.py": args + ["--model", out, "--out", out + ".json"], "tiny.py": ["--out", out],
             "bench.py": args, "experiments.py": args + ["--out", out]}[script]
@@ -378,10 +332,12 @@ def test_every_entry_point_stops_in_one_line_while_starting(script, args, signum
     assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_like_ctrl_c_and_a_second_signal_changes_nothing(tiny_dir, tmp_path):
-    """SIGTERM (timeout, a scheduler, a container stop) killed a run with nothing printed. Now: the
-    step reached, the last complete checkpoint and the resume command, exit code 143; the signals that
-    follow while it is handled neither add a traceback nor a second line."""
+    """SIGTERM (timeout, a scheduler, a container stop) is handled like Ctrl-C: one line with the
+    step reached, the last complete checkpoint and the resume command, exit code 143; a signal that
+    follows while it is handled adds neither a traceback nor a second line. Guards: a run killed
+    with nothing printed."""
     proc, run = start_sqlm(tiny_dir, tmp_path)
     wait_for(proc, lambda: (run / "metrics.jsonl").exists())
     proc.send_signal(signal.SIGTERM)
@@ -393,9 +349,10 @@ def test_sigterm_is_handled_like_ctrl_c_and_a_second_signal_changes_nothing(tiny
 
 
 def test_a_second_ctrl_c_while_the_first_is_handled_keeps_the_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
-    """A second Ctrl-C landing while the first was handled raised a new KeyboardInterrupt inside the
-    handling: a traceback, or the wrong line. The handling now ignores it; the handlers in place
-    before main (here pytest's) come back afterwards."""
+    """A second Ctrl-C (and a SIGTERM) landing while the first is handled changes nothing: the one
+    line of the first, exit 130, and the handlers in place before main (here pytest's) back
+    afterwards. Guards: a new KeyboardInterrupt raised inside the handling (a traceback, or the
+    wrong line), signal handlers left replaced."""
     run = tmp_path / "run"
     real_step, real_last = sqlm.train_step, harness.last_checkpoint
 
@@ -417,6 +374,8 @@ def test_a_second_ctrl_c_while_the_first_is_handled_keeps_the_one_line(tiny_dir,
 
 
 def test_sigterm_while_the_model_loads_is_one_line_and_exit_143(tiny_dir, tmp_path, monkeypatch, capsys):
+    """SIGTERM while the model loads (before the first step): one line saying nothing was written,
+    exit 143, no run directory."""
     import rollout
     real = rollout.load
 
@@ -430,20 +389,22 @@ def test_sigterm_while_the_model_loads_is_one_line_and_exit_143(tiny_dir, tmp_pa
 
 
 def test_interrupt_codes():
+    """Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), as a shell reports them."""
     assert cli.interrupt_code(KeyboardInterrupt()) == 130 and cli.interrupt_code(cli.Terminated()) == 143
 
 
 # --- a sandbox that cannot isolate ------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry, args", [
     ("sqlm", ["--task", "code", "--device", "cpu", "--steps", "1"]),
     ("eval", ["--task", "code", "--device", "cpu", "--limit", "1"]),
 ])
 def test_a_code_run_without_bwrap_is_refused_in_one_line(tiny_dir, tmp_path, entry, args):
-    """Where bubblewrap is missing, a code run stops before the model loads, in one line that says how to
-    get it, exit code 2, nothing written; it never runs the solver's programs as plain processes.
-    Guards: sandbox.Unavailable not caught by an entry point (a traceback), or caught only once a run
-    directory exists."""
+    """Where bubblewrap is missing, a code run stops before the model loads, in one line that says
+    how to get it, exit code 2, nothing written; it never runs the solver's programs as plain
+    processes. Guards: sandbox.Unavailable not caught by an entry point (a traceback), or caught
+    only once a run directory exists."""
     out = tmp_path / "out"
     main = "sys.exit(harness.main(argv))" if entry == "sqlm" else "eval.run_cli(argv)"
     script = (f"import sys, sandbox, harness, eval; sandbox._bwrap_path = lambda: None; argv = sys.argv[1:]; {main}")

@@ -98,6 +98,7 @@ def shape_id(shape):
     return ",".join(f"{k}={v}" for k, v in shape.items()) or "base"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_update_and_logprob_peaks_are_predicted(shape):
     """Without checkpointing, the update's forward + backward (gradients, kept activations, lm-head
@@ -114,6 +115,7 @@ def test_update_and_logprob_peaks_are_predicted(shape):
             assert BOUNDS[0] < ratio < BOUNDS[1], (phase, autocast, measured)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", SHAPES[:3], ids=shape_id)
 def test_checkpointed_update_peak_is_not_underestimated(shape):
     """With gradient checkpointing the plan errs on the safe side: never more than 10% under the
@@ -129,6 +131,7 @@ def test_checkpointed_update_peak_is_not_underestimated(shape):
         assert 0.9 < ratio < 1.35, (autocast, ratio)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prompt_len,new,prompts,n",
                          [(300, 16, 2, 8), (200, 24, 4, 4), (16, 8, 16, 4)],
                          ids=["kv-cache", "prefill", "sampling-buffers"])  # what dominates a peak

@@ -1,15 +1,16 @@
-"""The step on N processes equals the step on one: `torchrun --standalone --nproc-per-node 2 sqlm.py --
-...` on CPU (gloo, FSDP2) against `python sqlm.py ...` on the same config. A torchrun launch costs
-seconds to a minute of start-up on a busy 2-core machine, so the whole module makes six launches.
+"""The step on N processes equals the step on one: `torchrun --standalone --nproc-per-node 2
+sqlm.py -- ...` on CPU (gloo, FSDP2) against `python sqlm.py ...` on the same config. A torchrun
+launch costs seconds to a minute of start-up on a busy 2-core machine, so the module makes six
+launches, and the tests that start processes are marked slow; the dealing, sharing and gathering
+checked without processes (the end of the module) are in the fast loop.
 
 The config has a signal to learn (a base that knows 7 * 8 and slips 30% of the time, as in
-test_learning), a KL term (its sharded reference model), a proposer update each step, two groups per
-mini-batch and two sequences per micro-batch, so every mini-batch is dealt across both processes,
-and an eval of 5 held-out problems at steps 0 and 2, greedy and 2 samples each (2 problems on rank 0,
-3 on rank 1).
-lr is 1e-4, not the paper's 1e-6: the weights move by ~1e-3, a hundred times the tolerance.
+tests/test_learning.py), a KL term (its sharded reference model), a proposer update each step, two
+groups per mini-batch and two sequences per micro-batch, so every mini-batch is dealt across both
+processes, and an eval of 5 held-out problems at steps 0 and 2, greedy and 2 samples each (2
+problems on rank 0, 3 on rank 1). lr is 1e-4, not the paper's 1e-6: the weights move by ~1e-3, a
+hundred times the tolerance.
 """
-import json
 import os
 import re
 import shutil
@@ -28,10 +29,8 @@ import harness
 import parallel
 import sqlm
 import tiny
-from conftest import weights
-from test_learning import one_fact
+from conftest import REPO, jsonl, one_fact, tmpfs, weights
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQLM = os.path.join(REPO, "sqlm.py")
 ARGS = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4", "--n", "4",
         "--minibatch", "2", "--microbatch", "2", "--max-response", "32", "--lr", "1e-4", "--proposer-every", "1",
@@ -43,7 +42,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def command(args, processes=1):
-    """sqlm.py as a user runs it: `python sqlm.py ARGS`, or under torchrun with `--` before its flags."""
+    """sqlm.py as a user runs it: `python sqlm.py ARGS`, or under torchrun with `--` before its
+    flags."""
     return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
              SQLM, "--"] if processes > 1 else [sys.executable, SQLM]) + args
 
@@ -56,14 +56,10 @@ def timing(key):
     return key.startswith("t_") or key.endswith("_seconds")
 
 
-def jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same 2-step run on one process and on two: {"base", 1: run dir, 2: run dir, "stderr": {1: .., 2: ..}}."""
+    """The same 2-step run on one process and on two: {"base", 1: run dir, 2: run dir, "stderr": {1:
+    .., 2: ..}}."""
     root = tmp_path_factory.mktemp("parallel")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -81,12 +77,13 @@ def runs(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_processes_sample_and_update_as_one(runs):
-    """Identical samples.jsonl (every proposal, answer, vote and reward of both steps), metrics within
-    1e-6, and both checkpoints' weights within 1e-5 of the one-process run, which moved them ~1e-3.
-    Guards: solver streams keyed by a process's own positions, a record not gathered, a per-process
-    loss normaliser, the average of the two processes' gradients taken for their sum, the
-    log-probs read from outside the sharded root."""
+    """Identical samples.jsonl (every proposal, answer, vote and reward of both steps), metrics
+    within 1e-6, and both checkpoints' weights within 1e-5 of the one-process run, which moved them
+    ~1e-3. Guards: solver streams keyed by a process's own positions, a record not gathered, a
+    per-process loss normaliser, the average of the two processes' gradients taken for their sum,
+    the log-probs read from outside the sharded root."""
     one, two = runs[1], runs[2]
     with open(os.path.join(one, "samples.jsonl")) as a, open(os.path.join(two, "samples.jsonl")) as b:
         assert a.read() == b.read()
@@ -110,11 +107,12 @@ def test_two_processes_sample_and_update_as_one(runs):
     assert max((base[k] - w1[k]).abs().max().item() for k in w1) > 1e-3
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_a_share_each_and_report_one_process_figures(runs):
-    """The 5 held-out problems (greedy, then 2 samples each) at steps 0 and 2 are split 2 + 3: rank 0's
-    progress lines count its own 2 where one process counts 5, and every eval figure, the number of
-    problems scored among them, equals one process's exactly. Guards: rank 0 evaluating the whole set
-    (the other idle), a share's records not gathered or dropped, overlapping shares, a problem's
+    """The 5 held-out problems (greedy, then 2 samples each) at steps 0 and 2 are split 2 + 3: rank
+    0's progress lines count its own 2 where one process counts 5, and every eval figure, the number
+    of problems scored among them, equals one process's exactly. Guards: rank 0 evaluating the whole
+    set (the other idle), a share's records not gathered or dropped, overlapping shares, a problem's
     samples keyed by its position in a share rather than in the set."""
     m1, m2 = (jsonl(os.path.join(runs[p], "metrics.jsonl")) for p in (1, 2))
     evals = [(a, b) for a, b in zip(m1, m2) if "eval_accuracy" in a]
@@ -129,6 +127,7 @@ def test_two_processes_evaluate_a_share_each_and_report_one_process_figures(runs
             assert shown == [share, share], (processes, label, shown)  # steps 0 and 2
 
 
+@pytest.mark.slow
 def test_with_signal_the_microbatch_changes_only_rounding(runs, tmp_path):
     """The same one-process run at --microbatch 8 (each mini-batch of 8 sequences in one forward)
     instead of 2: identical samples, and weights within 1e-5 after 2 steps that moved them ~1e-3.
@@ -147,6 +146,7 @@ def test_with_signal_the_microbatch_changes_only_rounding(runs, tmp_path):
     assert moved > 1e-3 and apart <= 1e-5
 
 
+@pytest.mark.slow
 def test_two_processes_without_signal_never_move_the_weights(tiny_dir, tmp_path):
     """The random tiny model's answers never vote, so every advantage is 0; without weight decay
     nothing may move the weights. On 2 processes as on one: the KL term is exactly 0 at every
@@ -169,6 +169,7 @@ def test_two_processes_without_signal_never_move_the_weights(tiny_dir, tmp_path)
         assert all(torch.equal(weights(run, 2)[k], base[k]) for k in base)
 
 
+@pytest.mark.slow
 def test_the_checkpoint_of_two_processes_is_a_hugging_face_model(runs):
     """Rank 0 writes the whole weights in Hugging Face format: from_pretrained loads them exactly
     (not the sharded halves), and the optimizer state is in one file per process."""
@@ -182,12 +183,14 @@ def test_the_checkpoint_of_two_processes_is_a_hugging_face_model(runs):
     assert sorted(os.listdir(os.path.join(checkpoint, "optimizer"))) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
 
 
+@pytest.mark.slow
 def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run(runs, tmp_path):
-    """The same run on 2 processes, SIGTERM to torchrun as soon as its step-1 checkpoint exists (during
-    step 2), prints rank 0's line with the torchrun resume command; resumed on two processes it ends
-    exactly where the uninterrupted run did: samples, metrics and weights equal. Resumed on one
-    process it is refused in one line, and with a damaged AdamW shard it is one line too. Guards: the
-    AdamW shards or a process's RNG not restored, the KL reference taken from the checkpoint."""
+    """The same run on 2 processes, SIGTERM to torchrun as soon as its step-1 checkpoint exists
+    (during step 2), prints rank 0's line with the torchrun resume command; resumed on two processes
+    it ends exactly where the uninterrupted run did: samples, metrics and weights equal. Resumed on
+    one process it is refused in one line, and with a damaged AdamW shard it is one line too.
+    Guards: the AdamW shards or a process's RNG not restored, the KL reference taken from the
+    checkpoint."""
     run = str(tmp_path / "killed")
     killed = subprocess.Popen(command(ARGS + ["--model", runs["base"], "--out", run, "--steps", "3"], 2), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
@@ -223,13 +226,13 @@ def test_two_processes_killed_after_a_checkpoint_resume_to_the_uninterrupted_run
     assert "Traceback" not in damaged.stderr.split("sqlm.py: error:")[0]  # nothing from sqlm.py before the line
 
 
+@pytest.mark.slow
 def test_a_full_disk_at_a_two_process_checkpoint_is_one_line(runs):
     """The AdamW shards are the first write of a 2-process checkpoint; on a full disk
     torch.distributed.checkpoint wraps each process's ENOSPC, and the run still ends with rank 0's
     one line (the disk error, the torchrun resume command), no traceback from sqlm.py and no
     step-000001.tmp left (root: a real 64 KB tmpfs; skipped where mount is refused, as in
-    test_failures). Guards: the wrapped failure not unwrapped."""
-    from test_failures import tmpfs
+    tests/test_failures.py). Guards: the wrapped failure not unwrapped."""
     with tmpfs("64k") as disk:
         run = os.path.join(disk, "run")
         done = launch(ARGS + ["--model", runs["base"], "--out", run, "--eval-every", "0"], processes=2)
@@ -257,6 +260,7 @@ print(sorted(n for n, p in ref.named_parameters() if not isinstance(p, DTensor))
 """
 
 
+@pytest.mark.slow
 def test_the_kl_reference_is_sharded_again_after_each_forward(tiny_dir):
     """FSDP2 keeps a root's weights gathered after a forward until the backward that follows; the KL
     reference (frozen: no weight requires grad) has no backward, so `shard` reshards it after each
@@ -278,8 +282,8 @@ def test_the_kl_reference_is_sharded_again_after_each_forward(tiny_dir):
 
 
 def test_a_wrapped_checkpoint_failure_is_reported_as_what_it_wraps():
-    """torch.distributed.checkpoint wraps every process's failure; the run reports the disk error (one
-    line, exit 2) or the interrupt (the Ctrl-C line) inside it, an interrupt first."""
+    """torch.distributed.checkpoint wraps every process's failure; the run reports the disk error
+    (one line, exit 2) or the interrupt (the Ctrl-C line) inside it, an interrupt first."""
     from torch.distributed.checkpoint.api import CheckpointException
     full, stop = OSError(28, "No space left on device"), KeyboardInterrupt()
     assert parallel.cause(CheckpointException("save", {1: (full, None)})) is full
@@ -290,6 +294,9 @@ def test_a_wrapped_checkpoint_failure_is_reported_as_what_it_wraps():
 # --- the dealing, without processes ---------------------------------------------------
 
 def test_shares_cover_the_items_in_order():
+    """World.share on 1, 2, 3 or 5 processes: the shares, in rank order, are the items in order, and
+    no two differ by more than one item. Guards: a share that drops or repeats an item, the
+    remainder all on one process."""
     for size in (1, 2, 3, 5):
         for count in (0, 1, 4, 7):
             shares = [parallel.World(r, size).share(list(range(count))) for r in range(size)]
@@ -312,9 +319,9 @@ class Rank(parallel.World):
 
 @pytest.mark.parametrize("samples", [1, 2])
 def test_each_process_evaluates_its_share_and_the_gathered_records_are_one_process_records(tiny_model, samples):
-    """5 problems on 2 processes: rank 0 answers problems 0-1 and rank 1 problems 2-4 (the records each
-    gives the gather), and the gathered records and figures equal one process's exactly, greedy and
-    with 2 samples a problem at temperature 1 (the random model's samples differ from problem to
+    """5 problems on 2 processes: rank 0 answers problems 0-1 and rank 1 problems 2-4 (the records
+    each gives the gather), and the gathered records and figures equal one process's exactly, greedy
+    and with 2 samples a problem at temperature 1 (the random model's samples differ from problem to
     problem). Guards: rank 0 evaluating the whole set, shares that overlap or drop a problem, a
     share not gathered, a problem's samples seeded by its position in a share."""
     model, tokenizer = tiny_model
@@ -352,9 +359,16 @@ def test_a_minibatch_is_dealt_by_tokens_with_equal_calls_on_every_process():
     assert parallel.ONE.micro_batches(seqs, cfg.microbatch) == [seqs[i:i + 2] for i in range(0, len(seqs), 2)]
 
 
+def test_deal_gives_the_longest_sequence_first_to_the_process_with_fewest_tokens():
+    """Sequences of 5, 1, 1, 1, 1 tokens on two processes, by hand: the 5 to process 0, then each 1
+    to the process with fewer tokens, all four to process 1: 5 and 4 tokens. Shortest first would
+    deal the 1s to 0, 1, 0, 1 and the 5 to 0 (a tie, the lower rank): 7 and 2. Guards: the order of
+    the deal changed (the bound "within the longest sequence" holds for both)."""
+    assert parallel.World(0, 2).deal([5, 1, 1, 1, 1]) == [0, 1, 1, 1, 1]
+
+
 def test_the_flags_after_torchruns_double_dash_are_sqlm_flags():
-    """`torchrun ... sqlm.py -- --n 4`: a `--` that reaches sqlm.py (torchrun passes it on under some
-    Python versions) is dropped, and every flag after it is read."""
-    import harness
+    """`torchrun ... sqlm.py -- --n 4`: a `--` that reaches sqlm.py (torchrun passes it on under
+    some Python versions) is dropped, and every flag after it is read."""
     cfg = harness.parse_args(["--", "--task", "algebra", "--n", "3", "--lr", "-1e-6"])
     assert (cfg.task, cfg.n, cfg.lr) == ("algebra", 3, -1e-6)

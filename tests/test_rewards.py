@@ -414,6 +414,7 @@ def test_test_rewards_score_each_program_on_its_own_tests():
     assert scores == pytest.approx([1.0, 1 / 3, 1.0])
 
 
+@pytest.mark.slow
 def test_right_output_from_a_failed_run_scores_zero():
     """Only status "ok" passes: printing the answer and then crashing or hanging earns nothing."""
     crash = READ + "print(*sorted(a))\nraise ValueError"
@@ -534,3 +535,51 @@ def test_arith_truth(text, value):
     stands elsewhere in the text, or it is too deep or too long to read cheaply. Any operation is
     read, not plain products only."""
     assert rewards.arith_truth(text) == value
+
+
+# --- the released parser, --arith-check, the proposer's problem shapes --------------------
+
+@pytest.mark.parametrize("text,ours,released", [
+    ("<answer>56088</answer>", "56088", "56088"), ("<answer> 007 </answer>", "7", "007"),
+    ("<answer>56,088</answer>", "56088", None), ("<answer>3/4</answer>", "3/4", None),
+    ("<answer>x = 3</answer>", "3", None), ("<answer>\n12\n</answer>", "12", None),
+    ("<answer>1</answer> then <answer>2</answer>", "2", "2"),
+])
+def test_released_answers_are_what_int_reads(text, ours, released):
+    """Released votes are int()-parseable stripped strings from a one-line tag, compared as strings."""
+    assert rewards.extract_answer(text) == ours
+    assert rewards.extract_answer(text, released=True) == released
+
+
+def test_released_votes_compare_raw_strings():
+    """`007` and `7` are different votes as released, the same vote in ours."""
+    texts = [f"<think>.</think><answer>{v}</answer>" for v in ("007", 7, 7, "007")]
+    assert rewards.majority_solver_rewards([rewards.extract_answer(t) for t in texts]) == [1, 1, 1, 1]
+    assert rewards.majority_solver_rewards([rewards.extract_answer(t, True) for t in texts]) == [1, 0, 0, 1]
+
+
+def test_released_code_proposals_take_every_test_line_and_none_is_valid():
+    """As released, any line holding `|||` is a test, unchecked (ours takes a line of integers, then
+    an integer or a list, so `ab ||| ab` leaves it without tests), and a proposal with no test line
+    is still a problem, with no tests."""
+    assert rewards.parse_proposal("code", "Echo.\nTest Cases:\nab ||| ab\n")[0] is None
+    problem, reason = rewards.parse_proposal("code", "Echo.\nTest Cases:\nab ||| ab\n", released=True)
+    assert reason == "ok" and problem.tests == [("ab", "ab")]
+    assert rewards.parse_proposal("code", "Echo.\nTest Cases:\nnone\n", released=True)[0].tests == []
+
+
+def test_arith_check_rejects_malformed_problems():
+    """--arith-check: "What is 61 * 8*?" splits the vote by being ambiguous; it is not a problem."""
+    assert rewards.parse_proposal("arith", "What is 61 * 8*?")[1] == "ok"
+    assert rewards.parse_proposal("arith", "What is 61 * 8*?", arith_check=True)[0] is None
+    assert rewards.parse_proposal("arith", "What is 61 * 8?", arith_check=True)[1] == "ok"
+
+
+@pytest.mark.parametrize("text,shape", [
+    ("What is 47 * 8?", "2x1"), ("What is 123 × 45?", "3x2"), ("7 x 8", "1x1"), ("What is 1,234 * 5?", "4x1"),
+    ("What is 12 + 3?", "other"), ("What is 2 * 3 * 4?", "other"), ("What is 12 - 3 * 4?", "other"),
+    ("What is 61 * 8*?", "malformed"), ("Think of a number.", "malformed"),
+])
+def test_arith_shape_names_the_proposers_problem_kind(text, shape):
+    """The proposer's problem mix: digits of a plain product's operands, else other or malformed."""
+    assert rewards.arith_shape(text) == shape

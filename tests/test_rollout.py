@@ -394,3 +394,14 @@ def test_hub_is_never_probed_offline(monkeypatch):
     monkeypatch.setattr(rollout.socket, "create_connection",
                         lambda *a, **k: pytest.fail("probed the hub"))
     assert rollout.hub_reachable() is False
+
+
+def test_chunk_logprobs_stay_fp32_under_autocast():
+    """Under bf16 autocast the lm-head matmul must still run in fp32 (bf16 logits err by ~0.1)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(5, 16, generator=gen) * 4, torch.randn(50, 16, generator=gen)
+    targets = torch.randint(0, 50, (5,), generator=gen)
+    plain = rollout._chunk_logprobs(hidden, weight, targets, 1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = rollout._chunk_logprobs(hidden, weight, targets, 1.0)
+    assert under.dtype == torch.float32 and torch.allclose(under, plain, atol=1e-5)

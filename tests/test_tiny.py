@@ -9,6 +9,7 @@ import tiny
 from conftest import interrupted_pretraining_keeps_out
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):
     """`make` is seeded: a rebuilt test model must be the same model."""
     a, b, c = (load_file(f"{tiny.make(str(tmp_path / d), seed=s)}/model.safetensors")
@@ -34,6 +35,7 @@ def test_tokenizer_round_trips_any_text(tiny_dir):
         assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
+@pytest.mark.slow
 def test_format_pretraining_lowers_the_loss(tmp_path):
     """A few steps on synthetic transcripts must reduce the reply cross-entropy and save the
     weights."""
@@ -64,6 +66,7 @@ def test_bad_tiny_flags_are_one_line_and_exit_2(argv, message, tmp_path, capsys)
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_tiny_refuses_to_overwrite_a_model_unless_asked(tmp_path, capsys):
     out = tmp_path / "model"
     tiny.main(["--out", str(out)])
@@ -76,6 +79,7 @@ def test_tiny_refuses_to_overwrite_a_model_unless_asked(tmp_path, capsys):
     assert (out / "model.safetensors").read_bytes() != before
 
 
+@pytest.mark.slow
 def test_a_failed_or_interrupted_write_leaves_out_as_it_was(tmp_path, monkeypatch):
     """The model is built beside --out and moved there only once complete: Ctrl-C during
     pre-training leaves no half-written model, and over an existing one (--overwrite) keeps it."""

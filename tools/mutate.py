@@ -13,7 +13,7 @@ scratch copy of the checkout, the tests it names are run there, and it is report
     error      pytest found no tests or was misused (exit 4 or 5): a test named here moved
 
     python tools/mutate.py                                  # every mutation, with the tests each names
-    python tools/mutate.py tests/test_sqlm.py               # every mutation, these test files instead
+    python tools/mutate.py tests/test_update.py             # every mutation, these test files instead
     python tools/mutate.py --only kl-arguments-swapped,adv-population-std --timeout 300
     python tools/mutate.py --list                           # the mutations, nothing run
 
@@ -54,20 +54,21 @@ class Mutation:
 
 
 # Test selections (pytest -x stops at the first failure, so a killed mutation costs little). The
-# slowest tests (12-step learning runs, a 5-step run; 30-50 s each on 2 cores) are left out unless named.
+# learning runs (tests/test_learning.py, up to a minute each) and the torchrun launches are left out
+# unless named.
+EQUATIONS = "tests/test_equations.py"
 STEP = "tests/test_step.py"
-KNOBS = "tests/test_knobs.py --deselect tests/test_knobs.py::test_loop_evaluates_and_saves_on_schedule"
-SQLM = ("tests/test_sqlm.py --deselect tests/test_sqlm.py::test_train_step_raises_the_solver_reward "
-        "--deselect tests/test_sqlm.py::test_train_step_raises_the_proposer_reward")
+UPDATE = "tests/test_update.py"
 REWARDS = "tests/test_rewards.py"
-CLI = "tests/test_cli.py"
+RUNS = "tests/test_runs.py -m 'not slow'"
 EVAL = "tests/test_eval.py"
 ROLLOUT = "tests/test_rollout.py"
 PARALLEL_UNITS = ("tests/test_parallel.py::test_shares_cover_the_items_in_order "
-                  "tests/test_parallel.py::test_a_minibatch_is_dealt_by_tokens_with_equal_calls_on_every_process")
-RESUME = "tests/test_failures.py tests/test_cli.py -k resum"
-GLUE = f"{STEP} {KNOBS}"
-CORE = f"{STEP} {KNOBS} {SQLM}"
+                  "tests/test_parallel.py::test_a_minibatch_is_dealt_by_tokens_with_equal_calls_on_every_process "
+                  "tests/test_parallel.py::test_deal_gives_the_longest_sequence_first_to_the_process_with_fewest_tokens")
+RESUME = "tests/test_runs.py tests/test_failures.py -k resum"
+GLUE = f"{STEP} {UPDATE}"
+CORE = f"{EQUATIONS} {STEP} {UPDATE}"
 
 
 m = Mutation  # one short line per mutation below
@@ -124,7 +125,7 @@ MUTATIONS = [
     m("minibatches-grouped-by-n", "sqlm.py", "out.setdefault(s.group // cfg.minibatch, [])",
       "out.setdefault(s.group // cfg.n, [])", CORE),
     m("deal-shortest-first", "parallel.py", "key=lambda i: -lengths[i]", "key=lambda i: lengths[i]",
-      f"{PARALLEL_UNITS} {STEP}"),
+      f"{PARALLEL_UNITS} {GLUE}"),
     m("share-floor-per-rank", "parallel.py", "(self.rank + 1) * len(items) // self.size",
       "(self.rank + 1) * (len(items) // self.size)", PARALLEL_UNITS),
     # --- which rule scores which role ----------------------------------------------------------
@@ -181,23 +182,24 @@ MUTATIONS = [
     # --- the loop, resume, logs ------------------------------------------------------------------
     m("proposer-schedule-from-zero", "sqlm.py", "(step + 1) % cfg.proposer_every == 0",
       "step % cfg.proposer_every == 0",
-      "tests/test_sqlm.py::test_proposer_updates_on_the_released_schedule"),
+      "tests/test_update.py::test_proposer_updates_on_the_released_schedule"),
     m("save-schedule-off-by-one", "sqlm.py", "(step + 1) % cfg.save_every == 0:", "step % cfg.save_every == 0:",
-      "tests/test_knobs.py::test_loop_evaluates_and_saves_on_schedule"),
+      "tests/test_runs.py::test_loop_evaluates_and_saves_on_schedule"),
     m("resumable-gains-kl-and-temperature", "harness.py", '"fit_memory", "threads")',
       '"fit_memory", "threads", "kl", "temperature")', RESUME),
     m("resume-skips-a-step", "harness.py", 'start = state["step"]\n', 'start = state["step"] + 1\n', RESUME),
     m("resume-keeps-the-checkpoint-steps-logs", "harness.py", 'return json.loads(line)["step"] < step',
       'return json.loads(line)["step"] <= step', RESUME),
     m("resume-reference-from-checkpoint", "sqlm.py", "rollout.load(cfg.model, device=model.device)[0] if resumed",
-      "copy.deepcopy(model) if resumed", GLUE),
+      "copy.deepcopy(model) if resumed", RESUME),
     m("resumable-loses-threads", "harness.py", '"fit_memory", "threads")', '"fit_memory")', RESUME),
     m("prune-keeps-the-oldest", "harness.py", "complete_checkpoints(run)[:-keep_last]",
-      "complete_checkpoints(run)[keep_last:]", CLI),
+      "complete_checkpoints(run)[keep_last:]", RUNS),
     m("load-shortage-reported-as-a-broken-model", "rollout.py", "short_of = shortage(e)\n", "short_of = None\n",
-      f"{CLI} -k 'resource or loadable'"),
+      f"{RUNS} -k 'resource or loadable'"),
     # --- eval ----------------------------------------------------------------------------------
-    m("eval-limit-not-passed", "harness.py", "limit=cfg.eval_limit or None,", "limit=None,", GLUE),
+    m("eval-limit-not-passed", "harness.py", "limit=cfg.eval_limit or None,", "limit=None,",
+      "tests/test_runs.py::test_in_training_eval_takes_the_runs_settings"),
     m("eval-maj-counts-unanswered", "eval.py", '[r["answer"] for r in g if r["answer"] is not None]',
       '[r["answer"] for r in g]', EVAL),
     m("eval-pass-at-k-needs-all", "eval.py", "_mean(any(r[\"correct\"] for r in g) for g in groups)",
