@@ -69,6 +69,7 @@ PARALLEL_UNITS = ("tests/test_parallel.py::test_shares_cover_the_items_in_order 
 RESUME = "tests/test_runs.py tests/test_failures.py -k resum"
 GLUE = f"{STEP} {UPDATE}"
 CORE = f"{EQUATIONS} {STEP} {UPDATE}"
+CRITIC = "tests/test_critic.py -m 'not slow'"
 
 
 m = Mutation  # one short line per mutation below
@@ -144,7 +145,7 @@ MUTATIONS = [
       "1.0 if a == majority", REWARDS),
     m("invalid-proposals-trained", "sqlm.py", "for p, a in zip(batch, proposer_adv) if p.valid or cfg.as_released]",
       "for p, a in zip(batch, proposer_adv)]", STEP),
-    m("proposer-group-is-the-proposal", "sqlm.py", "a, group=p.index // cfg.n)", "a, group=p.index)", STEP),
+    m("proposer-group-is-the-proposal", "sqlm.py", "a, group=p.index // cfg.n,", "a, group=p.index,", STEP),
     # --- the switches in combination -----------------------------------------------------------
     m("format-reward-ignores-released", "sqlm.py", "cfg.task, cfg.as_released)",
       "cfg.task)", GLUE),
@@ -206,6 +207,26 @@ MUTATIONS = [
       "_mean(all(r[\"correct\"] for r in g) for g in groups)", EVAL),
     m("eval-responses-dealt-round-robin", "eval.py", "owners = [problems[i // k] for i in range(len(responses))]",
       "owners = [problems[i % len(problems)] for i in range(len(responses))]", EVAL),
+    # --- the critic (--critic) -----------------------------------------------------------------
+    m("gae-gamma-lambda-swapped", "sqlm.py", "running = token_rewards[:, t] + gamma * next_value",
+      "running = token_rewards[:, t] + lam * next_value", CRITIC),
+    m("value-read-at-the-token", "sqlm.py",
+      "return torch.nn.functional.pad(values[:, :-1], (1, 0)) * completion_mask",
+      "return values * completion_mask", CRITIC),
+    m("value-clip-ignored", "sqlm.py", "mask, cfg.value_clip, normalizer)", "mask, 0.5, normalizer)",
+      CRITIC),
+    m("released-code-without-critic", "sqlm.py", "if cfg.use_critic else None",
+      "if cfg.critic else None", CRITIC),
+    m("whiten-biased-variance", "sqlm.py", '["sq"] / (count - 1)', '["sq"] / count', CRITIC),
+    m("critic-at-the-policys-lr", "sqlm.py", "lr=cfg.critic_lr,", "lr=cfg.lr,", CRITIC),
+    m("critic-value-loss-min", "sqlm.py",
+      "(torch.maximum(unclipped_loss, clipped_loss) * mask)",
+      "(torch.minimum(unclipped_loss, clipped_loss) * mask)", CRITIC),
+    m("critic-optimizer-not-restored", "harness.py",
+      'pairs.append(("critic_optimizer", models.critic, models.critic_optimizer))', "pass",
+      "tests/test_critic.py -k resumed"),
+    m("critic-rebuilt-on-resume", "harness.py", "critic_state=read_critic(checkpoint, cfg))",
+      "critic_state=None)", "tests/test_critic.py -k resumed"),
 ]
 
 
