@@ -277,10 +277,9 @@ def save_checkpoint(run, step, models, tokenizer, cfg, world):
             os.makedirs(tmp)
         world.barrier()
         if sharded:
-            parallel.save_optimizer(models.policy, models.optimizer, os.path.join(tmp, "optimizer"))
+            write_sharded(models.policy, models.optimizer, os.path.join(tmp, "optimizer"))
             if critic is not None:
-                parallel.save_optimizer(critic, models.critic_optimizer,
-                                        os.path.join(tmp, "critic_optimizer"))
+                write_sharded(critic, models.critic_optimizer, os.path.join(tmp, "critic_optimizer"))
         if world.main:
             models.model.save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
@@ -309,6 +308,19 @@ def save_checkpoint(run, step, models, tokenizer, cfg, world):
         os.replace(tmp, final)
     world.barrier()  # every process sees the checkpoint complete before the run goes on
     return final
+
+
+def write_sharded(module, optimizer, path):
+    """parallel.save_optimizer, whose writer (torch.save's, in every process) reports a failed
+    write (a full disk) as a RuntimeError: an OSError here."""
+    try:
+        parallel.save_optimizer(module, optimizer, path)
+    except BaseException as e:
+        cause = parallel.cause(e)
+        if isinstance(cause, RuntimeError):
+            raise OSError(f"torch.distributed.checkpoint could not write {path} "
+                          f"({cli.first_line(cause)})") from None
+        raise
 
 
 def write_trainer_state(state, path):
