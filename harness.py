@@ -721,7 +721,11 @@ def train(cfg):
     world, device = parallel.setup(cfg.device)
     try:
         with claimed(cfg, world) as run_dir:  # rank 0 holds the directory until the run ends
-            return train_on(cfg, world, device, run_dir)
+            path = train_on(cfg, world, device, run_dir)
+        # every process is done with every collective before any tears the group down: a process
+        # that exits while another still talks to it can abort in gloo's threads
+        world.barrier()
+        return path
     finally:
         parallel.teardown(world)
 
