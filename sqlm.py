@@ -41,7 +41,7 @@ if __name__ == "__main__":
     # before torch loads
     cli.exit_on_signals("sqlm.py: interrupted while starting; nothing was written")
     import harness
-    raise SystemExit(harness.main())
+    harness.end(harness.main())
 
 import copy
 import dataclasses
