@@ -618,6 +618,14 @@ def token_logprobs(model, input_ids, attention_mask, completion_mask, temperatur
     return net(input_ids, attention_mask, completion_mask, temperature, chunk_tokens)
 
 
+def last_hidden(decoder, input_ids, attention_mask):
+    """(B, T, H) the decoder's last hidden states, positions counted over the attention mask (a
+    padded row's tokens at the positions they would have alone), no cache."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                   use_cache=False).last_hidden_state
+
+
 class TokenLogprobs(torch.nn.Module):
     """A causal LM whose forward is `token_logprobs`. It reads the decoder and the lm-head weight
     directly, which a wrapper never sees from outside its forward: DDP would skip its gradient
@@ -629,10 +637,7 @@ class TokenLogprobs(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, completion_mask, temperature, chunk_tokens):
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        decoder = self.model.get_decoder()
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                         use_cache=False).last_hidden_state  # (B, T, H)
+        hidden = last_hidden(self.model.get_decoder(), input_ids, attention_mask)  # (B, T, H)
         weight = self.model.get_output_embeddings().weight  # (V, H)
         scored = completion_mask[:, 1:].bool()  # token t is predicted by the hidden state at t-1
         h = hidden[:, :-1][scored]  # (N, H)

@@ -236,8 +236,8 @@ def whiten(advantages, world):
     token of one role's batch (on N processes, of all of them), as released (`masked_whiten`).
     advantages: a list of (T_i,) tensors, one per sequence."""
     flat = torch.cat(advantages).double()
-    count = world.sum({"n": float(flat.numel())})["n"]
-    mean = world.sum({"sum": flat.sum().item()})["sum"] / count
+    sums = world.sum({"n": float(flat.numel()), "sum": flat.sum().item()})
+    count, mean = sums["n"], sums["sum"] / sums["n"]
     var = world.sum({"sq": ((flat - mean) ** 2).sum().item()})["sq"] / (count - 1)
     return [((a.double() - mean) * (var + 1e-8) ** -0.5).to(a.dtype) for a in advantages]
 
@@ -694,9 +694,7 @@ class Critic(torch.nn.Module):
         return self.decoder
 
     def forward(self, input_ids, attention_mask, completion_mask):
-        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.decoder(input_ids=input_ids, attention_mask=attention_mask,
-                              position_ids=positions, use_cache=False).last_hidden_state
+        hidden = rollout.last_hidden(self.decoder, input_ids, attention_mask)
         values = self.head(hidden).squeeze(-1).float()  # (B, T): the state ending at token t
         return torch.nn.functional.pad(values[:, :-1], (1, 0)) * completion_mask
 
