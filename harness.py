@@ -981,9 +981,10 @@ def parse_args(argv):
         given = {**saved_config(given["resume"]), **given}
     cfg = Config(**given)
     # on the command line; a Config built in code may shrink a batch for a test
-    if 0 < cfg.batch < cfg.minibatch:
-        raise ValueError(f"--minibatch {cfg.minibatch} is more groups than the proposer's --batch "
-                         f"{cfg.batch}: give --minibatch {cfg.batch} or less")
+    shape = dataclasses.replace(cfg).resolve()  # the batch shape in force (0 = per task)
+    if 0 < shape.batch < shape.minibatch:
+        raise ValueError(f"--minibatch {shape.minibatch} is more groups than the proposer's "
+                         f"--batch {shape.batch}: give --minibatch {shape.batch} or less")
     return cfg
 
 

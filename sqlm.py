@@ -28,8 +28,8 @@ mini-batch deals it. What a reader skips on first reading (flag checks, the CLI,
 checkpoints and resume, logging, interrupts, memory fitting) is in harness.py, which imports this
 module and never the reverse.
 
-Simplifications, stated up front: no sequence packing, one epoch per batch, and the code task's
-released batch shape (1,024 prompts, mini-batch 256) is not the default even with --critic.
+Simplifications, stated up front: no sequence packing, one epoch per batch; the code task's
+released batch shape (1,024 prompts, mini-batch 256) comes with --as-released, not with --critic.
 
     python sqlm.py --task arith                                   # Qwen2.5-3B-Instruct, one GPU
     python sqlm.py --task arith --model /tmp/tiny --batch 4 ...   # offline, CPU
@@ -73,9 +73,11 @@ class Config:
     model: str = opt("", "hub id or local dir; '' = the paper's model for the task")
     device: str = opt("", "'' = cuda if available, else cpu")
     steps: int = opt(100, "training steps")
-    batch: int = opt(64, "proposer prompts per step")
+    batch: int = opt(0, "proposer prompts per step; 0 = 64 (--as-released --task code: 1,024, "
+                        "as released)")
     n: int = opt(4, "proposals per prompt, and answers per problem")
-    minibatch: int = opt(32, "groups (prompts/problems) per optimizer step: 32 x 4 = 128 sequences")
+    minibatch: int = opt(0, "groups (prompts/problems) per optimizer step; 0 = 32 (32 x 4 = 128 "
+                            "sequences; --as-released --task code: 256)")
     microbatch: int = opt(8, "sequences per forward/backward (memory only; gradient unchanged)")
     lr: float = opt(1e-6, "AdamW learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay (verl actor default)")
@@ -135,8 +137,11 @@ class Config:
                                  "given")
 
     def resolve(self):
-        """Fill the task-dependent defaults (model, response limit, solver reward); idempotent.
-        The flags' ranges are checked by harness.check_config."""
+        """Fill the task-dependent defaults (model, response limit, solver reward, batch shape);
+        idempotent. The flags' ranges are checked by harness.check_config."""
+        released_code = self.as_released and self.task == "code"  # exps/coding_selfplay.yaml
+        self.batch = self.batch or (1024 if released_code else 64)
+        self.minibatch = self.minibatch or (256 if released_code else 32)
         self.model = self.model or DEFAULT_MODELS[self.task]
         self.max_response = self.max_response or prompts.MAX_RESPONSE[self.task]
         self.solver_reward = self.solver_reward or ("tests" if self.task == "code" else "majority")

@@ -2,10 +2,12 @@
 the clipped value loss against the released formulas written out here in float64, the value
 model's head and alignment against Hugging Face's own forward, and each knob through the real step."""
 import copy
+import shutil
 
 import pytest
 import torch
 
+import harness
 import parallel
 import rollout
 import sqlm
@@ -220,6 +222,23 @@ def test_released_code_config_runs_with_a_critic(tiny_dir):
         assert (sqlm.build_models(cfg, model, CPU, ONE).critic is not None) == critic
 
 
+def test_released_code_config_takes_the_released_batch_shape():
+    """`--as-released --task code` in force, as exps/coding_selfplay.yaml sets it: 1,024 prompts a
+    step, mini-batch 256, no KL, the critic; the arith shape (64, 32) otherwise; a shape given on
+    the command line is kept. Guards: the released shape not applied, applied to another task or
+    without --as-released, or overriding a given --batch / --minibatch."""
+    def in_force(*argv):
+        cfg = harness.parse_args(["--model", "m", *argv]).resolve()
+        return cfg.batch, cfg.minibatch, cfg.kl_coef, cfg.use_critic
+    assert in_force("--task", "code", "--as-released") == (1024, 256, 0.0, True)
+    assert in_force("--task", "code") == (64, 32, 0.001, False)
+    assert in_force("--task", "arith", "--as-released") == (64, 32, 0.001, False)
+    assert in_force("--task", "algebra", "--as-released") == (64, 32, 0.001, False)
+    assert in_force("--task", "code", "--as-released", "--batch", "8", "--minibatch", "2") == \
+        (8, 2, 0.0, True)
+    assert in_force("--task", "code", "--as-released", "--batch", "512")[:2] == (512, 256)
+
+
 def test_the_critics_optimizer_takes_critic_lr_and_its_own_weights(tiny_dir):
     """The critic's AdamW is over the critic's weights at --critic-lr (released 1e-5), the policy's
     over the policy's at --lr. Guards: the critic stepped by the policy's optimizer or lr."""
@@ -351,8 +370,11 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
     """The same 2-step --critic run on one process and under torchrun on two (FSDP2 shards the
     critic like the policy): every critic and policy statistic within 1e-6 (1e-5 relative: a grad
     norm of ~7 is summed in another order), the policy's and the critic's saved weights within 1e-5
-    (the critic gathered whole to rank 0), and the critic's AdamW saved sharded. Guards: whitening over one process's tokens, the critic's loss not scaled by the
-    process count (FSDP2 averages gradients), an idle process missing the critic's collectives."""
+    (the critic gathered whole to rank 0), and the critic's AdamW saved sharded; the two-process run
+    resumed on two processes from its step-1 checkpoint ends with the same policy and critic, bit
+    for bit. Guards: whitening over one process's tokens, the critic's loss not scaled by the
+    process count (FSDP2 averages gradients), an idle process missing the critic's collectives, a
+    critic AdamW shard not restored on resume."""
     import os
     import subprocess
     import sys
@@ -361,17 +383,20 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
     args = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4",
             "--n", "4", "--minibatch", "2", "--microbatch", "2", "--max-response", "16",
             "--lr", "1e-4", "--critic", "--critic-lr", "1e-4", "--proposer-every", "1",
-            "--eval-every", "0", "--save-every", "2", "--model", tiny_dir]
+            "--eval-every", "0", "--save-every", "1", "--keep-last", "0", "--model", tiny_dir]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    runs = {}
-    for processes in (1, 2):
-        runs[processes] = str(tmp_path / f"run{processes}")
+
+    def launch(processes, argv):
         launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                      "--nproc-per-node", "2", os.path.join(repo, "sqlm.py"), "--"]
                     if processes > 1 else [sys.executable, os.path.join(repo, "sqlm.py")])
-        done = subprocess.run(launcher + args + ["--out", runs[processes]], capture_output=True,
-                              text=True, timeout=900, env=env)
+        done = subprocess.run(launcher + argv, capture_output=True, text=True, timeout=900, env=env)
         assert done.returncode == 0, done.stderr[-3000:]
+
+    runs = {}
+    for processes in (1, 2):
+        runs[processes] = str(tmp_path / f"run{processes}")
+        launch(processes, args + ["--out", runs[processes]])
     m1, m2 = (jsonl(os.path.join(runs[p], "metrics.jsonl")) for p in (1, 2))
     assert m1[0]["solver_value_loss"] > 0 and "proposer_explained_variance" in m1[1]
     for a, b in zip(m1, m2):
@@ -385,6 +410,14 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
     c1, c2 = (load_file(os.path.join(runs[p], "step-000002", "critic.safetensors")) for p in (1, 2))
     assert c1.keys() == c2.keys() and max((c1[k] - c2[k]).abs().max().item() for k in c1) <= 1e-5
     assert os.path.isdir(os.path.join(runs[2], "step-000002", "critic_optimizer"))
+
+    resumed = str(tmp_path / "resumed")  # the 2-process run as if killed during step 2
+    shutil.copytree(runs[2], resumed)
+    shutil.rmtree(os.path.join(resumed, "step-000002"))
+    launch(2, ["--resume", resumed])
+    for name in ("model.safetensors", "critic.safetensors"):
+        a, b = (load_file(os.path.join(run, "step-000002", name)) for run in (runs[2], resumed))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
 # --- checkpoints and resume -----------------------------------------------------------------------

@@ -108,13 +108,16 @@ SQLM_BAD = [  # (argv, what the line must say); every case starts a new run into
     (["--clip-c", "0.5"], "--clip-c must be > 1 (or 0 to disable)"),
     (["--seed", "-1"], "--seed must be >= 0"),
     (["--seed", str(2**32)], "--seed must be at most 2**32-1"),
-    (["--batch", "0"], "--batch must be positive"),
+    (["--batch", "-2"], "--batch must be positive"),
     (["--steps", "-3"], "--steps must be positive"),
     (["--max-response", "-5"], "--max-response must be positive"),
     (["--eval-every", "-5"], "--eval-every must be >= 0"),
     (["--keep-last", "-1"], "--keep-last must be >= 0"),
     (["--n", "1"], "--n must be at least 2"),
     (["--batch", "4", "--minibatch", "8"], "--minibatch 8 is more groups than the proposer's --batch 4"),
+    (["--batch", "16", "--minibatch", "0"], "--minibatch 32 is more groups than the proposer's --batch 16"),  # the default
+    (["--task", "code", "--as-released", "--batch", "128", "--minibatch", "0"],  # the released code shape's 256
+     "--minibatch 256 is more groups than the proposer's --batch 128"),
     (["--cat"], "--cat applies to --task code only"),
     (["--solver-reward", "tests"], "--solver-reward tests does not fit --task arith"),
     (["--task", "poetry"], "invalid choice: 'poetry'"),

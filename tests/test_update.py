@@ -65,7 +65,7 @@ def test_reference_log_probs_come_from_the_reference_model(tiny_dir):
     model."""
     model, tok = rollout.load(tiny_dir, device="cpu")
     ref = perturbed(model)
-    cfg = sqlm.Config(microbatch=3)
+    cfg = sqlm.Config(microbatch=3).resolve()
     seqs, _ = shifted_seqs(model, tok, cfg)
     sqlm.prepare(model, ref, seqs, cfg, CPU, parallel.ONE)
     for net, name in ((model, "old_logp"), (ref, "ref_logp")):
@@ -80,7 +80,7 @@ def test_old_log_probs_are_the_sampling_distributions(tiny_dir):
     """The trained policy is the sampled one: prepare's old log-probs at --temperature equal the
     log-probs the sampler drew each token with. Guards: log-probs taken at temperature 1."""
     model, tok = rollout.load(tiny_dir, device="cpu")
-    cfg = sqlm.Config(temperature=0.6, max_response=8, n=3)
+    cfg = sqlm.Config(temperature=0.6, max_response=8, n=3).resolve()
     outs = sqlm.sample(model, tok, [rollout.chat_prompt(tok, "go")], [0], cfg, seed=(4,), world=parallel.ONE)
     seqs = [sqlm.Seq(s.prompt_ids, s.completion_ids, 0.0, group=0) for s in outs]
     sqlm.prepare(model, None, seqs, cfg, CPU, parallel.ONE)
@@ -221,7 +221,7 @@ def test_gradient_independent_of_micro_batch_split(tiny_dir):
         for p in ref.parameters():
             p.add_(0.05 * torch.randn_like(p))
     seqs = tiny_seqs(model, tok)
-    cfg = sqlm.Config(kl=0.1)
+    cfg = sqlm.Config(kl=0.1).resolve()
     sqlm.prepare(ref, ref, seqs, cfg, CPU, parallel.ONE)
     grads = []
     for micro in (8, 2):
@@ -253,7 +253,7 @@ def test_normaliser_counts_every_processs_micro_batches(tiny_dir, as_released):
     model, _ = rollout.load(tiny_dir, device="cpu")
     seqs = [sqlm.Seq([1], [7] * n, 0.5, group=0, on_policy=True) for n in (20, 3, 3, 3)]
     assert RankZeroOfTwo().deal([1 + n for n in (20, 3, 3, 3)]) == [0, 1, 1, 1]  # the deal this test needs
-    cfg = sqlm.Config(kl=0, microbatch=2, as_released=as_released)
+    cfg = sqlm.Config(kl=0, microbatch=2, as_released=as_released).resolve()
     stats = sqlm.accumulate_gradients(model, None, seqs, cfg, CPU, RankZeroOfTwo())
     tokens = [len(s.completion_ids) for s in seqs]
     want = -0.5 / 3 if as_released else -0.5 * tokens[0] / sum(tokens)
@@ -264,7 +264,7 @@ def test_gradient_checkpointing_changes_no_gradient(tiny_dir):
     """--grad-checkpointing recomputes activations in backward; the gradient must be the same."""
     model, tok = rollout.load(tiny_dir, device="cpu")
     seqs = tiny_seqs(model, tok)
-    cfg = sqlm.Config(kl=0)
+    cfg = sqlm.Config(kl=0).resolve()
     sqlm.prepare(model, None, seqs, cfg, CPU, parallel.ONE)
     grads = []
     for checkpointing in (False, True):
@@ -304,7 +304,7 @@ def test_clip_bounds_dual_clip_and_normaliser_reach_the_loss(tiny_dir, lo, hi, c
     through accumulate_gradients against the float64 formula. Guards: a bound swapped or ignored,
     the dual clip fixed at 3, the released aggregation ignored."""
     model, tok = rollout.load(tiny_dir, device="cpu")
-    cfg = sqlm.Config(kl=0, microbatch=4, clip_low=lo, clip_high=hi, clip_c=clip_c, as_released=released)
+    cfg = sqlm.Config(kl=0, microbatch=4, clip_low=lo, clip_high=hi, clip_c=clip_c, as_released=released).resolve()
     seqs, current = shifted_seqs(model, tok, cfg)
     stats = sqlm.accumulate_gradients(model, None, seqs, cfg, CPU, parallel.ONE)
     assert stats["pg_loss"] == pytest.approx(reference_pg_loss(seqs, current, lo, hi, clip_c, 4, released), rel=1e-5)
@@ -330,7 +330,7 @@ def test_kl_term_is_its_coefficient_times_the_k3_gradient(tiny_dir):
     estimator or its arguments swapped."""
     model, tok = rollout.load(tiny_dir, device="cpu")
     ref = perturbed(model)
-    cfg = sqlm.Config(kl=0.05, microbatch=4)
+    cfg = sqlm.Config(kl=0.05, microbatch=4).resolve()
     seqs, stats, got = kl_only_gradient(model, ref, tok, cfg)
     model.zero_grad()
     logp, comp = sqlm.micro_logprobs(model, seqs, cfg, CPU)
