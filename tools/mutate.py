@@ -227,6 +227,12 @@ MUTATIONS = [
       "tests/test_critic.py -k resumed"),
     m("critic-rebuilt-on-resume", "harness.py", "critic_state=read_critic(checkpoint, cfg))",
       "critic_state=None)", "tests/test_critic.py -k resumed"),
+    m("released-shape-for-every-task", "sqlm.py",
+      'released_code = self.as_released and self.task == "code"', "released_code = self.as_released",
+      CRITIC),
+    m("released-shape-overrides-a-given-batch", "sqlm.py",
+      "self.batch = self.batch or (1024 if released_code else 64)",
+      "self.batch = 1024 if released_code else self.batch or 64", CRITIC),
 ]
 
 
