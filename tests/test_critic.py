@@ -423,17 +423,20 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
 # --- checkpoints and resume -----------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_resumed_critic_run_equals_the_uninterrupted_one(tiny_dir, tmp_path):
-    """A --critic run stopped after step 1 and resumed to step 2 ends with the same policy and critic
-    weights as one run of 2 steps, bit for bit: the checkpoint holds the critic
-    (critic.safetensors) and its AdamW state. Guards: the critic rebuilt from the initial model on
-    resume, its AdamW moments dropped."""
+@pytest.mark.parametrize("critic", [["--critic"], ["--task", "code", "--as-released"]],
+                         ids=["critic", "released-code"])
+def test_a_resumed_critic_run_equals_the_uninterrupted_one(tiny_dir, tmp_path, critic):
+    """A critic run (--critic, or --as-released --task code without --critic) stopped after step 1
+    and resumed to step 2 ends with the same policy and critic weights as one run of 2 steps, bit
+    for bit: the checkpoint holds the critic (critic.safetensors) and its AdamW state. Guards: the
+    critic rebuilt from the initial model on resume, its AdamW moments dropped, the critic read back
+    only when --critic is given (a released code run's critic lost on resume)."""
     import os
     import harness
     from conftest import FAST
     from safetensors.torch import load_file
-    args = FAST + ["--model", tiny_dir, "--critic", "--critic-lr", "1e-2", "--lr", "1e-3",
-                   "--kl", "0", "--save-every", "1"]
+    args = FAST + ["--model", tiny_dir, "--critic-lr", "1e-2", "--lr", "1e-3", "--kl", "0",
+                   "--save-every", "1"] + critic
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
     assert harness.main(args + ["--steps", "2", "--out", whole]) == 0
     assert harness.main(args + ["--steps", "1", "--out", parts]) == 0

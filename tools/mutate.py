@@ -233,6 +233,12 @@ MUTATIONS = [
     m("released-shape-overrides-a-given-batch", "sqlm.py",
       "self.batch = self.batch or (1024 if released_code else 64)",
       "self.batch = 1024 if released_code else self.batch or 64", CRITIC),
+    m("critic-read-back-only-with-the-flag", "harness.py",
+      "if checkpoint is None or not cfg.use_critic:", "if checkpoint is None or not cfg.critic:",
+      "tests/test_critic.py -k resumed"),
+    m("world-sum-keeps-the-last-process", "parallel.py",
+      "total[key] = total.get(key, 0.0) + value", "total[key] = value",
+      "tests/test_critic.py -k two_processes"),
 ]
 
 
