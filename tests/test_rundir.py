@@ -145,6 +145,21 @@ def test_default_run_directories_started_in_one_second_are_distinct(tiny_dir, tm
 
 # --- what a resume drops --------------------------------------------------------------------
 
+def test_a_resume_keeps_the_logs_of_the_steps_its_checkpoint_holds(tmp_path):
+    """Resuming from step-000002 (steps 0 and 1 done) keeps both logs' records of steps 0 and 1 and
+    drops step 2's, which a kill after its logs but before its checkpoint left whole: step 2 runs
+    again and writes them anew. Guards: a kept record of the step that runs again (twice in the
+    logs), a dropped record of a step that does not."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        with open(tmp_path / name, "w") as f:
+            f.writelines(json.dumps({"step": step, "row": row}) + "\n"
+                         for step in (0, 1, 2) for row in range(2))
+    assert harness.truncate_logs(str(tmp_path), 2) == []  # every line whole: none reported
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        assert [(r["step"], r["row"]) for r in jsonl(tmp_path / name)] == \
+            [(0, 0), (0, 1), (1, 0), (1, 1)], name
+
+
 @pytest.mark.slow
 def test_a_resume_names_each_log_line_it_drops_as_cut_short(trained_run, tmp_path, capsys):
     """A line cut mid-write (a crash, a full disk) was dropped on resume without a word. Now the

@@ -376,7 +376,6 @@ def test_grad_clip_bounds_each_step(tiny_dir):
     assert stats["grad_norm"] > 1e-2 and moved.norm().item() == pytest.approx(1e-3, rel=1e-3)
 
 
-@pytest.mark.slow
 def test_proposer_updates_on_the_released_schedule(tiny_dir, monkeypatch):
     """--proposer-every k updates the proposer at steps k, 2k, ... counting from 1 (0-based k-1,
     2k-1)."""
