@@ -31,6 +31,20 @@ import sqlm  # noqa: E402
 import tiny  # noqa: E402
 
 CPU = torch.device("cpu")
+SQLM = os.path.join(REPO, "sqlm.py")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # of the processes tests start
+
+
+def command(args, processes=1):
+    """sqlm.py as a user runs it: `python sqlm.py ARGS`, or under torchrun with `--` before its
+    flags."""
+    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+             SQLM, "--"] if processes > 1 else [sys.executable, SQLM]) + args
+
+
+def launch(args, processes=1, timeout=900):
+    """`command(args, processes)` run to its end: the CompletedProcess, output captured as text."""
+    return subprocess.run(command(args, processes), capture_output=True, text=True, timeout=timeout, env=ENV)
 
 
 def pytest_configure(config):

@@ -376,27 +376,16 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
     process count (FSDP2 averages gradients), an idle process missing the critic's collectives, a
     critic AdamW shard not restored on resume."""
     import os
-    import subprocess
-    import sys
-    from conftest import jsonl, weights
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from conftest import jsonl, launch, weights
     args = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4",
             "--n", "4", "--minibatch", "2", "--microbatch", "2", "--max-response", "16",
             "--lr", "1e-4", "--critic", "--critic-lr", "1e-4", "--proposer-every", "1",
             "--eval-every", "0", "--save-every", "1", "--keep-last", "0", "--model", tiny_dir]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-    def launch(processes, argv):
-        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                     "--nproc-per-node", "2", os.path.join(repo, "sqlm.py"), "--"]
-                    if processes > 1 else [sys.executable, os.path.join(repo, "sqlm.py")])
-        done = subprocess.run(launcher + argv, capture_output=True, text=True, timeout=900, env=env)
-        assert done.returncode == 0, done.stderr[-3000:]
-
     runs = {}
     for processes in (1, 2):
         runs[processes] = str(tmp_path / f"run{processes}")
-        launch(processes, args + ["--out", runs[processes]])
+        done = launch(args + ["--out", runs[processes]], processes)
+        assert done.returncode == 0, done.stderr[-3000:]
     m1, m2 = (jsonl(os.path.join(runs[p], "metrics.jsonl")) for p in (1, 2))
     assert m1[0]["solver_value_loss"] > 0 and "proposer_explained_variance" in m1[1]
     for a, b in zip(m1, m2):
@@ -414,7 +403,8 @@ def test_two_processes_train_the_critic_as_one(tiny_dir, tmp_path):
     resumed = str(tmp_path / "resumed")  # the 2-process run as if killed during step 2
     shutil.copytree(runs[2], resumed)
     shutil.rmtree(os.path.join(resumed, "step-000002"))
-    launch(2, ["--resume", resumed])
+    done = launch(["--resume", resumed], processes=2)
+    assert done.returncode == 0, done.stderr[-3000:]
     for name in ("model.safetensors", "critic.safetensors"):
         a, b = (load_file(os.path.join(run, "step-000002", name)) for run in (runs[2], resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -29,27 +29,12 @@ import harness
 import parallel
 import sqlm
 import tiny
-from conftest import REPO, jsonl, one_fact, tmpfs, weights
+from conftest import ENV, REPO, command, jsonl, launch, one_fact, tmpfs, weights
 
-SQLM = os.path.join(REPO, "sqlm.py")
 ARGS = ["--task", "arith", "--device", "cpu", "--threads", "1", "--steps", "2", "--batch", "4", "--n", "4",
         "--minibatch", "2", "--microbatch", "2", "--max-response", "32", "--lr", "1e-4", "--proposer-every", "1",
         "--eval-every", "2", "--eval-limit", "5", "--eval-samples", "2", "--save-every", "1", "--keep-last", "0",
         "--arith-check"]
-
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def command(args, processes=1):
-    """sqlm.py as a user runs it: `python sqlm.py ARGS`, or under torchrun with `--` before its
-    flags."""
-    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-             SQLM, "--"] if processes > 1 else [sys.executable, SQLM]) + args
-
-
-def launch(args, processes=1):
-    return subprocess.run(command(args, processes), capture_output=True, text=True, timeout=900, env=ENV)
 
 
 def timing(key):

@@ -15,11 +15,7 @@ import pytest
 import harness
 import prompts
 import rewards
-from conftest import FAST, jsonl
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SQLM = os.path.join(REPO, "sqlm.py")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+from conftest import ENV, FAST, SQLM, command, jsonl
 
 
 def sqlm_process(tiny_dir, cwd, args):
@@ -111,10 +107,8 @@ def test_under_torchrun_rank_0_meets_a_held_directory_and_no_process_waits(tiny_
     alive = sqlm_process(tiny_dir, tmp_path, ["--out", str(run), "--steps", "500"])
     try:
         wait_for(alive, lambda: (run / "metrics.jsonl").exists())
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               "--nproc-per-node", "2", SQLM, "--", "--model", tiny_dir, *FAST,
-                               "--out", str(run), "--steps", "1"], cwd=tmp_path,
-                              capture_output=True, text=True, env=ENV, timeout=300)
+        done = subprocess.run(command(["--model", tiny_dir, *FAST, "--out", str(run), "--steps", "1"], 2),
+                              cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=300)
     finally:
         alive.send_signal(signal.SIGINT)
         alive.communicate(timeout=120)
